@@ -1,0 +1,116 @@
+"""The Runner protocol: one way to run any artifact (Polygraphy's backend/base/runner.py pattern).
+
+A runner takes a *loader* (a path or a zero-argument callable returning what the backend needs),
+does its heavy work in :meth:`activate` and releases it in :meth:`deactivate`. :meth:`infer`
+checks the feed against :meth:`input_metadata` before the backend sees it, so a wrong name,
+shape or dtype ends in a clear ``UsageError`` rather than a backend stack trace.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from port.errors import UsageError
+
+Loader = Path | str | Callable[[], Any]
+
+
+@dataclass(frozen=True)
+class TensorMeta:
+    """Name, dtype and shape of one input; ``None`` in ``shape`` marks a dynamic axis."""
+
+    name: str
+    dtype: np.dtype
+    shape: tuple[int | None, ...]
+
+
+class Runner(abc.ABC):
+    """Base class of every backend runner. Use as a context manager."""
+
+    backend: str = "base"  # torch | onnxruntime | tensorrt
+
+    def __init__(self, loader: Loader) -> None:
+        self.loader = loader
+        self.is_active = False
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def activate(self) -> None:
+        """Load the artifact and allocate what inference needs. Idempotent."""
+        if not self.is_active:
+            self._activate()
+            self.is_active = True
+
+    def deactivate(self) -> None:
+        """Release everything :meth:`activate` acquired. Idempotent."""
+        if self.is_active:
+            self._deactivate()
+            self.is_active = False
+
+    def __enter__(self) -> Runner:
+        self.activate()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.deactivate()
+
+    # -- inference -------------------------------------------------------------------------
+    def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run one batch; returns output name -> host array."""
+        if not self.is_active:
+            raise RuntimeError(f"{type(self).__name__}.infer() called before activate()")
+        self.check_feed(feed)
+        return self._infer(feed)
+
+    def check_feed(self, feed: dict[str, np.ndarray]) -> None:
+        """Raise ``UsageError`` naming the first mismatch between ``feed`` and the inputs."""
+        metas = {m.name: m for m in self.input_metadata()}
+        missing = sorted(set(metas) - set(feed))
+        extra = sorted(set(feed) - set(metas))
+        if missing or extra:
+            raise UsageError(
+                f"{self.backend} runner: feed names {sorted(feed)} do not match the model's inputs "
+                f"{sorted(metas)}: pass exactly the model's input names"
+            )
+        for name, arr in feed.items():
+            meta = metas[name]
+            if np.dtype(arr.dtype) != np.dtype(meta.dtype):
+                raise UsageError(
+                    f"{self.backend} runner: input '{name}' has dtype {arr.dtype}, the model expects "
+                    f"{np.dtype(meta.dtype)}: convert the array first"
+                )
+            if len(arr.shape) != len(meta.shape) or any(
+                want is not None and want != got for want, got in zip(meta.shape, arr.shape)
+            ):
+                shown = tuple("?" if s is None else s for s in meta.shape)
+                raise UsageError(
+                    f"{self.backend} runner: input '{name}' has shape {tuple(arr.shape)}, the model "
+                    f"expects {shown}: resize/crop the images to the model's input size"
+                )
+
+    def synchronize(self) -> None:
+        """Wait for queued device work (no-op for synchronous backends); used by latency timing."""
+
+    # -- what subclasses provide -------------------------------------------------------------
+    @property
+    @abc.abstractmethod
+    def device(self) -> str:
+        """Where it runs, e.g. ``cpu``, ``cuda:0``, ``CPUExecutionProvider``."""
+
+    @abc.abstractmethod
+    def input_metadata(self) -> list[TensorMeta]:
+        """The inputs this artifact takes (valid after activate)."""
+
+    @abc.abstractmethod
+    def _activate(self) -> None: ...
+
+    @abc.abstractmethod
+    def _deactivate(self) -> None: ...
+
+    @abc.abstractmethod
+    def _infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
