@@ -1,0 +1,41 @@
+# porter: every target installs what it needs first (uv, then the locked environment in .venv).
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+PORTER := $(VENV)/bin/porter
+UV_VERSION := 0.13.9
+DEMO_RUN ?= runs/demo
+
+.PHONY: setup demo test test-gpu lint bench clean
+
+# uv resolves torch + torchvision together from uv.lock (see DEVELOPERS.md); `python3 -m uv`
+# works whether pip put the uv binary on PATH or not.
+$(VENV)/.synced: pyproject.toml uv.lock
+	@python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet "uv==$(UV_VERSION)"
+	python3 -m uv sync --frozen --extra dev
+	@touch $@
+
+setup: $(VENV)/.synced
+
+# Train on the built-in synthetic set, export to ONNX (FP32, FP16, INT8), compare everything.
+demo: setup
+	rm -rf $(DEMO_RUN)
+	$(PORTER) train --run $(DEMO_RUN) --recipe quick
+	$(PORTER) export --run $(DEMO_RUN) --to onnx
+	$(PORTER) evaluate --run $(DEMO_RUN) --compare
+	$(PORTER) status --run $(DEMO_RUN)
+
+test: setup
+	$(PY) -m pytest -q
+
+test-gpu: setup
+	$(PY) -m pytest -q -m gpu tests/gpu
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+bench: setup
+	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .cache

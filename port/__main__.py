@@ -1,0 +1,5 @@
+"""``python -m port`` runs the porter CLI."""
+
+from port.cli import main
+
+main()

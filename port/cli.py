@@ -1,0 +1,308 @@
+"""The ``porter`` command line: parse flags -> typed config -> call one stage -> record.
+
+Commands stay thin: each turns its flags into the stage's typed configuration, calls the stage
+and records what it made in the run's manifest. Every ``PorterError`` (and every flag error)
+ends as one line on stderr with exit code 2; a failed parity gate exits 1.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import click
+import typer
+from rich.console import Console
+
+from port.errors import PorterError, UsageError
+
+app = typer.Typer(
+    name="porter",
+    help="Train an image classifier, export it to ONNX/TensorRT, and prove nothing was lost.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+RunOpt = Annotated[Path, typer.Option("--run", help="Run directory (holds manifest.json).")]
+
+
+def _split_csv(text: str | None) -> list[str] | None:
+    """'a,b, c' -> ['a', 'b', 'c']; None stays None."""
+    if text is None:
+        return None
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _floats3(text: str | None, flag: str) -> tuple[float, float, float] | None:
+    """Parse '0.5,0.5,0.5' for --mean/--std."""
+    if text is None:
+        return None
+    parts = _split_csv(text) or []
+    try:
+        values = tuple(float(p) for p in parts)
+    except ValueError:
+        values = ()
+    if len(values) != 3:
+        raise UsageError(f"{flag} needs three comma-separated numbers (R,G,B), got '{text}'")
+    return values  # type: ignore[return-value]
+
+
+def _batch_sizes(text: str) -> tuple[int, ...]:
+    """Parse --batch-sizes '1,32'."""
+    try:
+        sizes = tuple(int(p) for p in _split_csv(text) or [])
+    except ValueError:
+        sizes = ()
+    if not sizes or any(s <= 0 for s in sizes):
+        raise UsageError(f"--batch-sizes needs positive integers like '1,32', got '{text}'")
+    return sizes
+
+
+# --------------------------------------------------------------------------------------------
+# train
+# --------------------------------------------------------------------------------------------
+@app.command()
+def train(
+    run: RunOpt,
+    data: Annotated[str | None, typer.Option(help="synthetic | cifar10[:DIR] | cifar100[:DIR] | ImageFolder DIR")] = None,
+    arch: Annotated[str | None, typer.Option(help="Model name (see `porter models`).")] = None,
+    recipe: Annotated[str | None, typer.Option(help="Recipe name (quick, cifar, imagenet-resnet50, ...) or a YAML path.")] = None,
+    epochs: Annotated[int | None, typer.Option()] = None,
+    batch_size: Annotated[int | None, typer.Option()] = None,
+    lr: Annotated[float | None, typer.Option(help="Base learning rate.")] = None,
+    lr_scale_batch: Annotated[int | None, typer.Option(help="Scale lr linearly by batch-size / this (0 = off).")] = None,
+    momentum: Annotated[float | None, typer.Option()] = None,
+    nesterov: Annotated[bool | None, typer.Option("--nesterov/--no-nesterov")] = None,
+    weight_decay: Annotated[float | None, typer.Option(help="On conv/linear weights only.")] = None,
+    label_smoothing: Annotated[float | None, typer.Option()] = None,
+    schedule: Annotated[str | None, typer.Option(help="step | exponential | cosine | onecycle")] = None,
+    warmup_epochs: Annotated[float | None, typer.Option()] = None,
+    width: Annotated[float | None, typer.Option(help="Width multiplier (CIFAR-size ResNets).")] = None,
+    image_size: Annotated[int | None, typer.Option(help="Input size (default: from the data).")] = None,
+    limit: Annotated[int | None, typer.Option(help="Use a seeded subset of N training images.")] = None,
+    val_limit: Annotated[int | None, typer.Option(help="Use a seeded subset of N validation images.")] = None,
+    cutout: Annotated[int | None, typer.Option(help="Cutout square size in px (0 = off).")] = None,
+    seed: Annotated[int | None, typer.Option()] = None,
+    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda | cuda:N")] = None,
+    workers: Annotated[int | None, typer.Option(help="DataLoader worker processes.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint.")] = False,
+    download: Annotated[bool, typer.Option("--download", help="Let torchvision download CIFAR.")] = False,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override any recipe key: KEY=VALUE (YAML value).")] = None,
+) -> None:
+    """Train a model on a data set; records the checkpoint as the run's reference."""
+    from port.stages.train import run_train
+
+    overrides: dict[str, Any] = {
+        k: v
+        for k, v in {
+            "data": data, "arch": arch, "epochs": epochs, "batch_size": batch_size, "lr": lr,
+            "lr_scale_batch": lr_scale_batch, "momentum": momentum, "nesterov": nesterov,
+            "weight_decay": weight_decay, "label_smoothing": label_smoothing,
+            "schedule": schedule, "warmup_epochs": warmup_epochs, "width": width,
+            "image_size": image_size, "limit": limit, "val_limit": val_limit, "cutout": cutout,
+            "seed": seed, "device": device, "workers": workers,
+        }.items()
+        if v is not None
+    }
+    for item in set_ or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise UsageError(f"--set expects KEY=VALUE, got '{item}'")
+        import yaml
+
+        overrides[key.strip().replace("-", "_")] = yaml.safe_load(value)
+    run_train(run, recipe=recipe, overrides=overrides, resume=resume, download=download,
+              console=console)
+
+
+# --------------------------------------------------------------------------------------------
+# import
+# --------------------------------------------------------------------------------------------
+@app.command("import")
+def import_(
+    model: Annotated[Path, typer.Argument(help="A state_dict (.pt/.pth) or an ONNX file.")],
+    run: RunOpt,
+    arch: Annotated[str | None, typer.Option(help="Registry architecture of a state_dict.")] = None,
+    num_classes: Annotated[int | None, typer.Option()] = None,
+    image_size: Annotated[int | None, typer.Option()] = None,
+    mean: Annotated[str | None, typer.Option(help="R,G,B")] = None,
+    std: Annotated[str | None, typer.Option(help="R,G,B")] = None,
+    classes: Annotated[str | None, typer.Option(help="Comma-separated names, or a text file with one per line.")] = None,
+    data: Annotated[str | None, typer.Option(help="Data set the model belongs to (default for later stages).")] = None,
+    width: Annotated[float | None, typer.Option()] = None,
+) -> None:
+    """Register an existing model (state_dict or ONNX) as the run's reference."""
+    from port.stages.importing import ImportRequest, run_import
+
+    req = ImportRequest(
+        source=model, arch=arch, num_classes=num_classes, image_size=image_size,
+        mean=_floats3(mean, "--mean"), std=_floats3(std, "--std"), classes=classes, data=data,
+        width=width,
+    )
+    run_import(run, req, console=console)
+
+
+# --------------------------------------------------------------------------------------------
+# export
+# --------------------------------------------------------------------------------------------
+@app.command()
+def export(
+    run: RunOpt,
+    to: Annotated[str, typer.Option("--to", help="onnx | trt")],
+    precision: Annotated[str | None, typer.Option(help="fp32 | fp16 | int8 (default: fp32 for onnx)")] = None,
+    opset: Annotated[int | None, typer.Option(help="ONNX opset (onnx).")] = None,
+    exporter: Annotated[str | None, typer.Option(help="dynamo | torchscript (onnx).")] = None,
+    data: Annotated[str | None, typer.Option(help="Data for the parity batch (default: the run's).")] = None,
+    calib_data: Annotated[str | None, typer.Option(help="Calibration data (default: the run's training split).")] = None,
+    calib_images: Annotated[int | None, typer.Option(help="Number of calibration images (int8).")] = None,
+    calib_method: Annotated[str | None, typer.Option(help="minmax | entropy | percentile (int8).")] = None,
+    calib_seed: Annotated[int | None, typer.Option(help="Seed for choosing calibration images.")] = None,
+    keep_fp32: Annotated[str | None, typer.Option(help="Node names kept in FP32 (fp16), comma-separated.")] = None,
+    min_batch: Annotated[int | None, typer.Option(help="Profile min batch (trt).")] = None,
+    opt_batch: Annotated[int | None, typer.Option(help="Profile opt batch (trt).")] = None,
+    max_batch: Annotated[int | None, typer.Option(help="Profile max batch (trt).")] = None,
+    workspace: Annotated[str | None, typer.Option(help="Workspace limit, e.g. 4GiB (trt).")] = None,
+    timing_cache: Annotated[Path | None, typer.Option(help="Timing cache file, reused and updated (trt).")] = None,
+    builder_opt_level: Annotated[int | None, typer.Option(help="0-5 (trt).")] = None,
+    version_compatible: Annotated[bool | None, typer.Option("--version-compatible", help="(trt)")] = None,
+    hardware_compatibility: Annotated[str | None, typer.Option(help="ampere+ | same-cc (trt).")] = None,
+    calibrator: Annotated[str | None, typer.Option(help="entropy | minmax: classic TensorRT 10 INT8 calibration (trt).")] = None,
+) -> None:
+    """Export the run's reference model to ONNX or a TensorRT engine."""
+    from port.stages.export import run_export
+
+    options = {
+        k: v
+        for k, v in {
+            "opset": opset, "exporter": exporter, "data": data, "calib_data": calib_data,
+            "calib_images": calib_images, "calib_method": calib_method, "calib_seed": calib_seed,
+            "keep_fp32": _split_csv(keep_fp32), "min_batch": min_batch, "opt_batch": opt_batch,
+            "max_batch": max_batch, "workspace": workspace, "timing_cache": timing_cache,
+            "builder_opt_level": builder_opt_level, "version_compatible": version_compatible,
+            "hardware_compatibility": hardware_compatibility, "calibrator": calibrator,
+        }.items()
+        if v is not None
+    }
+    run_export(run, to=to, precision=precision, options=options, console=console)
+
+
+# --------------------------------------------------------------------------------------------
+# evaluate
+# --------------------------------------------------------------------------------------------
+@app.command()
+def evaluate(
+    run: RunOpt,
+    compare: Annotated[bool, typer.Option("--compare", help="Also run every exported artifact.")] = False,
+    data: Annotated[str | None, typer.Option(help="Data set (default: the run's validation split).")] = None,
+    limit: Annotated[int | None, typer.Option(help="Evaluate a seeded subset of N images.")] = None,
+    batch_sizes: Annotated[str, typer.Option(help="Latency batch sizes, e.g. 1,32.")] = "1,32",
+    max_top1_drop: Annotated[float | None, typer.Option(help="FP32 gate: max top-1 drop in pp (default 0.1).")] = None,
+    min_agreement: Annotated[float | None, typer.Option(help="FP32 gate: min top-1 agreement (default 0.999).")] = None,
+    fp16_min_ratio: Annotated[float | None, typer.Option(help="FP16 gate: min fraction of reference top-1 kept (default 0.999).")] = None,
+    int8_min_ratio: Annotated[float | None, typer.Option(help="INT8 gate: min fraction of reference top-1 kept (default 0.99).")] = None,
+    download: Annotated[bool, typer.Option("--download", help="Let torchvision download CIFAR.")] = False,
+) -> None:
+    """Top-1 parity and latency of the reference and (with --compare) every export."""
+    from port.stages.evaluate import EvaluateRequest, run_evaluate
+
+    req = EvaluateRequest(
+        compare=compare, data=data, limit=limit, batch_sizes=_batch_sizes(batch_sizes),
+        max_top1_drop=max_top1_drop, min_agreement=min_agreement,
+        fp16_min_ratio=fp16_min_ratio, int8_min_ratio=int8_min_ratio, download=download,
+    )
+    passed = run_evaluate(run, req, console=console)
+    if not passed:
+        raise typer.Exit(code=1)
+
+
+# --------------------------------------------------------------------------------------------
+# status / models / doctor
+# --------------------------------------------------------------------------------------------
+@app.command()
+def status(
+    run: RunOpt,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """The run's artifacts and their state: fresh, stale, modified or missing."""
+    from port.stages.status import status_rows, status_table
+
+    rows = status_rows(run)
+    if as_json:
+        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+    else:
+        console.print(status_table(run, rows))
+
+
+@app.command()
+def models() -> None:
+    """List the registered model architectures."""
+    from rich.table import Table
+
+    from port.models.registry import get_entry, list_models
+
+    table = Table("name", "native size", "options", "description")
+    for name in list_models():
+        entry = get_entry(name)
+        table.add_row(name, str(entry.native_size), ", ".join(entry.kwargs), entry.description)
+    console.print(table)
+
+
+@app.command()
+def doctor(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """What this machine offers and which --to/--precision targets work here."""
+    from port.doctor import probe, render, targets
+
+    found = probe()
+    usable = targets(found)
+    if as_json:
+        payload = {"probe": found, "targets": [t.__dict__ for t in usable]}
+        sys.stdout.write(json.dumps(payload, indent=2, default=str) + "\n")
+    else:
+        console.print(render(found, usable))
+
+
+# --------------------------------------------------------------------------------------------
+# entry point
+# --------------------------------------------------------------------------------------------
+def _one_line(exc: BaseException) -> str:
+    """The user-facing line of an error.
+
+    PyTorch re-raises errors from DataLoader workers with the worker's traceback folded into the
+    message; the original message is its last line, prefixed with the exception's qualified name.
+    """
+    text = str(exc).strip()
+    if "\n" in text:
+        last = text.splitlines()[-1].strip()
+        _, sep, rest = last.partition(": ")
+        text = rest if sep and last.split(":", 1)[0].endswith("Error") else last
+    return text or type(exc).__name__
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry: run the app and map errors to exit codes (2 = usage, 1 = gate)."""
+    try:
+        app(args=argv, prog_name="porter", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        err_console.print("porter: aborted")
+        sys.exit(130)
+    except click.ClickException as exc:
+        # Flag errors from click: one line, naming the fix.
+        sys.stderr.write(f"porter: error: {exc.format_message()} (see `porter --help`)\n")
+        sys.exit(2)
+    except PorterError as exc:
+        sys.stderr.write(f"porter: error: {_one_line(exc)}\n")
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.stderr.write("porter: interrupted\n")
+        sys.exit(130)
+    sys.exit(0)

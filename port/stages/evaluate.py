@@ -1,0 +1,118 @@
+"""`porter evaluate`: run the reference and every export on the same images; gate; record."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from port.errors import ManifestError
+from port.manifest import Manifest, Record
+from port.stages.common import check_classes, open_run, reference, reference_card, run_data
+
+EXPORT_KINDS = ("onnx", "engine")  # artifact kinds that --compare runs
+REPORT_ID = "report"
+REPORT_DIR = "report"
+
+
+@dataclass
+class EvaluateRequest:
+    """Flags of `porter evaluate`."""
+
+    compare: bool = False
+    data: str | None = None
+    limit: int | None = None
+    batch_sizes: tuple[int, ...] = (1, 32)
+    max_top1_drop: float | None = None
+    min_agreement: float | None = None
+    fp16_min_ratio: float | None = None
+    int8_min_ratio: float | None = None
+    download: bool = False
+
+
+def _gates(req: EvaluateRequest) -> Any:
+    """Default gates with the user's overrides applied."""
+    from port.evaluate.gates import default_gates
+
+    return default_gates(
+        fp32_max_top1_drop_pp=req.max_top1_drop,
+        fp32_min_agreement=req.min_agreement,
+        fp16_min_top1_ratio=req.fp16_min_ratio,
+        int8_min_top1_ratio=req.int8_min_ratio,
+    )
+
+
+def _candidate(manifest: Manifest, record: Record, precision: str) -> Any:
+    """An evaluate Candidate whose runner is made from the artifact's file when needed."""
+    from port import engines
+    from port.evaluate.compare import Candidate
+
+    path = manifest.run_dir / record.path
+    return Candidate(
+        artifact_id=record.id, precision=precision, kind=record.kind, path=path,
+        size_bytes=record.bytes, make_runner=lambda: engines.load(path),
+    )
+
+
+def _exports(manifest: Manifest, ref: Record) -> list[Record]:
+    """Every export of the run, refusing ones that are no longer what their files say."""
+    chosen = []
+    for record in manifest.records():
+        if record.kind not in EXPORT_KINDS or record.id == ref.id:
+            continue
+        state = manifest.state(record.id)
+        if state.name != "fresh":
+            raise ManifestError(
+                f"artifact '{record.id}' ({record.path}) is {state.name}: {state.reason}; "
+                f"re-export it (porter export --run {manifest.run_dir} "
+                f"--to {record.params.get('to', record.kind)} "
+                f"--precision {record.params.get('precision', 'fp32')})"
+            )
+        chosen.append(record)
+    return chosen
+
+
+def run_evaluate(run: Path, req: EvaluateRequest, *, console: Console) -> bool:
+    """Evaluate, write ``RUN/report/`` and record it; returns whether every gate passed."""
+    from port.data.datasets import load_split, materialize
+    from port.data.spec import parse_data_spec
+    from port.evaluate.compare import evaluate
+    from port.evaluate.report import render_table, write_report
+
+    manifest = open_run(run)
+    ref = reference(manifest)
+    card = reference_card(manifest, ref)
+    spec_text = run_data(ref, req.data, "evaluation")
+    spec = parse_data_spec(spec_text, download=req.download)
+    split = load_split(spec, "val", preprocess=card.preprocess, limit=req.limit, seed=0)
+    check_classes(card, split.classes, spec_text)
+    images, labels = materialize(split)  # preprocessing happens once, for every row
+
+    reference_candidate = _candidate(manifest, ref, "fp32")
+    candidates = []
+    if req.compare:
+        candidates = [_candidate(manifest, r, r.params.get("precision", "fp32"))
+                      for r in _exports(manifest, ref)]
+        if not candidates:
+            console.print("[yellow]no exports in this run yet: only the reference is evaluated "
+                          "(porter export --to onnx first)[/yellow]")
+    dataset = {"spec": str(spec), "split": split.split, "images": int(len(labels)),
+               "limit": req.limit}
+    report = evaluate(reference_candidate, candidates, images, labels,
+                      batch_sizes=req.batch_sizes, gates=_gates(req), dataset=dataset)
+    out_dir = run / REPORT_DIR
+    written = write_report(report, out_dir)
+    report_json = next(p for p in written if p.name == "report.json")
+    manifest.record(
+        "evaluate", "report", report_json, id=REPORT_ID,
+        parents=[ref.id, *(c.artifact_id for c in candidates)],
+        params={"data": str(spec), "limit": req.limit, "batch_sizes": list(req.batch_sizes),
+                "compare": req.compare},
+        metrics={"passed": report["passed"], "rows": len(report["rows"])},
+    )
+    console.print(render_table(report))
+    verdict = "[green]PASSED[/green]" if report["passed"] else "[red]FAILED[/red]"
+    console.print(f"{verdict}: report in {out_dir}/ (report.json, report.md, plots)")
+    return bool(report["passed"])

@@ -1,0 +1,237 @@
+"""`porter export`: turn the run's reference into a deployable artifact and record it.
+
+The format registry (``port.export.formats``) decides which ``--to``/``--precision`` pairs exist;
+this module checks the flags against the chosen format (a flag that does not apply is refused,
+never ignored), resolves inputs from the manifest and records the result with its parents.
+FP16 and INT8 ONNX files are made from the FP32 ONNX, which is exported first when the run has
+none yet (and recorded too), so every artifact's lineage is explicit.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+
+from port.errors import ManifestError, UsageError
+from port.manifest import Manifest, Record
+from port.stages.common import (
+    check_classes,
+    open_run,
+    reference,
+    reference_card,
+    run_data,
+)
+
+# Which flags each format understands; anything else given with --to X is refused.
+ONNX_OPTIONS = {"opset", "exporter", "data", "calib_data", "calib_images", "calib_method",
+                "calib_seed", "keep_fp32"}
+TRT_OPTIONS = {"data", "calib_data", "calib_images", "calib_method", "calib_seed", "min_batch",
+               "opt_batch", "max_batch", "workspace", "timing_cache", "builder_opt_level",
+               "version_compatible", "hardware_compatibility", "calibrator"}
+FORMAT_OPTIONS = {"onnx": ONNX_OPTIONS, "trt": TRT_OPTIONS}
+# Options that only make sense for one precision.
+PRECISION_OPTIONS = {
+    "calib_data": {"int8"}, "calib_images": {"int8"}, "calib_method": {"int8"},
+    "calib_seed": {"int8"}, "calibrator": {"int8"}, "keep_fp32": {"fp16"},
+}
+DEFAULT_CALIB_IMAGES = 500  # a few hundred images settle min/max and histogram ranges
+PARITY_BATCH = 32  # images in the post-export parity check
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def validate_options(to: str, precision: str, options: dict[str, Any]) -> None:
+    """Refuse flags the chosen format or precision does not use (never ignore them silently)."""
+    allowed = FORMAT_OPTIONS[to]
+    for name in options:
+        if name not in allowed:
+            users = sorted(f for f, names in FORMAT_OPTIONS.items() if name in names)
+            raise UsageError(f"{_flag(name)} does not apply to --to {to} (only to --to "
+                             f"{', '.join(users)}): remove it")
+        wanted = PRECISION_OPTIONS.get(name)
+        if wanted and precision not in wanted:
+            raise UsageError(f"{_flag(name)} applies to --precision {'/'.join(sorted(wanted))}, "
+                             f"not {precision}: remove it or change --precision")
+
+
+def artifact_path(run: Path, to: str, precision: str) -> tuple[str, Path]:
+    """Stable id and file of an export, e.g. ('onnx-int8', RUN/model.int8.onnx)."""
+    from port.export.formats import get_format
+
+    fmt = get_format(to)
+    return f"{to}-{precision}", run / f"model.{precision}{fmt.suffix}"
+
+
+def _load_images(spec_text: str, card: Any, split: str, count: int | None, seed: int,
+                 indices: list[int] | None = None) -> tuple[np.ndarray, np.ndarray, Any]:
+    """Preprocessed images of a split (a seeded subset, or the given indices)."""
+    from port.data.datasets import load_split, materialize
+    from port.data.spec import parse_data_spec
+
+    spec = parse_data_spec(spec_text)
+    data = load_split(spec, split, preprocess=card.preprocess, limit=count, seed=seed,
+                      indices=indices)
+    check_classes(card, data.classes, spec_text)
+    images, labels = materialize(data)
+    return images, labels, data
+
+
+def _parity_sample(record: Record, card: Any, options: dict[str, Any]) -> np.ndarray:
+    """A real batch of validation images for the export's parity check."""
+    spec_text = run_data(record, options.get("data"), "the parity check (a real batch)")
+    images, _, _ = _load_images(spec_text, card, "val", PARITY_BATCH, seed=0)
+    return images
+
+
+def _ensure_fp32_onnx(manifest: Manifest, ref: Record, card: Any, options: dict[str, Any],
+                      console: Console) -> Record:
+    """The run's FP32 ONNX record, exporting it first when absent or out of date."""
+    onnx_id, _ = artifact_path(manifest.run_dir, "onnx", "fp32")
+    if ref.kind == "onnx":
+        return ref  # an imported ONNX is the FP32 graph
+    existing = manifest.get(onnx_id)
+    if existing is not None and manifest.state(onnx_id).name == "fresh":
+        return existing
+    console.print("exporting the FP32 ONNX model first (FP16/INT8/TensorRT are built from it)")
+    return _export_onnx_fp32(manifest, ref, card, options, console)
+
+
+def _export_onnx_fp32(manifest: Manifest, ref: Record, card: Any, options: dict[str, Any],
+                      console: Console) -> Record:
+    from port.export.onnx import export_onnx
+    from port.models.checkpoint import load_model
+
+    if ref.kind == "onnx":
+        raise UsageError("the run's reference is already an ONNX model: export --precision "
+                         "fp16/int8 or --to trt from it instead")
+    model, _, _ = load_model(manifest.run_dir / ref.path)
+    sample = _parity_sample(ref, card, options)
+    onnx_id, out = artifact_path(manifest.run_dir, "onnx", "fp32")
+    kwargs = {k: options[k] for k in ("opset", "exporter") if k in options}
+    metrics = export_onnx(model, card, out, sample=sample, source_sha256=ref.sha256, **kwargs)
+    params = {"to": "onnx", "precision": "fp32", **kwargs, "card": card.to_dict()}
+    record = manifest.record("export", "onnx", out, id=onnx_id, parents=[ref.id], params=params,
+                             metrics=metrics)
+    console.print(f"[green]exported[/green] {record.path} (parity max |diff| "
+                  f"{metrics.get('max_abs_diff', float('nan')):.2e})")
+    return record
+
+
+def _calibration(manifest: Manifest, ref: Record, card: Any, options: dict[str, Any]
+                 ) -> tuple[np.ndarray, dict[str, Any]]:
+    """Calibration images (training split, evaluation preprocessing) and their record."""
+    from port.export.calibration import calibration_record, select_calibration
+
+    spec_text = options.get("calib_data") or (ref.params or {}).get("data")
+    if not spec_text:
+        raise UsageError("INT8 calibration needs images: pass --calib-data DATA "
+                         "(the run has no training data set recorded)")
+    count = int(options.get("calib_images", DEFAULT_CALIB_IMAGES))
+    seed = int(options.get("calib_seed", 0))
+    if count <= 0:
+        raise UsageError(f"--calib-images must be positive, got {count}")
+    from port.data.datasets import load_split
+    from port.data.spec import parse_data_spec
+
+    # The training split when the data set has one (calibrating on test images would leak).
+    split_name = "train"
+    full = load_split(parse_data_spec(spec_text), split_name, preprocess=card.preprocess)
+    chosen = select_calibration(len(full), min(count, len(full)), seed)
+    images, _, _ = _load_images(spec_text, card, split_name, None, seed,
+                                indices=list(chosen.indices))
+    record = calibration_record(spec_text, chosen)
+    record["split"] = split_name
+    return images, record
+
+
+def _export_onnx_lowp(manifest: Manifest, ref: Record, card: Any, precision: str,
+                      options: dict[str, Any], console: Console) -> Record:
+    """FP16 or INT8 (QDQ) ONNX made from the FP32 ONNX."""
+    fp32 = _ensure_fp32_onnx(manifest, ref, card, options, console)
+    src = manifest.run_dir / fp32.path
+    art_id, out = artifact_path(manifest.run_dir, "onnx", precision)
+    params: dict[str, Any] = {"to": "onnx", "precision": precision, "card": card.to_dict()}
+    if precision == "int8":
+        from port.export.quantize import quantize_int8
+
+        images, calib = _calibration(manifest, ref, card, options)
+        method = options.get("calib_method", "minmax")
+        metrics = quantize_int8(src, out, images, method=method)
+        params.update(calib_method=method, calibration=calib, quantizer="onnxruntime")
+    else:
+        from port.export.fp16 import convert_fp16
+
+        keep = list(options.get("keep_fp32", []))
+        sample = _parity_sample(ref, card, options)
+        metrics = convert_fp16(src, out, keep_fp32=keep, sample_images=sample)
+        params.update(keep_fp32=keep)
+    record = manifest.record("export", "onnx", out, id=art_id, parents=[fp32.id], params=params,
+                             metrics=metrics)
+    console.print(f"[green]exported[/green] {record.path} ({precision})")
+    return record
+
+
+def _export_trt(manifest: Manifest, ref: Record, card: Any, precision: str,
+                options: dict[str, Any], console: Console) -> Record:
+    """A TensorRT engine (plus JSON sidecar) from the matching ONNX graph."""
+    from port.export.tensorrt import build_engine, installed_trt_major
+    from port.export.trt_options import options_from_flags, plan_build
+
+    trt_major = installed_trt_major()  # BackendUnavailable when TensorRT/GPU are missing
+    build_options = options_from_flags(precision, options)
+    plan = plan_build(build_options, trt_major, onnx_precision=None)
+    # Strongly typed builds need the precision in the graph: build from the FP16/QDQ ONNX.
+    onnx_precision = plan.onnx_precision
+    if onnx_precision == "fp32":
+        source = _ensure_fp32_onnx(manifest, ref, card, options, console)
+    else:
+        src_id, _ = artifact_path(manifest.run_dir, "onnx", onnx_precision)
+        existing = manifest.get(src_id)
+        if existing is not None and manifest.state(src_id).name == "fresh":
+            source = existing
+        else:
+            lowp_options = {k: v for k, v in options.items() if k in ONNX_OPTIONS}
+            source = _export_onnx_lowp(manifest, ref, card, onnx_precision, lowp_options, console)
+    calib_images = None
+    params: dict[str, Any] = {"to": "trt", "precision": precision, "card": card.to_dict()}
+    if plan.needs_calibrator:
+        calib_images, calib = _calibration(manifest, ref, card, options)
+        params["calibration"] = calib
+    art_id, out = artifact_path(manifest.run_dir, "trt", precision)
+    start = time.perf_counter()
+    metrics = build_engine(manifest.run_dir / source.path, out, build_options, card,
+                           calib_images=calib_images, log_path=out.with_suffix(".build.log"))
+    metrics.setdefault("build_seconds", time.perf_counter() - start)
+    params.update(build_options.to_dict())
+    record = manifest.record("export", "engine", out, id=art_id, parents=[source.id],
+                             params=params, metrics=metrics)
+    console.print(f"[green]built[/green] {record.path} ({precision}, "
+                  f"{metrics['build_seconds']:.1f} s)")
+    return record
+
+
+def run_export(run: Path, *, to: str, precision: str | None, options: dict[str, Any],
+               console: Console) -> Record:
+    """Export the reference of ``run`` to ``to``/``precision`` and record it."""
+    from port.export.formats import get_format, validate_precision
+
+    fmt = get_format(to)
+    precision = precision or "fp32"
+    validate_precision(fmt, precision)
+    validate_options(to, precision, options)
+    manifest = open_run(run)
+    ref = reference(manifest)
+    card = reference_card(manifest, ref)
+    if to == "onnx" and precision == "fp32":
+        return _export_onnx_fp32(manifest, ref, card, options, console)
+    if to == "onnx":
+        return _export_onnx_lowp(manifest, ref, card, precision, options, console)
+    if to == "trt":
+        return _export_trt(manifest, ref, card, precision, options, console)
+    raise ManifestError(f"no exporter wired for --to {to}")  # registry and stages out of sync

@@ -1,0 +1,183 @@
+"""`porter import`: register a model made elsewhere as the run's reference.
+
+A state_dict is rebuilt with a registry architecture and saved as the run's ``model.pt`` (with
+its ModelCard), so every later stage treats it exactly like a trained model. An ONNX file is
+copied into the run as is (its bytes are what the user deploys) and its card is taken from
+porter's metadata when present, from the flags otherwise.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+
+from port.errors import ModelError, UsageError
+from port.manifest import Manifest, sha256_file
+from port.stages.common import REFERENCE_ID
+
+
+@dataclass
+class ImportRequest:
+    """Flags of `porter import`."""
+
+    source: Path
+    arch: str | None = None
+    num_classes: int | None = None
+    image_size: int | None = None
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+    classes: str | None = None  # comma-separated names or a file with one per line
+    data: str | None = None
+    width: float | None = None
+
+
+def _class_names(req: ImportRequest) -> list[str] | None:
+    """Class names from --classes (a list or a file), or from --data's folders."""
+    if req.classes:
+        path = Path(req.classes)
+        if path.is_file():
+            names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        else:
+            names = [c.strip() for c in req.classes.split(",") if c.strip()]
+        return names
+    if req.data:
+        from port.data.datasets import dataset_classes
+        from port.data.spec import parse_data_spec
+
+        return dataset_classes(parse_data_spec(req.data))
+    return None
+
+
+def _card_from_flags(req: ImportRequest, arch: str, inferred_classes: int | None):
+    """Build a ModelCard from the flags (and the data set, when given)."""
+    from port.data.preprocess import Preprocess
+    from port.models.card import ModelCard
+
+    names = _class_names(req)
+    num_classes = req.num_classes or (len(names) if names else None) or inferred_classes
+    if num_classes is None:
+        raise UsageError("cannot tell the number of classes: pass --num-classes or --classes")
+    if names is None:
+        names = [f"class_{i}" for i in range(num_classes)]
+    if len(names) != num_classes:
+        raise UsageError(
+            f"--classes names {len(names)} classes but the model has {num_classes}: "
+            "pass one name per output"
+        )
+    if req.image_size is not None:
+        size = req.image_size
+    elif req.data:
+        from port.data.datasets import native_image_size
+        from port.data.spec import parse_data_spec
+
+        size = native_image_size(parse_data_spec(req.data))
+    else:
+        raise UsageError("cannot tell the input size: pass --image-size (or --data)")
+    if req.mean is None or req.std is None:
+        if req.data:
+            from port.data.datasets import default_preprocess
+            from port.data.spec import parse_data_spec
+
+            pre = default_preprocess(parse_data_spec(req.data), image_size=size)
+            mean, std = req.mean or pre.mean, req.std or pre.std
+        else:
+            raise UsageError("cannot tell the normalisation: pass --mean R,G,B and --std R,G,B")
+    else:
+        mean, std = req.mean, req.std
+    kwargs = {"width": req.width} if req.width is not None else {}
+    return ModelCard(arch=arch, num_classes=num_classes, classes=names,
+                     preprocess=Preprocess.for_size(size, mean, std), model_kwargs=kwargs)
+
+
+def _import_state_dict(run: Path, req: ImportRequest) -> tuple[Path, dict]:
+    from port.models.checkpoint import load_state_dict, save_model
+    from port.models.registry import create_model
+
+    if not req.arch:
+        raise UsageError("importing a state_dict needs --arch (see `porter models`)")
+    state = load_state_dict(req.source)
+    # The classifier's weight tells the class count when no flag does.
+    inferred = next((int(v.shape[0]) for k, v in state.items()
+                     if k.endswith(("fc.weight", "linear.weight", "classifier.weight"))), None)
+    card = _card_from_flags(req, req.arch, inferred)
+    model = create_model(req.arch, card.num_classes, **card.model_kwargs)
+    missing, unexpected = [], []
+    try:
+        result = model.load_state_dict(state, strict=False)
+        missing, unexpected = list(result.missing_keys), list(result.unexpected_keys)
+    except RuntimeError as exc:  # shape mismatch: name the first one
+        first = str(exc).splitlines()[1:2] or [str(exc)]
+        raise ModelError(
+            f"{req.source} does not fit {req.arch} with {card.num_classes} classes "
+            f"({first[0].strip()}): check --arch and --num-classes"
+        ) from None
+    if missing or unexpected:
+        key = (missing or unexpected)[0]
+        what = "lacks" if missing else "has an unexpected"
+        raise ModelError(
+            f"{req.source} {what} key '{key}' for {req.arch} "
+            f"({len(missing)} missing, {len(unexpected)} unexpected): check --arch"
+        )
+    out = run / "model.pt"
+    save_model(out, model, card, extra={"imported_from": str(req.source)})
+    return out, card.to_dict()
+
+
+def _import_onnx(run: Path, req: ImportRequest) -> tuple[Path, dict]:
+    import onnx
+
+    from port.export.metadata import read_card
+
+    try:
+        onnx.checker.check_model(str(req.source), full_check=False)
+    except (onnx.checker.ValidationError, onnx.onnx_cpp2py_export.checker.ValidationError,
+            OSError, ValueError) as exc:
+        raise ModelError(
+            f"{req.source} is not a valid ONNX model ({str(exc).splitlines()[0][:120]}): "
+            "re-export it"
+        ) from None
+    card = read_card(req.source)
+    if card is None:
+        proto = onnx.load(str(req.source), load_external_data=False)
+        outputs = proto.graph.output
+        dims = outputs[0].type.tensor_type.shape.dim if outputs else []
+        inferred = dims[-1].dim_value if dims and dims[-1].dim_value > 0 else None
+        card = _card_from_flags(req, req.arch or "external-onnx", inferred)
+        inits = {i.name for i in proto.graph.initializer}
+        inputs = [i for i in proto.graph.input if i.name not in inits]
+        card.input_name = inputs[0].name
+        card.output_name = outputs[0].name
+    out = run / "model.onnx"
+    tmp = out.with_suffix(".onnx.tmp")
+    shutil.copyfile(req.source, tmp)
+    tmp.replace(out)
+    return out, card.to_dict()
+
+
+def run_import(run: Path, req: ImportRequest, *, console: Console) -> None:
+    """Validate and copy/convert the model into the run; record it as the reference."""
+    if not req.source.is_file():
+        raise UsageError(f"{req.source} not found: pass the path of a .pt/.pth or .onnx file")
+    suffix = req.source.suffix.lower()
+    if suffix not in {".pt", ".pth", ".onnx"}:
+        raise UsageError(f"cannot import '{req.source.name}': expected a .pt, .pth or .onnx file")
+    run.mkdir(parents=True, exist_ok=True)
+    manifest = Manifest(run)
+    if manifest.get(REFERENCE_ID) is not None:
+        raise UsageError(
+            f"run {run} already has a reference model: import into a new --run directory"
+        )
+    if suffix == ".onnx":
+        path, card = _import_onnx(run, req)
+        kind = "onnx"
+    else:
+        path, card = _import_state_dict(run, req)
+        kind = "checkpoint"
+    params = {"source": str(req.source), "source_sha256": sha256_file(req.source), "card": card,
+              "data": req.data}
+    record = manifest.record("import", kind, path, id=REFERENCE_ID, params=params)
+    console.print(f"[green]imported[/green] {req.source} as {record.path} ({kind}, "
+                  f"{card['num_classes']} classes, {card['preprocess']['image_size']} px)")

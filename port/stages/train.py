@@ -1,0 +1,41 @@
+"""`porter train`: resolve the recipe, train, record the checkpoint as the run's reference."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from port.manifest import Manifest
+from port.stages.common import REFERENCE_ID
+
+DEFAULT_RECIPE = "cifar"
+
+
+def run_train(
+    run: Path,
+    *,
+    recipe: str | None,
+    overrides: dict[str, Any],
+    resume: bool,
+    download: bool,
+    console: Console,
+) -> None:
+    """Train per the resolved config and record ``model.pt`` (id ``model``) in the manifest."""
+    from port.train.loop import train
+    from port.train.recipe import resolve
+
+    cfg = resolve(recipe or DEFAULT_RECIPE, overrides)
+    run.mkdir(parents=True, exist_ok=True)
+    result = train(cfg, run, resume=resume, download=download)
+    params = dict(result.params)
+    params["card"] = result.card.to_dict()
+    manifest = Manifest(run)
+    record = manifest.record(
+        "train", "checkpoint", result.model_path, id=REFERENCE_ID, params=params,
+        metrics=result.metrics,
+    )
+    shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                      for k, v in result.metrics.items() if not isinstance(v, dict | list))
+    console.print(f"[green]trained[/green] {record.path} ({shown})")
