@@ -1,0 +1,100 @@
+"""The whole workflow through the real CLI on the built-in synthetic data set."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.helpers import TINY_TRAIN, assert_usage_error, manifest_states, porter
+
+pytestmark = pytest.mark.slow
+
+REPORT_ROW_FIELDS = {
+    "artifact", "backend", "device", "precision", "top1", "top5", "top1_drop_pp", "agreement",
+    "max_abs_diff", "mean_abs_diff", "latency_ms", "throughput", "size_bytes", "passed", "why",
+}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """train -> export onnx, once for the module."""
+    run = tmp_path_factory.mktemp("synthetic") / "run"
+    result = porter("train", "--run", run, "--data", "synthetic", "--epochs", "2",
+                    "--limit", "1000", "--val-limit", "300", "--seed", "0", *TINY_TRAIN)
+    assert result.code == 0, result.err[-3000:]
+    result = porter("export", "--run", run, "--to", "onnx")
+    assert result.code == 0, result.err[-3000:]
+    return run
+
+
+def test_train_writes_run_outputs(run: Path) -> None:
+    assert (run / "model.pt").is_file()
+    assert (run / "checkpoints" / "last.pt").is_file()
+    assert (run / "curves.png").stat().st_size > 1000
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
+    manifest = json.loads((run / "manifest.json").read_text())
+    model = next(a for a in manifest["artifacts"] if a["id"] == "model")
+    assert model["stage"] == "train" and model["kind"] == "checkpoint"
+    assert model["params"]["epochs"] == 2 and model["params"]["arch"] == "resnet18_cifar"
+    assert model["env"]["torch"]
+
+
+def test_onnx_export_is_recorded_with_parent_and_metadata(run: Path) -> None:
+    import onnx
+
+    manifest = json.loads((run / "manifest.json").read_text())
+    records = {a["id"]: a for a in manifest["artifacts"]}
+    onnx_record = records["onnx-fp32"]
+    assert [p["id"] for p in onnx_record["parents"]] == ["model"]
+    assert onnx_record["parents"][0]["sha256"] == records["model"]["sha256"]
+    props = {p.key: p.value for p in onnx.load(str(run / onnx_record["path"])).metadata_props}
+    assert json.loads(props["porter.classes"])[:1] and props["porter.layout"] == "NCHW"
+    assert props["porter.source_sha256"] == records["model"]["sha256"]
+
+
+def test_evaluate_compare_passes_and_writes_report(run: Path) -> None:
+    result = porter("evaluate", "--run", run, "--compare", "--batch-sizes", "1,8")
+    assert result.code == 0, (result.out[-3000:], result.err[-3000:])
+    report = json.loads((run / "report" / "report.json").read_text())
+    assert report["passed"] is True
+    assert report["dataset"]["images"] == 1000  # synthetic val split
+    backends = {(row["artifact"], row["backend"]) for row in report["rows"]}
+    assert backends == {("model", "torch"), ("onnx-fp32", "onnxruntime")}
+    for row in report["rows"]:
+        assert REPORT_ROW_FIELDS <= set(row)
+        assert set(row["latency_ms"]) == {"1", "8"}
+        assert row["latency_ms"]["8"]["p50"] > 0
+    onnx_row = next(r for r in report["rows"] if r["backend"] == "onnxruntime")
+    assert onnx_row["agreement"] >= 0.999
+    assert onnx_row["top1"] > 0.2  # the tiny model learned something (chance is 0.1)
+    for name in ("report.md", "latency.png", "accuracy_vs_latency.png"):
+        assert (run / "report" / name).is_file(), name
+    assert manifest_states(run)["report"] == "fresh"
+
+
+def test_status_tracks_edits_and_evaluate_refuses_modified(run: Path, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    assert set(manifest_states(copy).values()) == {"fresh"}
+    onnx_file = copy / "model.fp32.onnx"
+    onnx_file.write_bytes(onnx_file.read_bytes() + b"\0")
+    states = manifest_states(copy)
+    assert states["onnx-fp32"] == "modified"
+    assert states["model"] == "fresh"
+    assert_usage_error(porter("evaluate", "--run", copy, "--compare"), "onnx-fp32", "modified")
+    # Re-exporting re-makes it; the report made from the old file is now stale.
+    assert porter("export", "--run", copy, "--to", "onnx").code == 0
+    states = manifest_states(copy)
+    assert states["onnx-fp32"] == "fresh" and states["report"] == "stale"
+    (copy / "model.pt").unlink()
+    states = manifest_states(copy)
+    assert states["model"] == "missing" and states["onnx-fp32"] == "stale"
+    assert_usage_error(porter("export", "--run", copy, "--to", "onnx"), "model", "missing")
+    # Nothing already recorded was lost by the refusals.
+    manifest = json.loads((copy / "manifest.json").read_text())
+    assert {a["id"] for a in manifest["artifacts"]} == {"model", "onnx-fp32", "report"}
