@@ -1,0 +1,307 @@
+"""``porter doctor``: what this machine offers, and which ``--to/--precision`` targets work here.
+
+:func:`probe` never crashes and stays cheap: optional packages are found with
+``importlib.util.find_spec`` and versioned with ``importlib.metadata``; only torch (already a
+dependency), ONNX Runtime (for its provider list) and, when present, TensorRT and pycuda are
+imported, each behind the specific errors a broken install raises.
+
+:func:`targets` derives the verdicts from a probe dict, so it is tested with hand-made probes.
+The GPU rules follow TensorRT's support matrix and release notes: TensorRT 10.0-10.4 run on
+compute capability 7.0 (Volta) and newer, 10.5 and later (and 11.x) on 7.5 (Turing) and newer;
+every supported GPU has FP16 and INT8 (INT8 tensor cores from 7.5). TensorRT 11 builds
+strongly typed networks only, so INT8 comes from a QDQ ONNX there (no ``--calibrator``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import platform
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Any
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+ONNX_PRECISIONS = ("fp32", "fp16", "int8")
+TRT_PRECISIONS = ("fp32", "fp16", "int8")
+
+
+@dataclass
+class Target:
+    """One ``porter export --to X --precision Y`` and whether it works on this machine."""
+
+    to: str
+    precision: str
+    available: bool
+    why: str
+
+
+# --------------------------------------------------------------------------------------------
+# probe
+# --------------------------------------------------------------------------------------------
+def _dist_version(*names: str) -> str | None:
+    for name in names:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def _has(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a broken parent package
+        return False
+
+
+def _probe_torch() -> dict[str, Any]:
+    info: dict[str, Any] = {"installed": _has("torch"), "version": None, "cuda": None,
+                            "cuda_available": False, "devices": [], "error": None}
+    if not info["installed"]:
+        return info
+    try:
+        import torch
+    except (ImportError, OSError) as exc:
+        info["error"] = str(exc).strip().splitlines()[0]
+        return info
+
+    info["version"] = torch.__version__
+    info["cuda"] = torch.version.cuda
+    try:
+        info["cuda_available"] = bool(torch.cuda.is_available())
+        for i in range(torch.cuda.device_count() if info["cuda_available"] else 0):
+            props = torch.cuda.get_device_properties(i)
+            info["devices"].append({
+                "index": i,
+                "name": props.name,
+                "compute_capability": f"{props.major}.{props.minor}",
+                "total_memory_bytes": int(props.total_memory),
+            })
+    except RuntimeError as exc:  # a driver/toolkit mismatch surfaces here
+        info["error"] = str(exc).strip().splitlines()[0]
+    return info
+
+
+def _probe_driver(pycuda_ok: bool) -> dict[str, Any]:
+    smi = shutil.which("nvidia-smi")
+    if smi:
+        try:
+            out = subprocess.run(
+                [smi, "--query-gpu=driver_version", "--format=csv,noheader"],
+                capture_output=True, text=True, timeout=10, check=True,
+            ).stdout.strip().splitlines()
+            if out:
+                return {"version": out[0].strip(), "source": "nvidia-smi"}
+        except (OSError, subprocess.SubprocessError):
+            pass
+    if pycuda_ok:
+        try:
+            import pycuda.driver as cuda
+
+            cuda.init()
+            v = int(cuda.get_driver_version())  # CUDA driver API version, e.g. 12040
+            return {"version": None, "cuda_driver_api": f"{v // 1000}.{(v % 1000) // 10}",
+                    "source": "pycuda"}
+        except (ImportError, OSError, RuntimeError) as exc:
+            return {"version": None, "source": None, "error": str(exc).splitlines()[0]}
+    return {"version": None, "source": None}
+
+
+def _probe_tensorrt() -> dict[str, Any]:
+    info: dict[str, Any] = {"installed": _has("tensorrt"), "version": None, "error": None}
+    if not info["installed"]:
+        return info
+    info["version"] = _dist_version("tensorrt", "tensorrt-cu13", "tensorrt-cu12", "tensorrt-cu11")
+    try:
+        import tensorrt as trt
+
+        info["version"] = str(trt.__version__)
+    except (ImportError, OSError) as exc:  # wheel present, libnvinfer or CUDA libs missing
+        info["error"] = str(exc).strip().splitlines()[0]
+    return info
+
+
+def _probe_onnxruntime() -> dict[str, Any]:
+    info: dict[str, Any] = {"installed": _has("onnxruntime"), "version": None, "providers": []}
+    if info["installed"]:
+        try:
+            import onnxruntime as ort
+        except (ImportError, OSError) as exc:
+            info["error"] = str(exc).strip().splitlines()[0]
+            return info
+        info["version"] = ort.__version__
+        info["providers"] = list(ort.get_available_providers())
+    return info
+
+
+def probe() -> dict[str, Any]:
+    """What this machine offers; plain data (JSON-serialisable), never raises."""
+    pycuda_ok = _has("pycuda")
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "executable": sys.executable,
+        "torch": _probe_torch(),
+        "driver": _probe_driver(pycuda_ok),
+        "tensorrt": _probe_tensorrt(),
+        "pycuda": {"installed": pycuda_ok, "version": _dist_version("pycuda")},
+        "onnx": {"installed": _has("onnx"), "version": _dist_version("onnx")},
+        "onnxruntime": _probe_onnxruntime(),
+        "modelopt": {"installed": _has("modelopt"), "version": _dist_version("nvidia-modelopt")},
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# targets
+# --------------------------------------------------------------------------------------------
+def _version_tuple(text: str | None) -> tuple[int, ...]:
+    parts = []
+    for piece in (text or "").split("."):
+        if not piece.isdigit():
+            break
+        parts.append(int(piece))
+    return tuple(parts)
+
+
+def trt_min_cc(trt_version: str | None) -> tuple[int, int]:
+    """Lowest compute capability a TensorRT version supports (Volta dropped in 10.5)."""
+    return (7, 0) if _version_tuple(trt_version)[:2] < (10, 5) else (7, 5)
+
+
+def _cc(text: str) -> tuple[int, int]:
+    major, _, minor = text.partition(".")
+    return (int(major), int(minor or 0))
+
+
+def trt_missing(found: dict[str, Any]) -> list[str]:
+    """What stops ``--to trt`` here, one short phrase each; empty when nothing does."""
+    missing = []
+    trt = found.get("tensorrt", {})
+    if not trt.get("installed"):
+        missing.append("TensorRT (not installed)")
+    elif trt.get("error"):
+        missing.append(f"a working TensorRT (import fails: {trt['error']})")
+    elif _version_tuple(trt.get("version"))[:1] < (10,):
+        missing.append(f"TensorRT 10 or 11 (found {trt.get('version')})")
+    if not found.get("pycuda", {}).get("installed"):
+        missing.append("pycuda (not installed)")
+    devices = found.get("torch", {}).get("devices", [])
+    if not devices:
+        missing.append("a CUDA GPU (none found)")
+    elif trt.get("installed") and not trt.get("error"):
+        need = trt_min_cc(trt.get("version"))
+        if not any(_cc(d["compute_capability"]) >= need for d in devices):
+            best = max(d["compute_capability"] for d in devices)
+            missing.append(
+                f"a GPU with compute capability >= {need[0]}.{need[1]} for TensorRT "
+                f"{trt.get('version')} (best here: {best})"
+            )
+    return missing
+
+
+def targets(found: dict[str, Any]) -> list[Target]:
+    """Every ``--to``/``--precision`` pair and whether it works here, with the reason."""
+    out: list[Target] = []
+    ort_info = found.get("onnxruntime", {})
+    providers = ort_info.get("providers", [])
+    have_ort = bool(ort_info.get("installed"))
+    gpu_ep = "CUDAExecutionProvider" in providers
+    for precision in ONNX_PRECISIONS:
+        if not found.get("onnx", {}).get("installed", True):
+            out.append(Target("onnx", precision, False, "needs the onnx package (not installed)"))
+            continue
+        if not have_ort:
+            why = "exported on the CPU; ONNX Runtime is missing, so it cannot be checked here"
+        elif precision == "int8":
+            why = "QDQ model from ONNX Runtime's static quantizer; checked on CPUExecutionProvider"
+        elif precision == "fp16":
+            why = "FP16 graph with FP32 I/O, pre-flight on the CPU; " + (
+                "runs on CUDAExecutionProvider" if gpu_ep
+                else "`porter evaluate` says where it could run (no GPU provider here)"
+            )
+        else:
+            why = "checked on " + ("CUDAExecutionProvider" if gpu_ep else "CPUExecutionProvider")
+        out.append(Target("onnx", precision, True, why))
+
+    missing = trt_missing(found)
+    trt_version = found.get("tensorrt", {}).get("version")
+    major = (_version_tuple(trt_version) or (0,))[0]
+    quantizer = "modelopt" if found.get("modelopt", {}).get("installed") else "onnxruntime"
+    for precision in TRT_PRECISIONS:
+        if missing:
+            out.append(Target("trt", precision, False, "needs " + ", ".join(missing)))
+            continue
+        if precision == "fp32":
+            why = f"TensorRT {trt_version}, strongly typed FP32 (TF32 off)"
+        elif precision == "fp16":
+            why = (f"TensorRT {trt_version}: strongly typed from the FP16 ONNX"
+                   + (", or classic BuilderFlag.FP16" if major == 10 else ""))
+        else:
+            why = (f"TensorRT {trt_version}: from the QDQ ONNX ({quantizer} quantizer)"
+                   + (", or --calibrator entropy|minmax" if major == 10
+                      else "; --calibrator was removed in TensorRT 11"))
+        out.append(Target("trt", precision, True, why))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# render
+# --------------------------------------------------------------------------------------------
+def _yes(value: Any) -> str:
+    return str(value) if value else "-"
+
+
+def render(found: dict[str, Any], usable: list[Target]) -> Group:
+    """Two rich tables: the machine, then the targets."""
+    machine = Table(title="This machine", show_header=False, title_justify="left")
+    machine.add_column("what", style="bold")
+    machine.add_column("found")
+    torch_info = found.get("torch", {})
+    devices = torch_info.get("devices", [])
+    machine.add_row("python", f"{found.get('python')} ({found.get('platform')})")
+    machine.add_row(
+        "torch",
+        f"{_yes(torch_info.get('version'))}, CUDA build {_yes(torch_info.get('cuda'))}, "
+        f"CUDA available: {'yes' if torch_info.get('cuda_available') else 'no'}"
+        + (f" ({torch_info['error']})" if torch_info.get("error") else ""),
+    )
+    if devices:
+        for d in devices:
+            gib = d["total_memory_bytes"] / 1024**3
+            machine.add_row(f"cuda:{d['index']}",
+                            f"{d['name']}, compute capability {d['compute_capability']}, "
+                            f"{gib:.1f} GiB")
+    else:
+        machine.add_row("GPUs", "none")
+    driver = found.get("driver", {})
+    machine.add_row("NVIDIA driver", _yes(driver.get("version") or driver.get("cuda_driver_api")))
+    trt = found.get("tensorrt", {})
+    trt_text = _yes(trt.get("version")) if trt.get("installed") else "not installed"
+    if trt.get("error"):
+        trt_text += f" (cannot be imported: {trt['error']})"
+    machine.add_row("TensorRT", trt_text)
+    for name in ("pycuda", "modelopt", "onnx"):
+        entry = found.get(name, {})
+        machine.add_row(name, _yes(entry.get("version")) if entry.get("installed")
+                        else "not installed")
+    ort_info = found.get("onnxruntime", {})
+    machine.add_row("onnxruntime", f"{_yes(ort_info.get('version'))}: "
+                    + ", ".join(ort_info.get("providers", [])) if ort_info.get("installed")
+                    else "not installed")
+
+    table = Table(title="Export targets (porter export --to ... --precision ...)",
+                  title_justify="left")
+    table.add_column("--to")
+    table.add_column("--precision")
+    table.add_column("works here")
+    table.add_column("how / why not")
+    for t in usable:
+        verdict = Text("yes", style="green") if t.available else Text("no", style="red")
+        table.add_row(t.to, t.precision, verdict, t.why)
+    return Group(machine, Text(""), table)
