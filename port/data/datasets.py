@@ -1,0 +1,427 @@
+"""Loading a split of any data spec as a torch Dataset, with its classes and preprocessing.
+
+``load_split`` is the one entry point for training and evaluation; ``materialize`` preprocesses a
+split once into arrays (evaluation, INT8 calibration); ``as_uint8_tensors`` gives the raw pixels of
+a whole split for a GPU-resident loader.
+
+Sources, all yielding PIL images into the same transforms (:mod:`port.data.transforms`):
+
+- synthetic: the in-memory arrays of :mod:`port.data.synthetic` (val split = its val set);
+- cifar10/cifar100: torchvision's data sets, kept as their uint8 arrays (val split = test set);
+- folder: ``DIR/train`` and ``DIR/val`` (else ``DIR/test``) read with an ImageFolder.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.error import URLError
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, Subset
+from torchvision.datasets import CIFAR10, CIFAR100, ImageFolder
+from torchvision.datasets.folder import IMG_EXTENSIONS
+
+from port.data import synthetic
+from port.data.imageio import read_image
+from port.data.preprocess import (
+    CIFAR10_MEAN,
+    CIFAR10_STD,
+    CIFAR100_MEAN,
+    CIFAR100_STD,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Preprocess,
+)
+from port.data.spec import CIFAR_KINDS, DataSpec, class_dirs, folder_val_dir
+from port.data.transforms import (
+    SMALL_IMAGE_MAX,
+    Transform,
+    eval_transform,
+    geometry_transform,
+    train_transform,
+)
+from port.errors import DataError, UsageError
+
+SPLITS = ("train", "val")
+CIFAR10_CLASSES = (
+    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+)
+_PROGRESS_MIN_IMAGES = 20_000  # materialize shows a progress bar from this many images on
+
+
+# --------------------------------------------------------------------------------------------
+# Datasets
+# --------------------------------------------------------------------------------------------
+class ArrayDataset(Dataset):
+    """Images held in memory as one uint8 (N, H, W, 3) array; yields ``(transform(img), label)``."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, transform: Transform) -> None:
+        self.images = images
+        self.labels = labels
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.transform(Image.fromarray(self.images[index])), int(self.labels[index])
+
+
+class FolderDataset(ImageFolder):
+    """torchvision's ImageFolder reading through :func:`read_image` (errors name the file).
+
+    Class folders are the non-hidden sub-folders, so ``.ipynb_checkpoints`` or ``.DS_Store``
+    leftovers never become classes.
+    """
+
+    def __init__(self, root: Path, transform: Transform) -> None:
+        super().__init__(str(root), transform=transform, loader=read_image)
+
+    def find_classes(self, directory: str | Path) -> tuple[list[str], dict[str, int]]:
+        classes = class_dirs(Path(directory))
+        if not classes:
+            raise DataError(f"{directory} has no class folders: put images in {directory}/<class>/")
+        return classes, {name: i for i, name in enumerate(classes)}
+
+
+@dataclass
+class SplitData:
+    """One split ready for a DataLoader.
+
+    ``dataset`` yields ``(float32 CHW normalised tensor, int label)``; ``indices`` are the
+    positions kept by ``limit`` (``None`` = the whole split); ``targets`` are the labels of the
+    images ``dataset`` yields, in its order.
+    """
+
+    dataset: Dataset
+    classes: list[str]
+    preprocess: Preprocess
+    spec: DataSpec
+    split: str
+    indices: np.ndarray | None = None
+    targets: np.ndarray | None = None
+    augment: bool = False
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------------------------
+# Sources
+# --------------------------------------------------------------------------------------------
+def _cifar_class(kind: str) -> type[CIFAR10]:
+    return CIFAR10 if kind == "cifar10" else CIFAR100
+
+
+@functools.lru_cache(maxsize=4)
+def _cifar_arrays(
+    kind: str, root: Path, train: bool, download: bool
+) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    """uint8 NHWC images, int64 labels and class names of one CIFAR split (cached per process)."""
+    cls = _cifar_class(kind)
+    name = "CIFAR-10" if kind == "cifar10" else "CIFAR-100"
+    if not download and not (root / cls.base_folder).is_dir():
+        raise DataError(
+            f"{name} not found in {root}: pass --download to fetch it, or --data {kind}:DIR "
+            f"with DIR holding {cls.base_folder}/"
+        )
+    try:
+        ds = cls(str(root), train=train, download=download)
+    except (URLError, OSError) as exc:
+        raise DataError(
+            f"could not download {name} into {root} ({exc}): check the network, or fetch it "
+            f"yourself and pass --data {kind}:DIR"
+        ) from exc
+    except RuntimeError as exc:  # torchvision: "Dataset not found or corrupted"
+        raise DataError(
+            f"{name} in {root} is incomplete or corrupted ({exc}): delete {root / cls.base_folder} "
+            "and pass --download"
+        ) from exc
+    images = np.ascontiguousarray(ds.data)
+    labels = np.asarray(ds.targets, dtype=np.int64)
+    images.setflags(write=False)  # shared through the cache
+    labels.setflags(write=False)
+    return images, labels, tuple(ds.classes)
+
+
+def _folder_split_dir(spec: DataSpec, split: str) -> Path:
+    assert spec.root is not None
+    if split == "train":
+        return spec.root / "train"
+    val_dir = folder_val_dir(spec.root)
+    if val_dir is None:
+        raise DataError(f"data folder {spec.root} has no val/ or test/ sub-folder: add one")
+    return val_dir
+
+
+def _check_folder_classes(spec: DataSpec, val_dir: Path) -> None:
+    """The val classes must be the train classes: labels are indices into the sorted names."""
+    assert spec.root is not None
+    train, val = class_dirs(spec.root / "train"), class_dirs(val_dir)
+    if train != val:
+        missing = sorted(set(train) - set(val))
+        extra = sorted(set(val) - set(train))
+        raise DataError(
+            f"{val_dir} classes differ from train/ (missing {missing or 'none'}, extra "
+            f"{extra or 'none'}): give both splits the same class folders"
+        )
+
+
+def _base_dataset(
+    spec: DataSpec, split: str, transform: Transform
+) -> tuple[Dataset, np.ndarray, list[str]]:
+    """The whole split: (dataset, labels in dataset order, class names)."""
+    if spec.kind == "synthetic":
+        images, labels = synthetic.synthetic_arrays(split)
+        return ArrayDataset(images, labels, transform), labels, list(synthetic.CLASSES)
+    if spec.kind in CIFAR_KINDS:
+        root = spec.data_root
+        assert root is not None
+        images, labels, classes = _cifar_arrays(spec.kind, root, split == "train", spec.download)
+        return ArrayDataset(images, labels, transform), labels, list(classes)
+    split_dir = _folder_split_dir(spec, split)
+    if split != "train":
+        _check_folder_classes(spec, split_dir)
+    try:
+        ds = FolderDataset(split_dir, transform)
+    except FileNotFoundError as exc:  # torchvision: "Found no valid file for the classes ..."
+        raise DataError(
+            f"{split_dir}: {' '.join(str(exc).split())}: add images or remove empty class folders"
+        ) from exc
+    return ds, np.asarray(ds.targets, dtype=np.int64), list(ds.classes)
+
+
+def balanced_subset(labels: np.ndarray, limit: int, seed: int) -> np.ndarray:
+    """``limit`` sorted indices drawn class-balanced (round-robin over shuffled classes).
+
+    Deterministic for a given ``seed``. Classes with too few images give their share to others.
+    """
+    rng = np.random.default_rng(seed)
+    classes = np.unique(labels)
+    per_class = [rng.permutation(np.flatnonzero(labels == c)) for c in classes]
+    order = rng.permutation(len(classes))  # which classes get the remainder when uneven
+    depth = max(len(p) for p in per_class)
+    # Round k takes the k-th image of every class, so any prefix is as balanced as possible.
+    picked = [per_class[c][k] for k in range(depth) for c in order if k < len(per_class[c])]
+    return np.sort(np.asarray(picked[:limit], dtype=np.int64))
+
+
+# --------------------------------------------------------------------------------------------
+# Public API
+# --------------------------------------------------------------------------------------------
+def _first_image(split_dir: Path) -> Path:
+    for name in class_dirs(split_dir):
+        for path in sorted((split_dir / name).iterdir()):
+            if path.is_file() and path.suffix.lower() in IMG_EXTENSIONS:
+                return path
+    raise DataError(
+        f"no images found under {split_dir}: put {'/'.join(IMG_EXTENSIONS)} files in "
+        f"{split_dir}/<class>/"
+    )
+
+
+def native_image_size(spec: DataSpec) -> int:
+    """The input size the data suggests: 32 for CIFAR and synthetic; for a folder, from one image
+    (shorter side <= 64 px -> rounded to a multiple of 32, otherwise 224)."""
+    if spec.kind != "folder":
+        return 32
+    assert spec.root is not None
+    path = _first_image(spec.root / "train")
+    try:
+        with Image.open(path) as img:  # reads the header only
+            side = min(img.size)
+    except OSError as exc:
+        raise DataError(f"cannot read image {path} ({exc}): remove or replace the file") from exc
+    if side <= SMALL_IMAGE_MAX:
+        return max(32, 32 * round(side / 32))
+    return 224
+
+
+def default_preprocess(spec: DataSpec, image_size: int | None = None) -> Preprocess:
+    """CIFAR mean/std for CIFAR-like data (CIFAR, synthetic, folders of <= 64 px images),
+    ImageNet mean/std otherwise; input size ``image_size`` or :func:`native_image_size`."""
+    native = native_image_size(spec)
+    size = image_size if image_size is not None else native
+    if size <= 0:
+        raise UsageError(f"image size must be positive, got {size}")
+    if spec.kind == "cifar100":
+        mean, std = CIFAR100_MEAN, CIFAR100_STD
+    elif spec.kind in ("cifar10", "synthetic") or native <= SMALL_IMAGE_MAX:
+        mean, std = CIFAR10_MEAN, CIFAR10_STD
+    else:
+        mean, std = IMAGENET_MEAN, IMAGENET_STD
+    return Preprocess.for_size(size, mean, std)
+
+
+def dataset_classes(spec: DataSpec) -> list[str]:
+    """Class names in label order."""
+    if spec.kind == "synthetic":
+        return list(synthetic.CLASSES)
+    if spec.kind == "cifar10":
+        return list(CIFAR10_CLASSES)
+    if spec.kind == "cifar100":
+        root = spec.data_root
+        assert root is not None
+        return list(_cifar_arrays(spec.kind, root, False, spec.download)[2])
+    assert spec.root is not None
+    return class_dirs(spec.root / "train")
+
+
+def load_split(
+    spec: DataSpec,
+    split: str,
+    *,
+    preprocess: Preprocess | None = None,
+    image_size: int | None = None,
+    augment: bool = False,
+    cutout: int = 0,
+    limit: int | None = None,
+    seed: int = 0,
+) -> SplitData:
+    """Load ``split`` ("train" or "val") of ``spec``.
+
+    ``preprocess`` defaults to :func:`default_preprocess` (``image_size`` overrides the native
+    size; giving both with different sizes is refused). ``augment`` selects the training preset
+    of :func:`port.data.transforms.train_transform`, with a ``cutout`` px square if > 0.
+    ``limit`` keeps a class-balanced subset of that many images chosen with ``seed``.
+    """
+    if split not in SPLITS:
+        raise UsageError(f"unknown split '{split}': use one of {', '.join(SPLITS)}")
+    if cutout < 0:
+        raise UsageError(f"cutout must be >= 0 pixels, got {cutout}")
+    if cutout and not augment:
+        raise UsageError("cutout is an augmentation: enable augmentation too, or set cutout to 0")
+    if limit is not None and limit <= 0:
+        raise UsageError(f"limit must be a positive number of images, got {limit}")
+    if preprocess is None:
+        preprocess = default_preprocess(spec, image_size)
+    elif image_size is not None and image_size != preprocess.image_size:
+        raise UsageError(
+            f"image size {image_size} conflicts with the model's preprocessing "
+            f"({preprocess.image_size} px): drop the image size or make them match"
+        )
+    if augment:
+        transform = train_transform(preprocess, cutout=cutout)
+    else:
+        transform = eval_transform(preprocess)
+    dataset, targets, classes = _base_dataset(spec, split, transform)
+    indices = None
+    if limit is not None and limit < len(targets):
+        indices = balanced_subset(targets, limit, seed)
+        dataset = Subset(dataset, indices.tolist())
+        targets = targets[indices]
+    return SplitData(dataset=dataset, classes=classes, preprocess=preprocess, spec=spec,
+                     split=split, indices=indices, targets=targets, augment=augment)
+
+
+def _unwrap(split: SplitData) -> tuple[Dataset, np.ndarray]:
+    """The full underlying dataset and the indices of ``split`` into it."""
+    base: Any = split.dataset
+    if isinstance(base, Subset):
+        base = base.dataset
+    n = len(base)
+    indices = split.indices if split.indices is not None else np.arange(n)
+    return base, indices
+
+
+def _fast_array_path(split: SplitData) -> bool:
+    """True when evaluation leaves the pixels as they are (in-memory images at input size)."""
+    base, _ = _unwrap(split)
+    p = split.preprocess
+    return (
+        isinstance(base, ArrayDataset)
+        and not split.augment
+        and p.resize == p.crop
+        and base.images.shape[1:3] == (p.crop, p.crop)
+    )
+
+
+def as_uint8_tensors(split: SplitData) -> tuple[torch.Tensor, torch.Tensor]:
+    """All images of ``split`` as raw pixels: (uint8 NCHW tensor, int64 labels), no normalisation.
+
+    Images are RGB at the preprocess input size (resized and centre-cropped like evaluation when
+    they are not already that size). Meant for 32 px sets that fit in memory (CIFAR train = 150 MB),
+    e.g. a GPU-resident loader that augments and normalises on the device itself; a folder of large
+    images is decoded one by one and can take a lot of memory at 224 px.
+    """
+    base, indices = _unwrap(split)
+    labels = torch.from_numpy(np.asarray(split.targets, dtype=np.int64).copy())
+    if _fast_array_path(split):
+        pixels = base.images[indices].transpose(0, 3, 1, 2)
+        return torch.from_numpy(np.ascontiguousarray(pixels)), labels
+    geometry = geometry_transform(split.preprocess)
+    size = split.preprocess.crop
+    out = torch.empty((len(indices), 3, size, size), dtype=torch.uint8)
+    for row, i in enumerate(indices):
+        if isinstance(base, ArrayDataset):
+            img = Image.fromarray(base.images[i])
+        else:
+            img = read_image(base.samples[i][0])
+        out[row] = torch.from_numpy(np.asarray(geometry(img)).transpose(2, 0, 1).copy())
+    return out, labels
+
+
+def _normalise_uint8(batch: np.ndarray, preprocess: Preprocess) -> torch.Tensor:
+    """uint8 NHWC -> normalised float32 NCHW with the same float ops, in the same order, as
+    ToTensor + Normalize, so the result is bit-identical to the per-image pipeline."""
+    x = torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2).to(torch.float32).div(255)
+    mean = torch.as_tensor(preprocess.mean, dtype=torch.float32).view(1, -1, 1, 1)
+    std = torch.as_tensor(preprocess.std, dtype=torch.float32).view(1, -1, 1, 1)
+    return x.sub_(mean).div_(std)
+
+
+def materialize(split: SplitData, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Run the split's transform over every image once: (float32 NCHW array, int64 labels).
+
+    Use a split loaded with ``augment=False`` for evaluation and calibration. In-memory 32 px sets
+    take a vectorised path that gives the same numbers as the per-image transform.
+    """
+    n = len(split)
+    p = split.preprocess
+    images = np.empty((n, 3, p.crop, p.crop), dtype=np.float32)
+    labels = np.empty(n, dtype=np.int64)
+    if _fast_array_path(split):
+        base, indices = _unwrap(split)
+        for start in range(0, n, batch_size):
+            idx = indices[start : start + batch_size]
+            images[start : start + len(idx)] = _normalise_uint8(base.images[idx], p).numpy()
+            labels[start : start + len(idx)] = base.labels[idx]
+        return images, labels
+    loader = DataLoader(split.dataset, batch_size=batch_size, shuffle=False, num_workers=0)
+    with _progress(n, f"preprocessing {split.spec} {split.split}") as advance:
+        start = 0
+        for x, y in loader:
+            images[start : start + len(y)] = x.numpy()
+            labels[start : start + len(y)] = y.numpy()
+            start += len(y)
+            advance(len(y))
+    return images, labels
+
+
+class _progress:
+    """A rich progress bar on stderr for long runs on a terminal; a no-op otherwise."""
+
+    def __init__(self, total: int, description: str) -> None:
+        self.total, self.description = total, description
+        self.bar: Any = None
+
+    def __enter__(self) -> Any:
+        if self.total < _PROGRESS_MIN_IMAGES or not sys.stderr.isatty():
+            return lambda k: None
+        from rich.console import Console
+        from rich.progress import Progress
+
+        self.bar = Progress(console=Console(stderr=True), transient=True)
+        self.bar.start()
+        task = self.bar.add_task(self.description, total=self.total)
+        return lambda k: self.bar.advance(task, k)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()

@@ -1,0 +1,130 @@
+"""Image transforms: the evaluation pipeline of a :class:`Preprocess` and two training presets.
+
+Every pipeline takes a PIL image of any mode and size and returns a float32 CHW tensor,
+normalised with the preprocess mean/std:
+
+- eval: RGB, resize the shorter side to ``resize``, centre-crop ``crop``, scale, normalise. This is
+  exactly what an app feeding an exported model must do (see :mod:`port.data.preprocess`).
+- train, small images (<= 64 px, CIFAR-style): resize to the input size if needed, reflect-pad
+  ``size // 8`` (4 px at 32) and random-crop back, random horizontal flip, optional Cutout.
+- train, large images (ImageNet-style): RandomResizedCrop (scale 0.08-1, ratio 3/4-4/3) and a random
+  horizontal flip, optional Cutout.
+
+Randomness comes only from torch's generator (torchvision's random transforms use it too), never
+from python's ``random``: DataLoader seeds torch per worker from the loader's generator, so a seeded
+run draws the same augmentations every time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision import transforms as T
+
+from port.data.preprocess import Preprocess
+
+SMALL_IMAGE_MAX = 64  # input sizes up to this use the CIFAR-style pad-and-crop preset
+Transform = Callable[[Image.Image], torch.Tensor]
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Convert grayscale, RGBA, palette, CMYK, 16-bit... images to 8-bit RGB.
+
+    Palette images with a transparent colour go through RGBA first, which is what PIL asks for
+    (it warns otherwise); alpha is then dropped like torchvision's default loader does.
+    """
+    if img.mode == "RGB":
+        return img
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16-bit grayscale (PNG): PIL's convert("L") clips at 255 instead of scaling, which would
+        # turn most images white; scale the 16-bit range down to 8 bits instead.
+        wide = np.asarray(img, dtype=np.float64)
+        img = Image.fromarray(np.clip(np.rint(wide / 257.0), 0, 255).astype(np.uint8))
+    return img.convert("RGB")
+
+
+class ToRGB:
+    """Transform wrapper of :func:`to_rgb` (a class, so DataLoader workers can pickle it)."""
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        return to_rgb(img)
+
+    def __repr__(self) -> str:
+        return "ToRGB()"
+
+
+class Cutout:
+    """Zero a ``size`` x ``size`` square at a random centre of a normalised CHW tensor.
+
+    DeVries & Taylor (2017): the centre may lie near the border, so the square can be clipped.
+    Zero after normalisation is the data set's mean colour.
+    """
+
+    def __init__(self, size: int) -> None:
+        if size <= 0:
+            raise ValueError(f"cutout size must be positive, got {size}")
+        self.size = size
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        cy = int(torch.randint(0, h, ()).item())
+        cx = int(torch.randint(0, w, ()).item())
+        half = self.size // 2
+        y0, y1 = max(0, cy - half), min(h, cy - half + self.size)
+        x0, x1 = max(0, cx - half), min(w, cx - half + self.size)
+        x = x.clone()
+        x[..., y0:y1, x0:x1] = 0.0
+        return x
+
+    def __repr__(self) -> str:
+        return f"Cutout(size={self.size})"
+
+
+def _tensor_steps(preprocess: Preprocess) -> list[Callable]:
+    # ToTensor scales uint8 by 1/255, which is what Preprocess.scale records.
+    return [T.ToTensor(), T.Normalize(preprocess.mean, preprocess.std)]
+
+
+def eval_transform(preprocess: Preprocess) -> Transform:
+    """RGB -> resize shorter side -> centre crop -> float CHW -> normalise (no randomness).
+
+    A 32x32 image with ``resize == crop == 32`` passes through the geometry unchanged.
+    """
+    return T.Compose(
+        [ToRGB(), T.Resize(preprocess.resize), T.CenterCrop(preprocess.crop),
+         *_tensor_steps(preprocess)]
+    )
+
+
+def train_transform(preprocess: Preprocess, *, cutout: int = 0) -> Transform:
+    """The augmentation preset for the input size, ending like :func:`eval_transform`.
+
+    ``cutout`` > 0 adds a Cutout square of that many pixels after normalisation.
+    """
+    size = preprocess.image_size
+    steps: list[Callable] = [ToRGB()]
+    if size <= SMALL_IMAGE_MAX:
+        pad = max(1, size // 8)  # 4 px at 32 px, the CIFAR standard
+        steps += [
+            # Images of another size are brought to the input size first, like eval does.
+            T.Resize(preprocess.resize),
+            T.CenterCrop(preprocess.crop),
+            T.RandomCrop(size, padding=pad, padding_mode="reflect"),
+        ]
+    else:
+        steps.append(T.RandomResizedCrop(size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)))
+    steps.append(T.RandomHorizontalFlip())
+    steps += _tensor_steps(preprocess)
+    if cutout > 0:
+        steps.append(Cutout(cutout))
+    return T.Compose(steps)
+
+
+def geometry_transform(preprocess: Preprocess) -> Callable[[Image.Image], Image.Image]:
+    """The eval pipeline without the tensor steps: RGB PIL image at ``crop`` x ``crop``."""
+    return T.Compose([ToRGB(), T.Resize(preprocess.resize), T.CenterCrop(preprocess.crop)])

@@ -1,0 +1,44 @@
+"""Session fixtures shared by all test folders: small real data and the synthetic spec."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from port.data.archive import extract_imagefolder_archive
+from port.data.spec import DataSpec, parse_data_spec
+
+REPO = Path(__file__).resolve().parents[1]
+# The project's sibling ../shared holds the real CIFAR-10 JPEG archive; never committed here.
+DEFAULT_ARCHIVE = REPO.parent / "shared/data/cifar10-jpeg.tar.gz"
+SUBSET_PER_CLASS = {"train": 100, "test": 50}
+# Reused across sessions; .cache/ is git-ignored. The name records what is inside.
+SUBSET_DIR = REPO / ".cache" / "cifar10-subset-100-50"
+
+
+def cifar_archive() -> Path:
+    """The CIFAR-10 JPEG archive: env PORTER_CIFAR_ARCHIVE, else ../shared/data."""
+    return Path(os.environ.get("PORTER_CIFAR_ARCHIVE", DEFAULT_ARCHIVE))
+
+
+@pytest.fixture(scope="session")
+def cifar_subset_dir() -> Path:
+    """Real CIFAR-10 as an ImageFolder: 100 train + 50 test JPEGs per class (1,500 files).
+
+    Extracted once into .cache/ and reused by later sessions; skips when the archive is absent.
+    """
+    archive = cifar_archive()
+    if not archive.is_file():
+        pytest.skip(
+            f"CIFAR-10 archive not found at {archive}: put it in ../shared/data or set "
+            "PORTER_CIFAR_ARCHIVE"
+        )
+    return extract_imagefolder_archive(archive, SUBSET_DIR, per_class=SUBSET_PER_CLASS)
+
+
+@pytest.fixture(scope="session")
+def synthetic_spec() -> DataSpec:
+    """The built-in synthetic data set (offline, 5,000 train / 1,000 val images)."""
+    return parse_data_spec("synthetic")
