@@ -1,0 +1,226 @@
+"""Model files: ``model.pt`` = ModelCard + state_dict, written atomically, read without pickle code.
+
+Format ``porter-model/1`` is a plain dict ``{"format", "card", "state_dict", **extra}`` that
+``torch.load(weights_only=True)`` can read, so a checkpoint from elsewhere never runs code on
+load. Files that need arbitrary unpickling (a pickled ``nn.Module``, custom classes, numpy
+objects) are refused with a message saying how to re-save them.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from port.errors import ModelError, UsageError
+from port.models.card import ModelCard
+from port.models.registry import create_model
+
+FORMAT = "porter-model/1"
+_RESERVED = ("format", "card", "state_dict")
+_WRAPPERS = ("state_dict", "model")  # keys other tools nest a state_dict under
+
+
+# -- writing --------------------------------------------------------------------------------------
+def _fsync_dir(directory: Path) -> None:
+    """Make a rename durable: the directory entry must reach the disk too (POSIX only)."""
+    if os.name != "posix":
+        return
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_save(obj: Any, path: str | Path) -> Path:
+    """``torch.save`` to a temp file in the same directory, fsync, then ``os.replace``.
+
+    A crash at any moment leaves either the old file or the new one, never half of one. The temp
+    name is fixed per target, so a leftover from a killed process is simply overwritten.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The weights as CPU tensors in contiguous (NCHW) layout, even for a channels_last model."""
+    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+
+
+def save_model(
+    path: str | Path, model: nn.Module, card: ModelCard, extra: dict[str, Any] | None = None
+) -> Path:
+    """Write ``model`` and its ``card`` as a ``porter-model/1`` file, atomically.
+
+    ``extra`` adds plain-data keys (config, metrics, provenance); they must not shadow
+    ``format``, ``card`` or ``state_dict``.
+    """
+    extra = dict(extra or {})
+    clash = [k for k in _RESERVED if k in extra]
+    if clash:
+        raise ValueError(f"extra keys {clash} would overwrite the model payload")  # a bug
+    payload = {"format": FORMAT, "card": card.to_dict(), "state_dict": plain_state_dict(model)}
+    payload.update(extra)
+    return atomic_save(payload, path)
+
+
+# -- reading --------------------------------------------------------------------------------------
+def safe_load(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load(weights_only=True)``; every failure becomes a one-line ``ModelError``."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelError(f"model file {path} not found: check the path or train/import first")
+    if not path.is_file():
+        raise ModelError(f"{path} is not a file: pass the .pt checkpoint itself")
+    try:
+        with warnings.catch_warnings():
+            # Old pickle protocols trigger a UserWarning that is noise for the user.
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        if found:  # a class or function reference: loading it would run arbitrary code
+            raise ModelError(
+                f"refused: {path} needs arbitrary unpickling (it contains {found.group(1)}); "
+                "re-save it as a plain state_dict: torch.save(model.state_dict(), PATH)"
+            ) from None
+        # Random bytes, or a pickle not written by torch.save (unsupported opcodes).
+        op = re.search(r"Unsupported operand \d+", str(exc))
+        why = op.group(0) if op else "unreadable pickle"
+        raise ModelError(
+            f"{path} is corrupt or not a torch.save file ({why}): re-save it with "
+            "torch.save(model.state_dict(), PATH)"
+        ) from None
+    except (RuntimeError, EOFError, KeyError, ValueError, IndexError) as exc:
+        # torch.load's reaction to a truncated zip, an empty file or random bytes.
+        why = str(exc).splitlines()[0][:100] if str(exc) else type(exc).__name__
+        raise ModelError(
+            f"{path} is truncated or corrupt ({why}): re-save or re-download it"
+        ) from None
+    except OSError as exc:
+        raise ModelError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+def _shape(t: torch.Tensor) -> str:
+    return "[" + ", ".join(str(d) for d in t.shape) + "]"
+
+
+def check_state_dict(
+    model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str, hint: str
+) -> None:
+    """Raise ``ModelError`` naming the first key or shape of ``state_dict`` that ``model`` lacks.
+
+    ``hint`` is the "what to do" half of the message (e.g. "check --arch and --num-classes").
+    """
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    for key, want in expected.items():
+        got = state_dict.get(key)
+        if got is None:
+            continue
+        if not isinstance(got, torch.Tensor):
+            raise ModelError(f"{source}: entry {key!r} is a {type(got).__name__}, not a tensor")
+        if got.shape != want.shape:
+            raise ModelError(
+                f"{source} does not fit the model: {key} is {_shape(got)} in the file but "
+                f"{_shape(want)} in the model; {hint}"
+            )
+    if missing or unexpected:
+        key = (missing or unexpected)[0]
+        what = "lacks key" if missing else "has unexpected key"
+        raise ModelError(
+            f"{source} {what} {key!r} ({len(missing)} missing, {len(unexpected)} unexpected); "
+            f"{hint}"
+        )
+
+
+def apply_state_dict(
+    model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str, hint: str
+) -> nn.Module:
+    """Check (see :func:`check_state_dict`), then load ``state_dict`` strictly into ``model``."""
+    check_state_dict(model, state_dict, source, hint)
+    model.load_state_dict(state_dict, strict=True)
+    return model
+
+
+def load_model(
+    path: str | Path, map_location: str | torch.device = "cpu"
+) -> tuple[nn.Module, ModelCard, dict[str, Any]]:
+    """Rebuild the model a ``porter-model/1`` file describes: ``(model.eval(), card, payload)``."""
+    payload = safe_load(path, map_location)
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        if isinstance(payload, dict) and "format" in payload:
+            raise ModelError(
+                f"{path} has format {payload['format']!r}, expected {FORMAT!r}: re-save it with "
+                "this porter version"
+            )
+        raise ModelError(
+            f"{path} is not a porter model (no card): bring a raw state_dict in with "
+            "`porter import FILE --arch NAME`"
+        )
+    try:
+        card = ModelCard.from_dict(payload["card"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelError(f"{path} has a malformed model card ({exc!r}): re-save it") from None
+    try:
+        model = create_model(card.arch, card.num_classes, **card.model_kwargs)
+    except UsageError as exc:
+        raise ModelError(f"{path} cannot be rebuilt: {exc}") from None
+    state = payload.get("state_dict")
+    if not isinstance(state, dict):
+        raise ModelError(f"{path} has no state_dict: re-save it")
+    apply_state_dict(
+        model, state, str(path),
+        f"the file does not match its own card ({card.arch}, {card.num_classes} classes): "
+        "re-save it",
+    )
+    model.to(map_location)
+    return model.eval(), card, payload
+
+
+def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a raw state_dict (for ``porter import``), safely.
+
+    Accepts a bare ``{name: tensor}`` dict, the usual ``{"state_dict": ...}`` / ``{"model": ...}``
+    wrappers, and strips a ``module.`` prefix left by DataParallel/DDP.
+    """
+    obj = safe_load(path)
+    for key in _WRAPPERS:
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not obj:
+        raise ModelError(
+            f"{path} holds no state_dict (found {type(obj).__name__}): save one with "
+            "torch.save(model.state_dict(), PATH)"
+        )
+    bad = next((k for k, v in obj.items() if not isinstance(v, torch.Tensor)), None)
+    if bad is not None:
+        raise ModelError(
+            f"{path} is not a plain state_dict (entry {bad!r} is a {type(obj[bad]).__name__}): "
+            "save one with torch.save(model.state_dict(), PATH)"
+        )
+    if all(isinstance(k, str) and k.startswith("module.") for k in obj):
+        obj = {k[len("module."):]: v for k, v in obj.items()}
+    return dict(obj)
