@@ -1,0 +1,119 @@
+"""The Runner contract, run against every registered runner that can run on this machine."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from port import engines
+from port.engines.base import Runner
+from port.errors import UsageError
+from tests.engines.tiny import Tiny, build_engine, tensorrt_missing
+
+# Max abs logit difference to eager torch; TensorRT picks its own kernels (and summation order).
+TOLERANCE = {"torch": 1e-5, "onnxruntime": 1e-4, "tensorrt": 1e-3}
+
+BACKENDS = [
+    pytest.param("torch", id="torch"),
+    pytest.param("onnxruntime", id="onnxruntime"),
+    pytest.param(
+        "tensorrt", id="tensorrt",
+        marks=[pytest.mark.gpu,
+               pytest.mark.skipif(tensorrt_missing() is not None,
+                                  reason=f"TensorRT runner: {tensorrt_missing()}")],
+    ),
+]
+
+
+def test_every_registered_runner_is_covered() -> None:
+    assert {p.values[0] for p in BACKENDS} == set(engines.RUNNERS)
+
+
+@pytest.fixture(params=BACKENDS)
+def make_runner(request: pytest.FixtureRequest, tiny: Tiny, tmp_path: Path
+                ) -> Callable[[], Runner]:
+    """A factory of fresh, inactive runners for the backend under test, built by engines.load."""
+    backend = request.param
+    if backend == "torch":
+        path = tiny.checkpoint
+    elif backend == "onnxruntime":
+        path = tiny.onnx
+    else:
+        path = build_engine(tiny.onnx, tmp_path / "model.engine")
+    return lambda: engines.load(path)
+
+
+def test_activate_and_deactivate_are_idempotent(make_runner: Callable[[], Runner]) -> None:
+    runner = make_runner()
+    assert not runner.is_active
+    runner.activate()
+    runner.activate()
+    assert runner.is_active
+    assert isinstance(runner.device, str) and runner.device
+    runner.deactivate()
+    runner.deactivate()
+    assert not runner.is_active
+    runner.activate()  # a deactivated runner can be brought back
+    assert runner.is_active
+    runner.deactivate()
+
+
+def test_context_manager_activates_and_releases(make_runner: Callable[[], Runner],
+                                                tiny: Tiny) -> None:
+    runner = make_runner()
+    with runner as active:
+        assert active is runner and runner.is_active
+        name = runner.input_metadata()[0].name
+        runner.infer({name: tiny.images[:1]})
+    assert not runner.is_active
+
+
+def test_infer_before_activate_raises(make_runner: Callable[[], Runner], tiny: Tiny) -> None:
+    runner = make_runner()
+    with pytest.raises(RuntimeError, match="before activate"):
+        runner.infer({tiny.card.input_name: tiny.images[:1]})
+
+
+def test_input_metadata_has_a_dynamic_batch(make_runner: Callable[[], Runner],
+                                            tiny: Tiny) -> None:
+    with make_runner() as runner:
+        (meta,) = runner.input_metadata()
+    assert meta.name == tiny.card.input_name
+    assert meta.dtype == np.float32
+    assert meta.shape == (None, *tiny.card.input_shape)
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_infer_returns_logits_for_the_batch(make_runner: Callable[[], Runner], tiny: Tiny,
+                                            batch: int) -> None:
+    x = tiny.images[:batch]
+    with make_runner() as runner:
+        out = runner.infer({tiny.card.input_name: x})
+    assert list(out) == [tiny.card.output_name]
+    logits = out[tiny.card.output_name]
+    assert logits.shape == (batch, tiny.card.num_classes)
+    assert logits.dtype == np.float32
+    diff = float(np.max(np.abs(logits - tiny.expected(x))))
+    assert diff < TOLERANCE[runner.backend], f"{runner.backend} differs from torch by {diff}"
+
+
+def test_bad_feeds_are_usage_errors(make_runner: Callable[[], Runner], tiny: Tiny) -> None:
+    name = tiny.card.input_name
+    x = tiny.images[:1]
+    bad = {
+        "wrong name": {"image": x},
+        "extra name": {name: x, "mask": x},
+        "no inputs": {},
+        "wrong shape": {name: np.zeros((1, 3, 16, 16), np.float32)},
+        "wrong rank": {name: x[0]},
+        "wrong dtype": {name: x.astype(np.float64)},
+    }
+    with make_runner() as runner:
+        for what, feed in bad.items():
+            with pytest.raises(UsageError) as e:
+                runner.infer(feed)
+            assert "\n" not in str(e.value), what
+        runner.infer({name: x})  # still usable after rejected feeds
