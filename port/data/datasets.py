@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -283,13 +284,16 @@ def load_split(
     cutout: int = 0,
     limit: int | None = None,
     seed: int = 0,
+    indices: Sequence[int] | None = None,
 ) -> SplitData:
     """Load ``split`` ("train" or "val") of ``spec``.
 
     ``preprocess`` defaults to :func:`default_preprocess` (``image_size`` overrides the native
     size; giving both with different sizes is refused). ``augment`` selects the training preset
     of :func:`port.data.transforms.train_transform`, with a ``cutout`` px square if > 0.
-    ``limit`` keeps a class-balanced subset of that many images chosen with ``seed``.
+    ``limit`` keeps a class-balanced subset of that many images chosen with ``seed``;
+    ``indices`` instead keeps exactly those positions of the split, in that order (e.g. a
+    calibration selection). Either way ``SplitData.indices`` records the positions kept.
     """
     if split not in SPLITS:
         raise UsageError(f"unknown split '{split}': use one of {', '.join(SPLITS)}")
@@ -299,6 +303,8 @@ def load_split(
         raise UsageError("cutout is an augmentation: enable augmentation too, or set cutout to 0")
     if limit is not None and limit <= 0:
         raise UsageError(f"limit must be a positive number of images, got {limit}")
+    if limit is not None and indices is not None:
+        raise UsageError("give either a limit or explicit indices for the subset, not both")
     if preprocess is None:
         preprocess = default_preprocess(spec, image_size)
     elif image_size is not None and image_size != preprocess.image_size:
@@ -311,13 +317,21 @@ def load_split(
     else:
         transform = eval_transform(preprocess)
     dataset, targets, classes = _base_dataset(spec, split, transform)
-    indices = None
-    if limit is not None and limit < len(targets):
-        indices = balanced_subset(targets, limit, seed)
-        dataset = Subset(dataset, indices.tolist())
-        targets = targets[indices]
+    kept = None
+    if indices is not None:
+        kept = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if kept.size and (kept.min() < 0 or kept.max() >= len(targets)):
+            raise UsageError(
+                f"subset indices must lie in [0, {len(targets)}) for the {split} split of "
+                f"{spec}: got {kept.min()}..{kept.max()}"
+            )
+    elif limit is not None and limit < len(targets):
+        kept = balanced_subset(targets, limit, seed)
+    if kept is not None:
+        dataset = Subset(dataset, kept.tolist())
+        targets = targets[kept]
     return SplitData(dataset=dataset, classes=classes, preprocess=preprocess, spec=spec,
-                     split=split, indices=indices, targets=targets, augment=augment)
+                     split=split, indices=kept, targets=targets, augment=augment)
 
 
 def _unwrap(split: SplitData) -> tuple[Dataset, np.ndarray]:

@@ -210,3 +210,37 @@ def test_real_cifar_subset(cifar_subset_dir: Path) -> None:
     assert 0.5 < images.std() < 1.5  # CIFAR mean/std normalisation of real photos
     pixels, _ = as_uint8_tensors(val)
     assert pixels.shape == (200, 3, 32, 32)
+
+
+def test_explicit_indices_keep_their_order(synthetic_spec: DataSpec) -> None:
+    split = load_split(synthetic_spec, "train", indices=[7, 3, 4000])
+    assert split.indices.tolist() == [7, 3, 4000] and len(split) == 3
+    full = load_split(synthetic_spec, "train")
+    assert split.targets.tolist() == [full.targets[i] for i in (7, 3, 4000)]
+    assert np.array_equal(materialize(split)[0][1], full.dataset[3][0].numpy())
+    with pytest.raises(UsageError, match="not both"):
+        load_split(synthetic_spec, "train", indices=[1], limit=5)
+    with pytest.raises(UsageError, match=r"\[0, 5000\)"):
+        load_split(synthetic_spec, "train", indices=[5000])
+
+
+def test_missing_cifar_says_how_to_get_it(tmp_path: Path) -> None:
+    spec = parse_data_spec(f"cifar10:{tmp_path}")
+    assert dataset_classes(spec)[0] == "airplane" and native_image_size(spec) == 32
+    with pytest.raises(DataError, match=r"--download") as info:
+        load_split(spec, "val")
+    assert "\n" not in str(info.value) and str(tmp_path) in str(info.value)
+    with pytest.raises(DataError, match="CIFAR-100 not found"):
+        dataset_classes(parse_data_spec(f"cifar100:{tmp_path}"))
+
+
+def test_seeded_worker_augmentation_is_reproducible(synthetic_spec: DataSpec) -> None:
+    train = load_split(synthetic_spec, "train", augment=True, cutout=8, limit=16)
+
+    def first_batches() -> list[torch.Tensor]:
+        loader = DataLoader(train.dataset, batch_size=8, shuffle=True, num_workers=1,
+                            generator=torch.Generator().manual_seed(5))
+        return [x for x, _ in loader]
+
+    a, b = first_batches(), first_batches()
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
