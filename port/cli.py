@@ -12,11 +12,17 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any
 
-import click
 import typer
 from rich.console import Console
 
 from port.errors import PorterError, UsageError
+
+try:  # typer >= 0.22 vendors click privately and exports its exceptions
+    from typer import Abort, Exit
+    from typer import TyperException as FlagError
+except ImportError:  # older typer: click's own exceptions
+    from click.exceptions import Abort, Exit
+    from click.exceptions import ClickException as FlagError
 
 app = typer.Typer(
     name="porter",
@@ -288,15 +294,16 @@ def _one_line(exc: BaseException) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry: run the app and map errors to exit codes (2 = usage, 1 = gate)."""
+    args = sys.argv[1:] if argv is None else list(argv)
     try:
-        app(args=argv, prog_name="porter", standalone_mode=False)
-    except click.exceptions.Exit as exc:
+        app(args=args or ["--help"], prog_name="porter", standalone_mode=False)
+    except Exit as exc:
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
+    except Abort:
         err_console.print("porter: aborted")
         sys.exit(130)
-    except click.ClickException as exc:
-        # Flag errors from click: one line, naming the fix.
+    except FlagError as exc:
+        # Flag errors (typer/click): one line, naming the fix.
         sys.stderr.write(f"porter: error: {exc.format_message()} (see `porter --help`)\n")
         sys.exit(2)
     except PorterError as exc:
