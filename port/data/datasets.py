@@ -29,7 +29,7 @@ from torchvision.datasets import CIFAR10, CIFAR100, ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from port.data import synthetic
-from port.data.imageio import read_image
+from port.data.imageio import PIL_READ_ERRORS, UnreadableImageError, read_image
 from port.data.preprocess import (
     CIFAR10_MEAN,
     CIFAR10_STD,
@@ -237,8 +237,10 @@ def native_image_size(spec: DataSpec) -> int:
     try:
         with Image.open(path) as img:  # reads the header only
             side = min(img.size)
-    except OSError as exc:
-        raise DataError(f"cannot read image {path} ({exc}): remove or replace the file") from exc
+    except PIL_READ_ERRORS as exc:
+        raise UnreadableImageError(
+            f"cannot read image {path} ({exc}): remove or replace the file"
+        ) from exc
     if side <= SMALL_IMAGE_MAX:
         return max(32, 32 * round(side / 32))
     return 224
@@ -408,7 +410,7 @@ def materialize(split: SplitData, batch_size: int = 256) -> tuple[np.ndarray, np
             labels[start : start + len(idx)] = base.labels[idx]
         return images, labels
     loader = DataLoader(split.dataset, batch_size=batch_size, shuffle=False, num_workers=0)
-    with _progress(n, f"preprocessing {split.spec} {split.split}") as advance:
+    with _Progress(n, f"preprocessing {split.spec} {split.split}") as advance:
         start = 0
         for x, y in loader:
             images[start : start + len(y)] = x.numpy()
@@ -418,7 +420,7 @@ def materialize(split: SplitData, batch_size: int = 256) -> tuple[np.ndarray, np
     return images, labels
 
 
-class _progress:
+class _Progress:
     """A rich progress bar on stderr for long runs on a terminal; a no-op otherwise."""
 
     def __init__(self, total: int, description: str) -> None:

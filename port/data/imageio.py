@@ -13,7 +13,7 @@ from port.errors import DataError
 # What PIL raises on broken files: OSError (unidentified, truncated, missing), SyntaxError and
 # ValueError (malformed headers/chunks), EOFError (short GIF/TIFF), struct.error (short headers),
 # DecompressionBombError (absurd dimensions, an Exception subclass of its own).
-_PIL_READ_ERRORS = (
+PIL_READ_ERRORS = (
     OSError,
     SyntaxError,
     ValueError,
@@ -54,7 +54,7 @@ def read_image(path: str | Path) -> Image.Image:
         with open(path, "rb") as f:
             img = Image.open(f)
             img.load()
-    except _PIL_READ_ERRORS as exc:
+    except PIL_READ_ERRORS as exc:
         reason = " ".join(str(exc).split()) or type(exc).__name__  # keep the message one line
         raise UnreadableImageError(
             f"cannot read image {path} ({reason}): remove or replace the file"

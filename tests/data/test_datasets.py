@@ -244,3 +244,10 @@ def test_seeded_worker_augmentation_is_reproducible(synthetic_spec: DataSpec) ->
 
     a, b = first_batches(), first_batches()
     assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+def test_native_size_of_a_folder_with_a_broken_first_image(tmp_path: Path) -> None:
+    root = _mixed_folder(tmp_path / "d")
+    (root / "train" / "cat" / "0.png").write_bytes(b"garbage")
+    with pytest.raises(DataError, match=r"0\.png.*remove or replace"):
+        native_image_size(parse_data_spec(str(root)))
