@@ -1,0 +1,152 @@
+"""Pass/fail gates per precision: when is a converted model "as accurate as" the reference?
+
+Defaults, and what they mean:
+
+- ``fp32``: the artifact should compute the *same function*: top-1 class agrees with the
+  reference on at least 99.9% of images (``min_agreement=0.999``) and top-1 accuracy drops by at
+  most 0.1 percentage points (``max_top1_drop_pp=0.1``).
+- ``fp16``: keeps at least 99.9% of the reference top-1 accuracy (``min_top1_ratio=0.999``), the
+  MLPerf Inference "high accuracy" target.
+- ``int8``: keeps at least 99% of the reference top-1 accuracy (``min_top1_ratio=0.99``), the
+  MLPerf Inference default target for quantised classifiers.
+
+Each limit is optional (``None`` = not checked) and every one can be overridden per precision,
+e.g. ``Gates().with_overrides(parse_gate_overrides(["int8.min_top1_ratio=0.98"]))``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+from port.errors import UsageError
+
+# Comparisons allow this much float noise so that e.g. 0.999 * 0.9 == 0.8991 is not a failure.
+_EPS = 1e-9
+
+
+@dataclass(frozen=True)
+class PrecisionGate:
+    """The limits one precision must meet; ``None`` leaves a limit unchecked."""
+
+    min_agreement: float | None = None  # fraction of images whose top-1 equals the reference's
+    max_top1_drop_pp: float | None = None  # reference top-1 minus this top-1, percentage points
+    min_top1_ratio: float | None = None  # this top-1 / reference top-1 (MLPerf "99% of FP32")
+
+
+@dataclass(frozen=True)
+class Gates:
+    """One :class:`PrecisionGate` per precision."""
+
+    fp32: PrecisionGate = field(
+        default_factory=lambda: PrecisionGate(min_agreement=0.999, max_top1_drop_pp=0.1))
+    fp16: PrecisionGate = field(default_factory=lambda: PrecisionGate(min_top1_ratio=0.999))
+    int8: PrecisionGate = field(default_factory=lambda: PrecisionGate(min_top1_ratio=0.99))
+
+    def for_precision(self, precision: str) -> PrecisionGate:
+        """The gate of ``precision``; ``UsageError`` listing the known precisions otherwise."""
+        names = [f.name for f in fields(self)]
+        if precision not in names:
+            raise UsageError(f"no accuracy gate for precision '{precision}': "
+                             f"choose one of {', '.join(names)}")
+        return getattr(self, precision)
+
+    def to_dict(self) -> dict[str, dict[str, float | None]]:
+        """Plain-data form (for report.json)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, dict[str, Any]]) -> Gates:
+        """Defaults with the limits in ``data`` applied (see :meth:`with_overrides`)."""
+        return cls().with_overrides(data)
+
+    def with_overrides(self, overrides: dict[str, dict[str, Any]]) -> Gates:
+        """A copy with ``{precision: {limit: value or None}}`` applied; unknown names raise."""
+        limits = [f.name for f in fields(PrecisionGate)]
+        changed: dict[str, PrecisionGate] = {}
+        for precision, values in overrides.items():
+            gate = changed.get(precision) or self.for_precision(precision)
+            for name in values:
+                if name not in limits:
+                    raise UsageError(f"unknown gate limit '{name}' for {precision}: "
+                                     f"choose one of {', '.join(limits)}")
+            changed[precision] = replace(gate, **{
+                k: None if v is None else float(v) for k, v in values.items()})
+        return replace(self, **changed)
+
+
+def default_gates(
+    *,
+    fp32_max_top1_drop_pp: float | None = None,
+    fp32_min_agreement: float | None = None,
+    fp16_min_top1_ratio: float | None = None,
+    int8_min_top1_ratio: float | None = None,
+) -> Gates:
+    """The default :class:`Gates` with the CLI's overrides applied (``None`` keeps a default)."""
+    wanted = {
+        "fp32": {"max_top1_drop_pp": fp32_max_top1_drop_pp, "min_agreement": fp32_min_agreement},
+        "fp16": {"min_top1_ratio": fp16_min_top1_ratio},
+        "int8": {"min_top1_ratio": int8_min_top1_ratio},
+    }
+    for precision, limits in wanted.items():
+        for name, value in limits.items():
+            if value is not None and not 0 <= value <= (100 if name.endswith("_pp") else 1):
+                bound = "0..100 (percentage points)" if name.endswith("_pp") else "0..1"
+                raise UsageError(f"{precision} gate {name}={value} is out of range: use {bound}")
+    return Gates().with_overrides({
+        p: {k: v for k, v in limits.items() if v is not None} for p, limits in wanted.items()
+    })
+
+
+def parse_gate_overrides(texts: list[str]) -> dict[str, dict[str, float | None]]:
+    """Parse CLI overrides like ``int8.min_top1_ratio=0.98`` (``=none`` switches a limit off)."""
+    out: dict[str, dict[str, float | None]] = {}
+    for text in texts:
+        key, sep, value = text.partition("=")
+        precision, dot, limit = key.strip().partition(".")
+        if not sep or not dot or not limit:
+            raise UsageError(f"bad gate '{text}': write PRECISION.LIMIT=VALUE, "
+                             "e.g. int8.min_top1_ratio=0.98")
+        value = value.strip()
+        if value.lower() in ("none", "off"):
+            out.setdefault(precision, {})[limit] = None
+            continue
+        try:
+            out.setdefault(precision, {})[limit] = float(value)
+        except ValueError:
+            raise UsageError(f"bad gate value in '{text}': use a number or 'none'") from None
+    return out
+
+
+def check(row: dict[str, Any], gates: Gates, *, reference_top1: float | None = None
+          ) -> tuple[bool, str | None]:
+    """Apply the gate of ``row["precision"]`` to a report row: ``(passed, why)``.
+
+    ``why`` is ``None`` when the row passes, else every failed limit, e.g.
+    ``"top-1 agreement 0.9950 < 0.999; top-1 drop 0.40 pp > 0.1 pp"``. The reference top-1 is
+    taken from ``reference_top1`` or derived from ``top1 + top1_drop_pp / 100``.
+    """
+    gate = gates.for_precision(row["precision"])
+    top1 = float(row["top1"])
+    drop_pp = float(row["top1_drop_pp"])
+    ref_top1 = reference_top1 if reference_top1 is not None else top1 + drop_pp / 100
+    failures: list[str] = []
+    max_diff = row.get("max_abs_diff")
+    if max_diff is not None and not math.isfinite(max_diff):
+        failures.append("logits contain NaN or inf (overflow in a low-precision graph?)")
+    if gate.min_agreement is not None and row["agreement"] < gate.min_agreement - _EPS:
+        failures.append(f"top-1 agreement {row['agreement']:.4f} < {gate.min_agreement:g}")
+    if gate.max_top1_drop_pp is not None and drop_pp > gate.max_top1_drop_pp + _EPS:
+        failures.append(f"top-1 drop {drop_pp:.2f} pp > {gate.max_top1_drop_pp:g} pp")
+    if gate.min_top1_ratio is not None and ref_top1 > 0:
+        # A reference at 0% accuracy cannot lose any; the ratio is undefined there.
+        ratio = top1 / ref_top1
+        if ratio < gate.min_top1_ratio - _EPS:
+            failures.append(
+                f"top-1 {top1:.4f} keeps {ratio:.2%} of the reference {ref_top1:.4f} "
+                f"< {gate.min_top1_ratio:.2%}"
+            )
+    if failures:
+        return False, f"{row['precision']} gate: " + "; ".join(failures)
+    return True, None

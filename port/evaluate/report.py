@@ -1,0 +1,258 @@
+"""Write an evaluation report: report.json (the contract), report.md, two plots; a rich table.
+
+The JSON follows DESIGN.md "Evaluate report". Non-finite floats (an FP16 graph that overflowed)
+are written as ``null`` because JSON has no NaN; the row's ``why`` says what happened. Plots use
+matplotlib's object API with the Agg canvas, so no global backend is switched and no display is
+needed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+REPORT_FILES = ("report.json", "report.md", "latency.png", "accuracy_vs_latency.png")
+
+
+def write_report(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
+    """Write the report files into ``out_dir`` (created); returns their paths, JSON first."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    json_path = out / "report.json"
+    _atomic_write(json_path, json.dumps(_finite(report), indent=2, allow_nan=False) + "\n")
+    md_path = out / "report.md"
+    _atomic_write(md_path, render_markdown(report))
+    latency_png = out / "latency.png"
+    plot_latency(report, latency_png)
+    scatter_png = out / "accuracy_vs_latency.png"
+    plot_accuracy_vs_latency(report, scatter_png)
+    return [json_path, md_path, latency_png, scatter_png]
+
+
+# -- text --------------------------------------------------------------------------------------
+def render_markdown(report: dict[str, Any]) -> str:
+    """The report as Markdown: verdict, dataset, results table, latency detail, gate settings."""
+    sizes = [str(b) for b in report.get("batch_sizes", [])] or _batch_keys(report)
+    ref = report["reference"]
+    ds = report.get("dataset", {})
+    lines = [
+        "# porter evaluation report",
+        "",
+        f"**{'PASSED' if report['passed'] else 'FAILED'}**: every row that ran "
+        f"{'passed its gate' if report['passed'] else 'must pass its gate; see `why`'}.",
+        "",
+        "## Dataset",
+        "",
+        *(f"- {k}: {_md(v)}" for k, v in ds.items()),
+        "",
+        f"Reference: `{ref['artifact']}` on {ref['backend']} ({ref['device']}), "
+        f"top-1 {_pct(ref['top1'])}.",
+        "",
+        "## Results",
+        "",
+    ]
+    head = ["artifact", "backend", "device", "precision", "top-1", "top-5", "drop (pp)",
+            "agreement", "max abs diff", "mean abs diff",
+            *(f"p50 ms @{b}" for b in sizes), *(f"img/s @{b}" for b in sizes), "size", "verdict"]
+    lines += [_md_row(head), _md_row(["---"] * len(head))]
+    for row in report["rows"]:
+        lat, thr = row.get("latency_ms") or {}, row.get("throughput") or {}
+        lines.append(_md_row([
+            f"`{row['artifact']}`", row["backend"], row["device"] or "-", row["precision"],
+            _pct(row["top1"]), _pct(row["top5"]), _num(row["top1_drop_pp"], ".2f"),
+            _num(row["agreement"], ".4f"), _num(row["max_abs_diff"], ".2e"),
+            _num(row["mean_abs_diff"], ".2e"),
+            *(_num(lat.get(b, {}).get("p50"), ".3f") for b in sizes),
+            *(_num(thr.get(b), ",.0f") for b in sizes),
+            _size(row["size_bytes"]), _verdict(row),
+        ]))
+    lines += ["", "## Latency (ms)", ""]
+    settings = report.get("latency_settings")
+    if settings:
+        lines += [f"After {settings.get('warmup')} warm-up runs, at least "
+                  f"{settings.get('min_runs')} timed runs and {settings.get('min_seconds')} s "
+                  "per batch size; synchronised runs on batches already in memory.", ""]
+    head = ["artifact", "backend", "batch", "p50", "p90", "p99", "mean", "img/s"]
+    lines += [_md_row(head), _md_row(["---"] * len(head))]
+    for row in report["rows"]:
+        for b, lat in (row.get("latency_ms") or {}).items():
+            lines.append(_md_row([f"`{row['artifact']}`", row["backend"], b,
+                                  *(_num(lat[k], ".3f") for k in ("p50", "p90", "p99", "mean")),
+                                  _num((row.get("throughput") or {}).get(b), ",.0f")]))
+    lines += ["", "## Gates", "", _md_row(["precision", "min agreement", "max top-1 drop (pp)",
+                                         "min top-1 ratio"]), _md_row(["---"] * 4)]
+    for precision, gate in report.get("gates", {}).items():
+        lines.append(_md_row([precision, *(_num(gate.get(k), "g") for k in
+                                           ("min_agreement", "max_top1_drop_pp",
+                                            "min_top1_ratio"))]))
+    lines += ["", "`-` = not checked. fp32 must compute the same function; fp16/int8 must keep "
+              "the stated fraction of the reference top-1 (MLPerf convention).", "",
+              "![latency](latency.png)", "", "![accuracy vs latency](accuracy_vs_latency.png)", ""]
+    return "\n".join(lines)
+
+
+def render_table(report: dict[str, Any]) -> Any:
+    """A ``rich.table.Table`` of the rows for the console."""
+    from rich.table import Table
+
+    sizes = [str(b) for b in report.get("batch_sizes", [])] or _batch_keys(report)
+    verdict = "[green]PASSED[/green]" if report["passed"] else "[red]FAILED[/red]"
+    ds = report.get("dataset", {})
+    table = Table(title=f"porter evaluate: {verdict} ({ds.get('images', '?')} images"
+                        f"{', ' + str(ds['spec']) if ds.get('spec') else ''})")
+    for name in ("artifact", "backend", "device", "precision"):
+        table.add_column(name)
+    for name in ("top-1", "drop pp", "agree", "max|Δ|", *(f"p50 ms @{b}" for b in sizes),
+                 f"img/s @{sizes[-1]}" if sizes else "img/s", "size"):
+        table.add_column(name, justify="right")
+    table.add_column("verdict")
+    for row in report["rows"]:
+        lat, thr = row.get("latency_ms") or {}, row.get("throughput") or {}
+        if row["passed"] is None:
+            mark = f"[yellow]{row['why']}[/yellow]"
+        elif row["passed"]:
+            mark = "[green]pass[/green]"
+        else:
+            mark = f"[red]FAIL[/red] {row['why'] or ''}"
+        table.add_row(
+            row["artifact"], row["backend"], row["device"] or "-", row["precision"],
+            _pct(row["top1"]), _num(row["top1_drop_pp"], "+.2f"), _num(row["agreement"], ".4f"),
+            _num(row["max_abs_diff"], ".1e"), *(_num(lat.get(b, {}).get("p50"), ".2f")
+                                                for b in sizes),
+            _num(thr.get(sizes[-1]) if sizes else None, ",.0f"), _size(row["size_bytes"]), mark,
+        )
+    return table
+
+
+# -- plots -------------------------------------------------------------------------------------
+def plot_latency(report: dict[str, Any], path: Path) -> None:
+    """p50 latency against batch size, one line per row that ran, log-log axes."""
+    fig, ax = _figure()
+    for row in _ran(report):
+        points = sorted((int(b), v["p50"]) for b, v in row["latency_ms"].items())
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=_label(row))
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("p50 latency per batch (ms)")
+    ax.set_title("Latency vs batch size")
+    ax.grid(True, which="both", alpha=0.3)
+    if _ran(report):
+        ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def plot_accuracy_vs_latency(report: dict[str, Any], path: Path) -> None:
+    """Top-1 accuracy against p50 latency at the largest batch size, one point per row."""
+    fig, ax = _figure()
+    sizes = [str(b) for b in report.get("batch_sizes", [])] or _batch_keys(report)
+    largest = sizes[-1] if sizes else None
+    for row in _ran(report):
+        lat = row["latency_ms"].get(largest) if largest else None
+        if lat is None or row["top1"] is None:
+            continue
+        ax.scatter([lat["p50"]], [row["top1"] * 100], s=60, label=_label(row))
+        ax.annotate(row["artifact"], (lat["p50"], row["top1"] * 100), fontsize=8,
+                    textcoords="offset points", xytext=(4, 4))
+    ax.set_xscale("log")
+    ax.set_xlabel(f"p50 latency at batch {largest} (ms)")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_title("Accuracy vs latency")
+    ax.grid(True, which="both", alpha=0.3)
+    if _ran(report):
+        ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+# -- helpers -----------------------------------------------------------------------------------
+def _figure() -> tuple[Any, Any]:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4.5), dpi=110, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig, fig.add_subplot()
+
+
+def _save(fig: Any, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, format="png")
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def _finite(value: Any) -> Any:
+    """A copy with NaN/inf floats replaced by None (JSON has no NaN)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _ran(report: dict[str, Any]) -> list[dict[str, Any]]:
+    return [r for r in report["rows"] if r["passed"] is not None and r.get("latency_ms")]
+
+
+def _batch_keys(report: dict[str, Any]) -> list[str]:
+    keys = {b for r in report["rows"] for b in (r.get("latency_ms") or {})}
+    return sorted(keys, key=int)
+
+
+def _label(row: dict[str, Any]) -> str:
+    return f"{row['artifact']} [{row['backend']}, {row['precision']}]"
+
+
+def _verdict(row: dict[str, Any]) -> str:
+    if row["passed"] is None:
+        return _md(row["why"] or "skipped")
+    return "pass" if row["passed"] else f"**FAIL**: {_md(row['why'] or '')}"
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None or not math.isfinite(value) else f"{value * 100:.2f}%"
+
+
+def _num(value: float | None, fmt: str) -> str:
+    if value is None:
+        return "-"
+    return format(value, fmt) if math.isfinite(value) else str(value)
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"
+
+
+def _md(value: Any) -> str:
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def _md_row(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"

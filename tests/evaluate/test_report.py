@@ -1,0 +1,61 @@
+"""write_report and render_table on a real evaluate() report."""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+from pathlib import Path
+
+from rich.console import Console
+
+from port.evaluate.report import REPORT_FILES, render_markdown, render_table, write_report
+
+
+def test_write_report_writes_every_file(tmp_path: Path, torch_and_onnx_report: dict) -> None:
+    written = write_report(torch_and_onnx_report, tmp_path / "report")
+    assert [p.name for p in written] == list(REPORT_FILES)
+    assert sorted(p.name for p in (tmp_path / "report").iterdir()) == sorted(REPORT_FILES)
+    assert json.loads(written[0].read_text()) == torch_and_onnx_report
+    for png in written[2:]:
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+    md = written[1].read_text()
+    assert md.startswith("# porter evaluation report") and "**PASSED**" in md
+    assert "| `model` | torch | cpu | fp32 |" in md
+    assert "| `onnx-fp32` | onnxruntime | CPUExecutionProvider | fp32 |" in md
+    assert "p50 ms @1" in md and "p50 ms @16" in md
+    assert "## Gates" in md and "| int8 | - | - | 0.99 |" in md
+    assert "- spec: synthetic" in md and "- images: 40" in md
+
+
+def test_failed_and_skipped_rows_and_nan_are_reported(tmp_path: Path,
+                                                      torch_and_onnx_report: dict) -> None:
+    report = copy.deepcopy(torch_and_onnx_report)
+    report["passed"] = False
+    bad = report["rows"][1]
+    bad.update(passed=False, why="fp16 gate: logits contain NaN or inf | overflow",
+               max_abs_diff=float("nan"), precision="fp16")
+    skipped = dict.fromkeys(bad)
+    skipped.update(artifact="trt-fp16", kind="engine", backend="tensorrt", precision="fp16",
+                   latency_ms={}, throughput={}, passed=None,
+                   why="skipped: the tensorrt backend needs the 'tensorrt' module")
+    report["rows"].append(skipped)
+    json_path, md_path, *_ = write_report(report, tmp_path)
+    saved = json.loads(json_path.read_text())
+    assert saved["rows"][1]["max_abs_diff"] is None  # JSON has no NaN
+    assert saved["rows"][2]["passed"] is None
+    md = md_path.read_text()
+    assert "**FAILED**" in md
+    assert r"**FAIL**: fp16 gate: logits contain NaN or inf \| overflow" in md
+    assert "skipped: the tensorrt backend" in md
+    assert render_markdown(report) == md
+
+
+def test_render_table(torch_and_onnx_report: dict) -> None:
+    table = render_table(torch_and_onnx_report)
+    assert table.row_count == len(torch_and_onnx_report["rows"])
+    out = io.StringIO()
+    Console(file=out, width=220, force_terminal=False).print(table)
+    text = out.getvalue()
+    assert "PASSED" in text and "onnx-fp32" in text and "CPUExecutionProvider" in text
+    assert "p50 ms @16" in text and "pass" in text
