@@ -81,19 +81,21 @@ class Runner(abc.ABC):
             meta = metas[name]
             if np.dtype(arr.dtype) != np.dtype(meta.dtype):
                 raise UsageError(
-                    f"{self.backend} runner: input '{name}' has dtype {arr.dtype}, the model expects "
-                    f"{np.dtype(meta.dtype)}: convert the array first"
+                    f"{self.backend} runner: input '{name}' has dtype {arr.dtype}, the model "
+                    f"expects {np.dtype(meta.dtype)}: convert the array first"
                 )
-            if len(arr.shape) != len(meta.shape) or any(
-                want is not None and want != got for want, got in zip(meta.shape, arr.shape)
+            rank_ok = len(arr.shape) == len(meta.shape)
+            if not rank_ok or any(
+                want is not None and want != got
+                for want, got in zip(meta.shape, arr.shape, strict=True)
             ):
                 shown = tuple("?" if s is None else s for s in meta.shape)
                 raise UsageError(
-                    f"{self.backend} runner: input '{name}' has shape {tuple(arr.shape)}, the model "
-                    f"expects {shown}: resize/crop the images to the model's input size"
+                    f"{self.backend} runner: input '{name}' has shape {tuple(arr.shape)}, the "
+                    f"model expects {shown}: resize/crop the images to the model's input size"
                 )
 
-    def synchronize(self) -> None:
+    def synchronize(self) -> None:  # noqa: B027 - optional hook, a no-op for synchronous backends
         """Wait for queued device work (no-op for synchronous backends); used by latency timing."""
 
     # -- what subclasses provide -------------------------------------------------------------

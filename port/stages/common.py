@@ -30,7 +30,8 @@ def reference(manifest: Manifest) -> Record:
     record = manifest.get(REFERENCE_ID)
     if record is None:
         raise ManifestError(
-            f"run {manifest.run_dir} has no reference model: run `porter train` or `porter import` first"
+            f"run {manifest.run_dir} has no reference model: "
+            "run `porter train` or `porter import` first"
         )
     manifest.require_fresh(REFERENCE_ID)
     return record

@@ -98,7 +98,7 @@ def run_evaluate(run: Path, req: EvaluateRequest, *, console: Console) -> bool:
         if not candidates:
             console.print("[yellow]no exports in this run yet: only the reference is evaluated "
                           "(porter export --to onnx first)[/yellow]")
-    dataset = {"spec": str(spec), "split": split.split, "images": int(len(labels)),
+    dataset = {"spec": str(spec), "split": split.split, "images": len(labels),
                "limit": req.limit}
     report = evaluate(reference_candidate, candidates, images, labels,
                       batch_sizes=req.batch_sizes, gates=_gates(req), dataset=dataset)

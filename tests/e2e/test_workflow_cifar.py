@@ -1,4 +1,4 @@
-"""The workflow on a subset of the real CIFAR-10 JPEGs (../shared/data), and resume after kill -9."""
+"""The workflow on a subset of the real CIFAR-10 JPEGs (../shared/data); resume after kill -9."""
 
 from __future__ import annotations
 
@@ -101,8 +101,8 @@ def test_import_onnx_made_elsewhere(cifar_subset_dir: Path, tmp_path: Path) -> N
     model = create_model("resnet18_cifar", 10, width=0.25).eval()
     path = tmp_path / "external.onnx"
     torch.onnx.export(model, (torch.randn(1, 3, 32, 32),), str(path), input_names=["images"],
-                      output_names=["scores"], dynamic_axes={"images": {0: "n"}, "scores": {0: "n"}},
-                      dynamo=False)
+                      output_names=["scores"], dynamo=False,
+                      dynamic_axes={"images": {0: "n"}, "scores": {0: "n"}})
     run = tmp_path / "run"
     result = porter("import", path, "--run", run, "--data", cifar_subset_dir, "--image-size", "32")
     assert result.code == 0, result.err
