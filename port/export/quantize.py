@@ -1,0 +1,330 @@
+"""INT8 as explicit QuantizeLinear/DequantizeLinear (QDQ) nodes, calibrated with ONNX Runtime.
+
+The INT8 artifact is an ONNX file, not an engine: ONNX Runtime's CPU provider runs it here, so its
+accuracy is checked on exactly the graph TensorRT will later build (TensorRT 11 only accepts
+explicit quantization; see DESIGN.md "Formats and precisions").
+
+Choices, and why:
+
+- ``quantize_static`` with ``QuantFormat.QDQ``: ONNX Runtime's recommended format since 1.11 and the
+  one TensorRT consumes (onnxruntime.ai/docs/performance/model-optimizations/quantization.html).
+- Weights: signed INT8, symmetric, per output channel (per-channel is what TensorRT supports for
+  weights and recovers most of the accuracy per-tensor loses on ResNet convolutions).
+- Activations: signed INT8, symmetric (zero point 0) by default. TensorRT only implements
+  symmetric signed INT8 for QDQ; an asymmetric UINT8 model would be refused there. ONNX Runtime's
+  CPU kernels on x86 prefer UINT8 activations (U8S8 is the native VNNI ``vpdpbusd`` form), but
+  ORT's ``QDQS8ToU8Transformer`` rewrites S8 activations to U8 (zero point 128) when it builds the
+  session, so the symmetric model still runs on the U8S8 kernels; ``bench/int8_vs_fp32.py``
+  measures both variants side by side. ``activation_type="uint8"`` gives the asymmetric
+  CPU-classic form for users who only deploy on ONNX Runtime CPU.
+- ``reduce_range=False``: 7-bit weights only help CPUs without VNNI; this project targets VNNI
+  CPUs and GPUs, and TensorRT expects the full [-127, 127] range.
+- ``quant_pre_process`` first (symbolic shape inference + ORT basic optimisations), as the ORT docs
+  recommend: a tensor whose shape is unknown cannot be quantized.
+- Calibration runs one batch at a time (``CalibStridedMinMax`` = 1 batch, which ORT applies to every
+  method): ranges and histograms are merged batch by batch, so memory stays bounded by one batch's
+  activations however many images calibrate (all activations of 500 ResNet-50 images would not fit).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from google.protobuf.message import DecodeError
+
+from port.errors import DataError, ModelError, UsageError
+
+# --calib-method choices -> onnxruntime.quantization.CalibrationMethod member names.
+CALIBRATION_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
+# --activation-type choices: int8 is symmetric (TensorRT), uint8 asymmetric (ORT CPU only).
+ACTIVATION_TYPES = ("int8", "uint8")
+PRECISION_KEY = "porter.precision"  # metadata_props key written by port/export/onnx.py
+QUANTIZATION_KEY = "porter.quantization"  # JSON: how this INT8 graph was made
+
+
+def load_onnx(path: Path) -> onnx.ModelProto:
+    """Load and check an ONNX file; a missing, truncated or invalid file is a ``ModelError``."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"ONNX file not found: {path}: export it first with "
+                         "`porter export --to onnx`")
+    try:
+        model = onnx.load(str(path))
+    except (DecodeError, ValueError, OSError) as exc:
+        raise ModelError(f"{path} is not a readable ONNX file (truncated or corrupt): re-export "
+                         "it with `porter export --to onnx`") from exc
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as exc:
+        raise ModelError(f"{path} is not a valid ONNX model ({_first_line(exc)}): re-export it "
+                         "with `porter export --to onnx`") from exc
+    if len(model.graph.input) != 1 or len(model.graph.output) < 1:
+        raise ModelError(f"{path} must have exactly one image input (has "
+                         f"{len(model.graph.input)}): porter exports classifiers with one input")
+    return model
+
+
+def save_onnx_atomic(model: onnx.ModelProto, out_path: Path) -> int:
+    """Write ``model`` to ``out_path`` via a temporary file, fsync and rename; return its size.
+
+    A crash leaves either the old file or the new one, never half of one that the manifest might
+    then register.
+    """
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    data = model.SerializeToString()
+    fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, out_path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return len(data)
+
+
+def metadata(model: onnx.ModelProto) -> dict[str, str]:
+    """``metadata_props`` as a dict."""
+    return {p.key: p.value for p in model.metadata_props}
+
+
+def set_metadata(model: onnx.ModelProto, props: dict[str, str]) -> None:
+    """Replace ``metadata_props`` with ``props``, sorted so equal inputs give equal bytes."""
+    del model.metadata_props[:]
+    for key in sorted(props):
+        model.metadata_props.add(key=key, value=str(props[key]))
+
+
+def check_images(images: Any, model: onnx.ModelProto, what: str) -> np.ndarray:
+    """Validate preprocessed NCHW float images against the model's input; return float32 array."""
+    if not isinstance(images, np.ndarray) or images.ndim != 4:
+        shape = getattr(images, "shape", None)
+        raise UsageError(f"{what} must be a float32 NCHW array of preprocessed images "
+                         f"(got shape {shape}): preprocess them with the model's Preprocess")
+    if len(images) == 0:
+        raise UsageError(f"{what} holds no images: pass at least one (--calib-images N)")
+    if not np.issubdtype(images.dtype, np.floating):
+        raise UsageError(f"{what} must be preprocessed float images, got dtype {images.dtype}: "
+                         "apply the model's Preprocess (mean/std) first")
+    dims = [d.dim_value if d.HasField("dim_value") else None
+            for d in model.graph.input[0].type.tensor_type.shape.dim]
+    if len(dims) == 4 and any(d is not None and d != s for d, s in zip(dims[1:], images.shape[1:],
+                                                                        strict=True)):
+        raise DataError(f"{what} have shape {tuple(images.shape[1:])} per image but the model "
+                        f"takes {tuple(dims[1:])}: preprocess with the model's image size")
+    return np.ascontiguousarray(images, dtype=np.float32)
+
+
+def count_qdq(model: onnx.ModelProto) -> tuple[int, int]:
+    """Number of QuantizeLinear and DequantizeLinear nodes in the main graph."""
+    ops = [n.op_type for n in model.graph.node]
+    return ops.count("QuantizeLinear"), ops.count("DequantizeLinear")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__
+
+
+def _make_reader(images: np.ndarray, input_name: str, batch_size: int,
+                 on_batch: Callable[[int], None]) -> Any:
+    """A ``CalibrationDataReader`` over ``images`` that ORT can drive one batch at a time.
+
+    ``__len__`` and ``set_range`` are the interface ``quantize_static`` uses with
+    ``CalibStridedMinMax``: it restricts the reader to a range of items, collects, and moves on.
+    """
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class _Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.starts = list(range(0, len(images), batch_size))
+            self.set_range(0, len(self.starts))
+
+        def __len__(self) -> int:
+            return len(self.starts)
+
+        def set_range(self, start_index: int, end_index: int) -> None:
+            self.pending = iter(self.starts[start_index:end_index])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            start = next(self.pending, None)
+            if start is None:
+                return None
+            batch = images[start:start + batch_size]
+            on_batch(len(batch))
+            return {input_name: batch}
+
+    return _Reader()
+
+
+def _progress_bar(enabled: bool) -> Any:
+    """A rich progress bar with throughput (images/s); ``disable`` makes it a silent no-op."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    # stderr: stdout stays clean for machine-readable output (and ORT's prints are muted there).
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[rate]} img/s"), TimeElapsedColumn(),
+                    TimeRemainingColumn(), console=Console(stderr=True), disable=not enabled)
+
+
+def quantize_int8(
+    fp32_onnx: Path,
+    out_path: Path,
+    calib_images: np.ndarray,
+    *,
+    method: str = "minmax",
+    per_channel: bool = True,
+    activation_type: str = "int8",
+    batch_size: int = 16,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Quantize an FP32 ONNX classifier to INT8 QDQ, calibrated on ``calib_images``.
+
+    ``calib_images`` are preprocessed float32 NCHW images (the evaluation preprocessing). The
+    output keeps the input's ``metadata_props``, with ``porter.precision`` set to ``int8`` and
+    ``porter.quantization`` describing how it was made; it is written atomically. Returns metrics
+    for the manifest: method, per_channel, activation type, QDQ node counts, seconds, bytes, and a
+    check of the INT8 graph against FP32 on the first calibration images (ORT CPU).
+    """
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quant_pre_process,
+        quantize_static,
+    )
+
+    if method not in CALIBRATION_METHODS:
+        raise UsageError(f"unknown calibration method {method!r}: choose one of "
+                         f"{', '.join(CALIBRATION_METHODS)}")
+    if activation_type not in ACTIVATION_TYPES:
+        raise UsageError(f"unknown activation type {activation_type!r}: choose one of "
+                         f"{', '.join(ACTIVATION_TYPES)}")
+    if batch_size < 1:
+        raise UsageError(f"calibration batch size must be at least 1 (got {batch_size})")
+    fp32_onnx, out_path = Path(fp32_onnx), Path(out_path)
+    source = load_onnx(fp32_onnx)
+    props = metadata(source)
+    if props.get(PRECISION_KEY, "fp32") != "fp32" or any(
+            n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in source.graph.node):
+        raise UsageError(f"{fp32_onnx} is not an FP32 model (precision "
+                         f"{props.get(PRECISION_KEY, 'quantized')}): quantize from the FP32 ONNX")
+    images = check_images(calib_images, source, "calibration images")
+    input_name = source.graph.input[0].name
+
+    symmetric = activation_type == "int8"
+    extra_options = {
+        "WeightSymmetric": True,  # zero point 0: what TensorRT and ORT's S8 kernels require
+        "ActivationSymmetric": symmetric,
+        "CalibStridedMinMax": 1,  # collect per reader item (= one batch): bounded memory
+    }
+    n_batches = math.ceil(len(images) / batch_size)
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="porter-int8-") as tmp, _progress_bar(progress) as bar:
+        task = bar.add_task(f"Calibrating INT8 ({method})", total=len(images), rate="-")
+        done = [0, 0]  # images finished, images handed to ORT and still running
+
+        def on_batch(n: int) -> None:
+            # ORT asks for the next batch once the previous one has run: count that one as done.
+            done[0] += done[1]
+            done[1] = n
+            elapsed = time.perf_counter() - t0
+            bar.update(task, completed=done[0],
+                       rate=f"{done[0] / elapsed:.0f}" if done[0] and elapsed > 0 else "-")
+
+        pre = Path(tmp) / "preprocessed.onnx"
+        quantized = Path(tmp) / "int8.onnx"
+        quant_pre_process(str(fp32_onnx), str(pre))
+        reader = _make_reader(images, input_name, batch_size, on_batch)
+        # ORT's histogram calibrators print() their progress; the bar above already shows it.
+        with contextlib.redirect_stdout(io.StringIO()):
+            quantize_static(
+                str(pre), str(quantized), reader,
+                quant_format=QuantFormat.QDQ,
+                per_channel=per_channel,
+                reduce_range=False,
+                activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=getattr(CalibrationMethod, CALIBRATION_METHODS[method]),
+                extra_options=extra_options,
+            )
+        bar.update(task, completed=len(images))
+        model = onnx.load(str(quantized))
+    seconds = time.perf_counter() - t0
+
+    n_q, n_dq = count_qdq(model)
+    settings = {
+        "quantizer": _quantizer_name(),
+        "format": "QDQ",
+        "method": method,
+        "per_channel": per_channel,
+        "weights": "int8 symmetric",
+        "activations": "int8 symmetric" if symmetric else "uint8 asymmetric",
+        "reduce_range": False,
+        "calibration_images": len(images),
+    }
+    props[PRECISION_KEY] = "int8"
+    props[QUANTIZATION_KEY] = json.dumps(settings, sort_keys=True)
+    set_metadata(model, props)
+    onnx.checker.check_model(model)
+    size = save_onnx_atomic(model, out_path)
+    metrics: dict[str, Any] = dict(settings)
+    metrics.update({
+        "quantize_linear_nodes": n_q,
+        "dequantize_linear_nodes": n_dq,
+        "calibration_batches": n_batches,
+        "seconds": round(seconds, 3),
+        "bytes": size,
+        "fp32_bytes": fp32_onnx.stat().st_size,
+    })
+    metrics.update(_spot_check(fp32_onnx, out_path, images[:8], input_name))
+    return metrics
+
+
+def _quantizer_name() -> str:
+    import onnxruntime
+
+    return f"onnxruntime {onnxruntime.__version__} quantize_static"
+
+
+def _spot_check(fp32_onnx: Path, int8_onnx: Path, images: np.ndarray,
+                input_name: str) -> dict[str, Any]:
+    """Run FP32 and INT8 on a few images with ORT CPU: proves the INT8 graph loads and runs.
+
+    Accuracy is judged by ``porter evaluate`` on the evaluation split; this is only a smoke check
+    that catches a broken graph at export time.
+    """
+    import onnxruntime as ort
+
+    outs = []
+    for path in (fp32_onnx, int8_onnx):
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        outs.append(sess.run(None, {input_name: images})[0])
+    ref, q = outs
+    return {
+        "check_images": len(images),
+        "check_top1_agreement": float(np.mean(ref.argmax(1) == q.argmax(1))),
+        "check_max_abs_diff": float(np.max(np.abs(ref - q))),
+    }

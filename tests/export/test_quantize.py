@@ -1,0 +1,257 @@
+"""INT8 QDQ export on a small CNN trained on real CIFAR-10 images (CPU, ONNX Runtime)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from torch import nn
+
+from port.data.datasets import load_split, materialize
+from port.data.spec import parse_data_spec
+from port.errors import ModelError, UsageError
+from port.export.calibration import select_calibration
+from port.export.onnx import export_onnx
+from port.export.quantize import count_qdq, quantize_int8
+from port.models.card import ModelCard
+
+REPO = Path(__file__).resolve().parents[2]
+# Training recipe of the test model; part of the cache key so a change retrains.
+TRAIN = {"steps": 400, "batch": 32, "lr": 0.05, "width": 12, "seed": 0}
+CALIB_IMAGES = 256  # from the training split, as `porter export --precision int8` does
+
+
+class SmallNet(nn.Module):
+    """Stem, strided stage, residual block, global pool, linear (~4 M MACs at width 12)."""
+
+    def __init__(self, num_classes: int = 10, width: int = 16) -> None:
+        super().__init__()
+
+        def cbr(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
+            return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False),
+                                 nn.BatchNorm2d(c_out), nn.ReLU())
+
+        w = width
+        self.stem = cbr(3, w)
+        self.down1 = cbr(w, 2 * w, stride=2)
+        self.res = nn.Sequential(cbr(2 * w, 2 * w), cbr(2 * w, 2 * w))
+        self.down2 = cbr(2 * w, 4 * w, stride=2)
+        self.fc = nn.Linear(4 * w, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.down1(self.stem(x))
+        x = self.down2(x + self.res(x))  # the Add exercises QDQ on a residual join
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+def _train(images: np.ndarray, labels: np.ndarray) -> SmallNet:
+    """A few hundred SGD steps with flips: enough for a clearly better-than-chance model."""
+    torch.manual_seed(TRAIN["seed"])
+    gen = torch.Generator().manual_seed(TRAIN["seed"])
+    model = SmallNet(width=TRAIN["width"])
+    opt = torch.optim.SGD(model.parameters(), lr=TRAIN["lr"], momentum=0.9, nesterov=True,
+                          weight_decay=5e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, TRAIN["lr"], total_steps=TRAIN["steps"])
+    x_all, y_all = torch.from_numpy(images), torch.from_numpy(labels)
+    model.train()
+    for _ in range(TRAIN["steps"]):
+        idx = torch.randint(0, len(x_all), (TRAIN["batch"],), generator=gen)
+        x, y = x_all[idx], y_all[idx]
+        flip = torch.rand(len(x), generator=gen) < 0.5
+        x = torch.where(flip[:, None, None, None], x.flip(3), x)
+        loss = nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def cifar(cifar_subset_dir: Path) -> dict:
+    """Preprocessed train and test images of the CIFAR-10 subset, with the split metadata."""
+    spec = parse_data_spec(str(cifar_subset_dir))
+    train = load_split(spec, "train")
+    test = load_split(spec, "val")
+    x_train, y_train = materialize(train)
+    x_test, y_test = materialize(test)
+    return {"train": train, "x_train": x_train, "y_train": y_train, "x_test": x_test,
+            "y_test": y_test}
+
+
+@pytest.fixture(scope="module")
+def fp32_onnx(cifar: dict, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The trained SmallNet exported by porter's ONNX exporter (TorchScript, dynamic batch).
+
+    Weights are cached in .cache/ keyed by the recipe and torch version: training takes tens of
+    seconds on a busy 2-core CPU and is deterministic, so later sessions reuse it.
+    """
+    torch.set_num_threads(2)
+    key = hashlib.sha256(json.dumps([TRAIN, torch.__version__, len(cifar["x_train"])])
+                         .encode()).hexdigest()[:12]
+    cache = REPO / ".cache" / f"test-quantize-smallnet-{key}.pt"
+    if cache.is_file():
+        model = SmallNet(width=TRAIN["width"])
+        model.load_state_dict(torch.load(cache, weights_only=True))
+        model.eval()
+    else:
+        model = _train(cifar["x_train"], cifar["y_train"])
+        cache.parent.mkdir(exist_ok=True)
+        tmp = cache.with_suffix(".tmp")
+        torch.save(model.state_dict(), tmp)
+        tmp.replace(cache)
+    split = cifar["train"]
+    card = ModelCard(arch="smallnet", num_classes=10, classes=split.classes,
+                     preprocess=split.preprocess)
+    path = tmp_path_factory.mktemp("int8") / "model.onnx"
+    export_onnx(model, card, path, sample=cifar["x_test"][:8], exporter="torchscript")
+    return path
+
+
+def _top1(path: Path, images: np.ndarray, labels: np.ndarray) -> float:
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    logits = np.concatenate([sess.run(None, {"input": images[i:i + 100]})[0]
+                             for i in range(0, len(images), 100)])
+    return float(np.mean(logits.argmax(1) == labels))
+
+
+def _calibration_images(cifar: dict, count: int = CALIB_IMAGES, seed: int = 0) -> np.ndarray:
+    cs = select_calibration(len(cifar["x_train"]), count, seed)
+    return cifar["x_train"][cs.indices]
+
+
+@pytest.fixture(scope="module")
+def int8_onnx(fp32_onnx: Path, cifar: dict) -> tuple[Path, dict]:
+    out = fp32_onnx.with_name("model.int8.onnx")
+    metrics = quantize_int8(fp32_onnx, out, _calibration_images(cifar), progress=True)
+    return out, metrics
+
+
+def test_int8_keeps_99_percent_of_fp32_top1(fp32_onnx: Path, int8_onnx: tuple[Path, dict],
+                                             cifar: dict,
+                                             record_property: pytest.RecordProperty) -> None:
+    path, metrics = int8_onnx
+    ref = _top1(fp32_onnx, cifar["x_test"], cifar["y_test"])
+    got = _top1(path, cifar["x_test"], cifar["y_test"])
+    record_property("fp32_top1", ref)
+    record_property("int8_top1", got)
+    print(f"\nFP32 top-1 {ref:.4f}, INT8 QDQ top-1 {got:.4f} on {len(cifar['y_test'])} test "
+          f"images ({got / ref:.2%} kept); {metrics['seconds']} s to calibrate+quantize")
+    assert ref > 0.3, "the test model did not train: the INT8 comparison would mean nothing"
+    assert got >= 0.99 * ref
+
+
+def test_int8_graph_is_symmetric_qdq_with_metadata(fp32_onnx: Path,
+                                                   int8_onnx: tuple[Path, dict]) -> None:
+    path, metrics = int8_onnx
+    model = onnx.load(str(path))
+    n_q, n_dq = count_qdq(model)
+    assert n_q > 0 and n_dq > n_q  # weights get DequantizeLinear only
+    assert (metrics["quantize_linear_nodes"], metrics["dequantize_linear_nodes"]) == (n_q, n_dq)
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    zero_points = [inits[n.input[2]] for n in model.graph.node
+                   if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2]
+    # TensorRT takes only signed INT8 with zero point 0 (biases are INT32, also zero point 0).
+    assert zero_points and not any(zp.any() for zp in zero_points)
+    assert {zp.dtype for zp in zero_points} <= {np.dtype(np.int8), np.dtype(np.int32)}
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    weight_dq = {n.output[0]: n for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    per_channel = [inits[weight_dq[c.input[1]].input[1]].size for c in convs]
+    assert all(size > 1 for size in per_channel)  # one scale per output channel
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+
+    source = {p.key: p.value for p in onnx.load(str(fp32_onnx)).metadata_props}
+    props = {p.key: p.value for p in model.metadata_props}
+    assert props["porter.precision"] == "int8"
+    assert all(props[k] == v for k, v in source.items() if k != "porter.precision")
+    info = json.loads(props["porter.quantization"])
+    assert info["method"] == "minmax" and info["per_channel"] is True
+    assert info["activations"] == "int8 symmetric"
+    assert metrics["check_top1_agreement"] >= 0.75
+    assert metrics["bytes"] == path.stat().st_size < metrics["fp32_bytes"]
+
+
+def test_calibration_is_reproducible(fp32_onnx: Path, cifar: dict, tmp_path: Path) -> None:
+    images = _calibration_images(cifar, count=64, seed=11)
+    a, b = tmp_path / "a.onnx", tmp_path / "b.onnx"
+    quantize_int8(fp32_onnx, a, images, progress=False)
+    quantize_int8(fp32_onnx, b, _calibration_images(cifar, count=64, seed=11), progress=False)
+    assert a.read_bytes() == b.read_bytes()
+    # A different draw gives different activation scales: the seed really picks the images.
+    c = tmp_path / "c.onnx"
+    quantize_int8(fp32_onnx, c, _calibration_images(cifar, count=64, seed=12), progress=False)
+    assert _scales(a) != _scales(c)
+
+
+def _scales(path: Path) -> dict[str, list[float]]:
+    model = onnx.load(str(path))
+    inits = {t.name: t for t in model.graph.initializer}
+    return {n.input[1]: onnx.numpy_helper.to_array(inits[n.input[1]]).ravel().tolist()
+            for n in model.graph.node if n.op_type == "QuantizeLinear"}
+
+
+@pytest.mark.parametrize("method", ["entropy", "percentile"])
+def test_other_calibration_methods(fp32_onnx: Path, cifar: dict, tmp_path: Path,
+                                   method: str) -> None:
+    out = tmp_path / f"{method}.onnx"
+    metrics = quantize_int8(fp32_onnx, out, _calibration_images(cifar, count=64), method=method,
+                            progress=False)
+    assert metrics["method"] == method
+    assert metrics["quantize_linear_nodes"] > 0
+    got = _top1(out, cifar["x_test"], cifar["y_test"])
+    ref = _top1(fp32_onnx, cifar["x_test"], cifar["y_test"])
+    print(f"\n{method}: INT8 top-1 {got:.4f} vs FP32 {ref:.4f}")
+    assert got >= 0.95 * ref  # sanity only; the 99% gate is on the default method
+
+
+def test_uint8_activations_for_cpu_only_use(fp32_onnx: Path, cifar: dict, tmp_path: Path) -> None:
+    out = tmp_path / "u8.onnx"
+    metrics = quantize_int8(fp32_onnx, out, _calibration_images(cifar, count=64),
+                            activation_type="uint8", progress=False)
+    assert metrics["activations"] == "uint8 asymmetric"
+    model = onnx.load(str(out))
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    dtypes = {inits[n.input[2]].dtype for n in model.graph.node if n.op_type == "QuantizeLinear"}
+    assert dtypes == {np.dtype(np.uint8)}
+
+
+def test_corrupt_onnx_is_a_model_error(tmp_path: Path, cifar: dict) -> None:
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"\x08\x07garbage, not a protobuf" * 10)
+    with pytest.raises(ModelError) as info:
+        quantize_int8(bad, tmp_path / "out.onnx", cifar["x_train"][:4], progress=False)
+    assert "\n" not in str(info.value) and "re-export" in str(info.value)
+    assert not (tmp_path / "out.onnx").exists()
+
+
+def test_missing_onnx_is_a_model_error(tmp_path: Path, cifar: dict) -> None:
+    with pytest.raises(ModelError, match="not found"):
+        quantize_int8(tmp_path / "nope.onnx", tmp_path / "out.onnx", cifar["x_train"][:4])
+
+
+def test_no_calibration_images_is_a_usage_error(fp32_onnx: Path, tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="no images") as info:
+        quantize_int8(fp32_onnx, tmp_path / "out.onnx", np.zeros((0, 3, 32, 32), np.float32))
+    assert "\n" not in str(info.value)
+
+
+def test_bad_arguments_are_usage_errors(fp32_onnx: Path, cifar: dict, tmp_path: Path) -> None:
+    images = cifar["x_train"][:4]
+    with pytest.raises(UsageError, match="minmax, entropy, percentile"):
+        quantize_int8(fp32_onnx, tmp_path / "o.onnx", images, method="kl")
+    with pytest.raises(UsageError, match="int8, uint8"):
+        quantize_int8(fp32_onnx, tmp_path / "o.onnx", images, activation_type="fp8")
+    with pytest.raises(UsageError, match="uint8"):
+        quantize_int8(fp32_onnx, tmp_path / "o.onnx", (images * 50).astype(np.uint8))
+
+
+def test_int8_input_is_refused(int8_onnx: tuple[Path, dict], cifar: dict, tmp_path: Path) -> None:
+    path, _ = int8_onnx
+    with pytest.raises(UsageError, match="FP32"):
+        quantize_int8(path, tmp_path / "again.onnx", cifar["x_train"][:4])
