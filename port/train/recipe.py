@@ -1,0 +1,250 @@
+"""Training configuration: ``TrainConfig``, YAML recipes, and how flags override them.
+
+Resolution order (timm style): the dataclass defaults, then a recipe (a YAML file of
+``key: value`` pairs, either a name from ``port/train/recipes/`` or a path), then explicit
+overrides (CLI flags, ``--set KEY=VALUE``). Every value is type-checked and range-checked here,
+once, so the training loop can trust its config. ``TrainConfig.to_dict()`` is what the checkpoint
+and the manifest record.
+"""
+
+from __future__ import annotations
+
+import re
+import types
+import typing
+from dataclasses import asdict, dataclass, fields
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from port.errors import UsageError
+
+SCHEDULES = ("step", "exponential", "cosine", "onecycle")
+_DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+Auto = Literal["auto"]
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides what a training run produces (plus a few how-to-run knobs)."""
+
+    # -- what to train on ---------------------------------------------------------------------
+    data: str = "synthetic"  # data spec: synthetic | cifar10[:DIR] | cifar100[:DIR] | DIR
+    arch: str = "resnet18_cifar"  # registered model name (`porter models`)
+    width: float = 1.0  # channel multiplier (resnet18_cifar, resnet9): < 1 for quick CPU runs
+    # Zero the last BN gamma of each residual branch so every block starts as the identity
+    # (Goyal et al. 2017); helps large-batch training, costs nothing.
+    zero_init_residual: bool = False
+    image_size: int | None = None  # network input size; None = the data set's native size
+    limit: int | None = None  # class-balanced seeded subset of the train split (None = all)
+    val_limit: int | None = None  # same for the val split: faster per-epoch evaluation
+
+    # -- optimisation -------------------------------------------------------------------------
+    epochs: int = 30  # passes over the training set
+    batch_size: int = 128  # images per optimizer step
+    lr: float = 0.1  # peak learning rate (at lr_scale_batch images per batch, if set)
+    # Linear scaling rule (Goyal et al. 2017): the learning rate used is
+    # lr * batch_size / lr_scale_batch, so a recipe keeps working when the batch size changes.
+    # None or 0 = use lr as it is.
+    lr_scale_batch: int | None = None
+    momentum: float = 0.9  # SGD momentum: averages gradients over ~1/(1-m) steps
+    nesterov: bool = False  # Nesterov momentum: looks ahead, a little more stable at high lr
+    # L2 penalty on conv/linear weights only; BatchNorm parameters and biases are never decayed
+    # (decaying BN's gamma only fights the normalisation and hurts accuracy).
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.0  # target mass spread over all classes: calmer, better-calibrated
+    schedule: str = "cosine"  # learning-rate shape: step | exponential | cosine | onecycle
+    # Linear ramp from ~0 to lr over these epochs (step/exponential/cosine): avoids early
+    # divergence at large batch sizes while BN statistics settle. onecycle has its own ramp.
+    warmup_epochs: float = 0.0
+    step_size: int = 30  # step schedule: multiply lr by gamma every step_size epochs
+    gamma: float = 0.1  # step: factor per step_size epochs; exponential: factor per epoch
+    # onecycle: fraction of training at which lr peaks; lr goes 0 -> lr -> 0 piecewise linearly
+    # (the fast CIFAR recipes peak at about 1/5 of training).
+    onecycle_peak: float = 0.25
+
+    # -- augmentation -------------------------------------------------------------------------
+    augment: bool = True  # data set's training preset: random crop (+resize) and flip
+    cutout: int = 0  # side in px of a random square zeroed after normalisation (0 = off)
+
+    # -- how to run ---------------------------------------------------------------------------
+    seed: int = 0  # seeds init, shuffling and augmentation: same seed + CPU = same weights
+    device: str = "auto"  # auto (CUDA when present) | cpu | cuda | cuda:N
+    amp: bool | Auto = "auto"  # fp16 autocast + GradScaler; auto = on for CUDA, off on CPU
+    channels_last: bool | Auto = "auto"  # NHWC tensors (faster convs on tensor cores); auto = CUDA
+    workers: int = 2  # DataLoader worker processes (0 = load in the training process)
+    eval_every: int = 1  # evaluate on the val split every N epochs (and always after the last)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-data form: what the checkpoint, ``model.pt`` and the manifest record."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        """Inverse of :meth:`to_dict`, validated (unknown keys are refused)."""
+        return resolve(None, d)
+
+    @property
+    def effective_lr(self) -> float:
+        """The learning rate training uses, after the linear scaling rule."""
+        if self.lr_scale_batch:
+            return self.lr * self.batch_size / self.lr_scale_batch
+        return self.lr
+
+
+FIELD_NAMES = tuple(f.name for f in fields(TrainConfig))
+# Fields that may differ when resuming: they change how a run executes, not what it computes.
+RESUME_FREE = frozenset({"device", "workers", "eval_every"})
+
+
+# -- recipes --------------------------------------------------------------------------------------
+def _recipes_dir() -> Any:
+    return resources.files("port.train").joinpath("recipes")
+
+
+def list_recipes() -> list[str]:
+    """Names of the built-in recipes (``port/train/recipes/*.yaml``)."""
+    return sorted(p.name[: -len(".yaml")] for p in _recipes_dir().iterdir()
+                  if p.name.endswith(".yaml"))
+
+
+def load_recipe(name_or_path: str | Path) -> dict[str, Any]:
+    """Read a recipe: a built-in name (``cifar``) or a YAML file path. Keys are not checked here."""
+    text_name = str(name_or_path)
+    path = Path(text_name).expanduser()
+    if path.suffix in (".yaml", ".yml") or path.exists() or "/" in text_name:
+        if not path.is_file():
+            raise UsageError(f"recipe file {path} not found: check the path")
+        source, text = str(path), path.read_text(encoding="utf-8")
+    else:
+        entry = _recipes_dir().joinpath(f"{text_name}.yaml")
+        if not entry.is_file():
+            raise UsageError(
+                f"unknown recipe {text_name!r}: use one of {', '.join(list_recipes())} "
+                "or a YAML file path"
+            )
+        source, text = f"recipe {text_name}", entry.read_text(encoding="utf-8")
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where is not None else ""
+        raise UsageError(f"{source} is not valid YAML{line}: fix the file") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UsageError(f"{source} must be a mapping of key: value pairs")
+    return data
+
+
+# -- resolution -----------------------------------------------------------------------------------
+_HINTS = typing.get_type_hints(TrainConfig)
+
+
+def _type_name(hint: Any) -> str:
+    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+    parts = [names.get(a, "auto" if a == Auto else "null") for a in typing.get_args(hint)]
+    return " or ".join(parts) if parts else names[hint]
+
+
+def _coerce(key: str, value: Any) -> Any:
+    """Check ``value`` against the field's type, accepting what YAML gives ("1e-4", 3 for 3.0)."""
+    hint = _HINTS[key]
+    is_union = typing.get_origin(hint) in (Union, types.UnionType)
+    allowed = typing.get_args(hint) if is_union else (hint,)
+    if value is None and type(None) in allowed:
+        return None
+    if isinstance(value, str) and Auto in allowed and value == "auto":
+        return "auto"
+    if bool in allowed and isinstance(value, bool):
+        return value
+    if int in allowed and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if float in allowed and not isinstance(value, bool):
+        if isinstance(value, int | float):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)  # PyYAML reads 1e-4 (no dot) as a string
+            except ValueError:
+                pass
+    if str in allowed and isinstance(value, str):
+        return value
+    raise UsageError(f"{key} must be {_type_name(hint)}, got {value!r}")
+
+
+def _check(cond: bool, message: str) -> None:
+    if not cond:
+        raise UsageError(message)
+
+
+def validate(cfg: TrainConfig) -> TrainConfig:
+    """Range and consistency checks; the first problem raises ``UsageError``."""
+    from port.models.registry import get_entry  # lazy: registry imports torch
+
+    entry = get_entry(cfg.arch)  # unknown arch -> UsageError listing the models
+    _check(cfg.width > 0, f"width must be > 0, got {cfg.width}")
+    _check(cfg.width == 1.0 or "width" in entry.kwargs,
+           f"{cfg.arch} has no width option: drop width or use resnet18_cifar / resnet9")
+    _check(cfg.image_size is None or cfg.image_size >= 16,
+           f"image_size must be >= 16 px, got {cfg.image_size}")
+    for key in ("limit", "val_limit"):
+        value = getattr(cfg, key)
+        _check(value is None or value >= 2, f"{key} must be >= 2 images, got {value}")
+    for key in ("epochs", "batch_size", "step_size", "eval_every"):
+        _check(getattr(cfg, key) >= 1, f"{key} must be >= 1, got {getattr(cfg, key)}")
+    _check(cfg.lr > 0, f"lr must be > 0, got {cfg.lr}")
+    _check(cfg.lr_scale_batch is None or cfg.lr_scale_batch >= 0,
+           f"lr_scale_batch must be a batch size (or 0/null = off), got {cfg.lr_scale_batch}")
+    _check(0 <= cfg.momentum < 1, f"momentum must be in [0, 1), got {cfg.momentum}")
+    _check(not cfg.nesterov or cfg.momentum > 0, "nesterov needs momentum > 0")
+    _check(cfg.weight_decay >= 0, f"weight_decay must be >= 0, got {cfg.weight_decay}")
+    _check(0 <= cfg.label_smoothing < 1,
+           f"label_smoothing must be in [0, 1), got {cfg.label_smoothing}")
+    _check(cfg.schedule in SCHEDULES,
+           f"unknown schedule {cfg.schedule!r}: use one of {', '.join(SCHEDULES)}")
+    _check(0 <= cfg.warmup_epochs < cfg.epochs,
+           f"warmup_epochs must be in [0, epochs={cfg.epochs}), got {cfg.warmup_epochs}")
+    _check(cfg.schedule != "onecycle" or cfg.warmup_epochs == 0,
+           "onecycle ramps up by itself: set warmup_epochs to 0 or use another schedule")
+    _check(0 < cfg.gamma <= 1, f"gamma must be in (0, 1], got {cfg.gamma}")
+    _check(0 < cfg.onecycle_peak < 1, f"onecycle_peak must be in (0, 1), got {cfg.onecycle_peak}")
+    _check(cfg.cutout >= 0, f"cutout must be >= 0 px, got {cfg.cutout}")
+    _check(cfg.cutout == 0 or cfg.augment,
+           "cutout is an augmentation: set augment to true, or cutout to 0")
+    _check(cfg.seed >= 0, f"seed must be >= 0, got {cfg.seed}")
+    _check(bool(_DEVICE_RE.match(cfg.device)),
+           f"device must be auto, cpu, cuda or cuda:N, got {cfg.device!r}")
+    _check(cfg.workers >= 0, f"workers must be >= 0, got {cfg.workers}")
+    return cfg
+
+
+def resolve(recipe: str | Path | None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Defaults <- recipe <- overrides, checked. ``None`` override values mean "not given"."""
+    values: dict[str, Any] = {}
+    layers = [(load_recipe(recipe), f"recipe {recipe}")] if recipe is not None else []
+    layers.append((dict(overrides or {}), "overrides"))
+    for layer, source in layers:
+        for key, value in layer.items():
+            if key not in FIELD_NAMES:
+                raise UsageError(
+                    f"unknown training key {key!r} in {source}: valid keys are "
+                    f"{', '.join(FIELD_NAMES)}"
+                )
+            if value is None and source == "overrides":
+                continue
+            values[key] = _coerce(key, value)
+    return validate(TrainConfig(**values))
+
+
+def config_diff(saved: dict[str, Any], wanted: TrainConfig) -> list[str]:
+    """Fields (outside :data:`RESUME_FREE`) whose saved value differs from ``wanted``'s,
+    as ``"key: saved -> wanted"`` strings."""
+    now = wanted.to_dict()
+    return [
+        f"{key}: {saved.get(key)!r} -> {now[key]!r}"
+        for key in FIELD_NAMES
+        if key not in RESUME_FREE and saved.get(key) != now[key]
+    ]

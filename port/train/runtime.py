@@ -1,0 +1,79 @@
+"""Where and how a run executes: device, mixed precision, memory format."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from port.errors import BackendUnavailable, UsageError
+from port.train.recipe import TrainConfig
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """The resolved ``device`` / ``amp`` / ``channels_last`` of a config on this machine."""
+
+    device: torch.device
+    amp: bool  # fp16 autocast + GradScaler
+    channels_last: bool
+
+    @classmethod
+    def from_config(cls, cfg: TrainConfig) -> Runtime:
+        """Resolve ``auto`` values; ``BackendUnavailable`` when CUDA is asked for but absent."""
+        if cfg.device == "auto":
+            device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        else:
+            device = torch.device(cfg.device)
+        if device.type == "cuda":
+            if not torch.cuda.is_available():
+                raise BackendUnavailable(
+                    f"device {cfg.device} asked for but CUDA is not available here: "
+                    "use --device cpu (or auto)"
+                )
+            index = device.index if device.index is not None else torch.cuda.current_device()
+            if index >= torch.cuda.device_count():
+                raise UsageError(
+                    f"device {cfg.device} does not exist: this machine has "
+                    f"{torch.cuda.device_count()} CUDA device(s)"
+                )
+            device = torch.device("cuda", index)
+        on_cuda = device.type == "cuda"
+        amp = on_cuda if cfg.amp == "auto" else bool(cfg.amp)
+        if amp and not on_cuda:
+            # fp16 autocast on CPU is slow and GradScaler is CUDA-only: refuse, don't rewrite.
+            raise UsageError("amp (fp16) needs a CUDA device: set amp to auto or false on CPU")
+        channels_last = on_cuda if cfg.channels_last == "auto" else bool(cfg.channels_last)
+        return cls(device=device, amp=amp, channels_last=channels_last)
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        """Memory format for the model and every input batch."""
+        return torch.channels_last if self.channels_last else torch.contiguous_format
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """fp16 autocast when AMP is on; a no-op context otherwise (no per-step cost)."""
+        if self.amp:
+            return torch.autocast(device_type=self.device.type, dtype=torch.float16)
+        return contextlib.nullcontext()
+
+    def grad_scaler(self) -> torch.amp.GradScaler:
+        """Loss scaler for fp16 gradients; disabled (a pass-through) without AMP."""
+        return torch.amp.GradScaler(self.device.type, enabled=self.amp)
+
+    def describe(self) -> dict[str, Any]:
+        """For metrics and logs: the device name and the effective switches."""
+        name = (torch.cuda.get_device_name(self.device) if self.device.type == "cuda"
+                else "cpu")
+        return {"device": str(self.device), "device_name": name, "amp": self.amp,
+                "channels_last": self.channels_last}
+
+
+def synchronize(device: torch.device) -> Callable[[], None]:
+    """A function that waits for ``device``'s queued work (for honest timings)."""
+    if device.type == "cuda":
+        return lambda: torch.cuda.synchronize(device)
+    return lambda: None
