@@ -32,7 +32,7 @@ _MAX_SINGLE_FILE_BYTES = 2**31 - 1
 # The dynamic batch axis must accept at least this much; torch.export needs an upper bound.
 _MAX_BATCH = 4096
 
-__all__ = ["EXPORTERS", "check_parity", "export_onnx", "read_card"]
+__all__ = ["EXPORTERS", "check_parity", "export_onnx", "opset_range", "read_card"]
 
 
 def export_onnx(
@@ -66,6 +66,12 @@ def export_onnx(
             f"unknown ONNX exporter '{exporter}': choose one of {', '.join(EXPORTERS)}"
         )
     sample = _check_sample(sample, card)
+    lo, hi = opset_range(exporter)
+    if opset is not None and not lo <= opset <= hi:
+        raise UsageError(
+            f"--opset {opset} is outside what the {exporter} exporter writes ({lo}..{hi}): "
+            f"pick one in range{' or use --exporter torchscript' if exporter == 'dynamo' else ''}"
+        )
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
 
@@ -89,6 +95,10 @@ def export_onnx(
         )
     used_opset = _default_opset(proto)
     hint = _hint(exporter, used_opset)
+    if opset is not None and used_opset != opset:
+        # The exporter may fall back to another opset with only a log line: never pass that on.
+        raise ModelError(f"the {exporter} exporter wrote opset {used_opset}, not the requested "
+                         f"{opset}: {hint}")
 
     tmp_file = _temp_sibling(out_path)
     try:
@@ -147,6 +157,11 @@ def check_parity(
         raise ModelError(f"ONNX Runtime cannot load the exported model ({_first_line(err)}): "
                          f"{hint}") from None
     name = input_name or session.get_inputs()[0].name
+    n_images = len(sample)
+    if n_images == 1:
+        # One image cannot show whether the batch axis is dynamic: run it twice over as well.
+        sample = np.concatenate([sample, sample])
+        reference = np.concatenate([reference, reference])
     batches = sorted({len(sample), 1}, reverse=True)
     outputs: dict[int, np.ndarray] = {}
     for n in batches:
@@ -176,14 +191,14 @@ def check_parity(
     # `not <=` rather than `>` so that NaN/inf outputs count as failures.
     if not np.all(diff <= allowed) or decisive_flips:
         raise ModelError(
-            f"ONNX export differs from PyTorch: max |diff| {max_abs:.3g} on {len(sample)} images "
+            f"ONNX export differs from PyTorch: max |diff| {max_abs:.3g} on {n_images} images "
             f"(allowed {atol:g} + {rtol:g}*|ref|), top-1 agreement {agreement:.4f}: {hint}"
         )
     return {
         "max_abs_diff": max_abs,
         "mean_abs_diff": float(np.mean(diff)) if diff.size else 0.0,
         "agreement": agreement,
-        "parity_images": len(sample),
+        "parity_images": n_images,
         "batch_sizes_checked": batches,
         "atol": atol,
         "rtol": rtol,
@@ -271,9 +286,23 @@ def _default_opset(proto: Any) -> int:
     return next((int(o.version) for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
+def opset_range(exporter: str) -> tuple[int, int]:
+    """The opsets ``exporter`` writes natively, from torch's own constants when it has them."""
+    try:
+        from torch.onnx import _constants as limits  # private, but where torch states its range
+    except ImportError:
+        limits = None
+    if exporter == "dynamo":
+        # torchlib implements opset 18 and later; lower requests go through a lossy converter.
+        return 18, int(getattr(limits, "ONNX_MAX_OPSET", 23))
+    return (int(getattr(limits, "ONNX_MIN_OPSET", 7)),
+            int(getattr(limits, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", 20)))
+
+
 def _hint(exporter: str, opset: int) -> str:
     other = "torchscript" if exporter == "dynamo" else "dynamo"
-    alt = 17 if opset > 17 else 18
+    lo, hi = opset_range(exporter)
+    alt = 17 if exporter == "torchscript" and opset != 17 else (lo if opset != lo else hi)
     return f"try --exporter {other} or --opset {alt}"
 
 

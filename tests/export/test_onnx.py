@@ -115,8 +115,13 @@ def test_batch_axis_is_dynamic(exported: tuple[Path, dict], model: torch.nn.Modu
 def test_torchscript_exporter_also_works(tmp_path: Path, model: torch.nn.Module, card: ModelCard,
                                          data: tuple[np.ndarray, list[str]]) -> None:
     out = tmp_path / "ts.onnx"
-    metrics = export_onnx(model, card, out, sample=data[0], exporter="torchscript", opset=17,
-                          source_sha256=SHA)
+    model.train()  # export runs in eval mode and hands the model back as it found it
+    try:
+        metrics = export_onnx(model, card, out, sample=data[0], exporter="torchscript", opset=17,
+                              source_sha256=SHA)
+        assert model.training
+    finally:
+        model.eval()
     assert metrics["exporter"] == "torchscript" and metrics["opset"] == 17
     assert read_card(out) == card
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ts.onnx"]
@@ -191,6 +196,18 @@ def test_bad_arguments_are_usage_errors(tmp_path: Path, model: torch.nn.Module, 
         export_onnx(model, card, tmp_path / "m.onnx", sample=data[0], exporter="jit")
     with pytest.raises(UsageError, match=r"shape \(3, 16, 16\).*expects \(3, 32, 32\)"):
         export_onnx(model, card, tmp_path / "m.onnx", sample=data[0][:, :, :16, :16])
+    # dynamo writes opset 18+ only; a lower request would silently come out as 18.
+    with pytest.raises(UsageError, match=r"--opset 13 is outside .* \(18\.\.\d+\).*torchscript"):
+        export_onnx(model, card, tmp_path / "m.onnx", sample=data[0], opset=13)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_one_image_still_checks_two_batch_sizes(tmp_path: Path, model: torch.nn.Module,
+                                                card: ModelCard,
+                                                data: tuple[np.ndarray, list[str]]) -> None:
+    metrics = export_onnx(model, card, tmp_path / "m.onnx", sample=data[0][:1],
+                          exporter="torchscript")
+    assert metrics["parity_images"] == 1 and metrics["batch_sizes_checked"] == [2, 1]
 
 
 def test_metadata_round_trip_without_a_file(card: ModelCard) -> None:
