@@ -137,6 +137,10 @@ def plot_latency(report: dict[str, Any], path: Path) -> None:
         ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=_label(row))
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
+    sizes = sorted({int(b) for r in _ran(report) for b in r["latency_ms"]})
+    if sizes:
+        ax.set_xticks(sizes, [str(b) for b in sizes])  # the measured batch sizes, not 2^k
+        ax.minorticks_off()
     ax.set_xlabel("batch size")
     ax.set_ylabel("p50 latency per batch (ms)")
     ax.set_title("Latency vs batch size")
@@ -159,6 +163,8 @@ def plot_accuracy_vs_latency(report: dict[str, Any], path: Path) -> None:
         ax.annotate(row["artifact"], (lat["p50"], row["top1"] * 100), fontsize=8,
                     textcoords="offset points", xytext=(4, 4))
     ax.set_xscale("log")
+    ax.xaxis.set_major_formatter("{x:g}")
+    ax.xaxis.set_minor_formatter("{x:g}")
     ax.set_xlabel(f"p50 latency at batch {largest} (ms)")
     ax.set_ylabel("top-1 accuracy (%)")
     ax.set_title("Accuracy vs latency")
