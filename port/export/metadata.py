@@ -62,6 +62,16 @@ def card_metadata(
     return meta
 
 
+def set_metadata(proto: Any, meta: dict[str, str]) -> None:
+    """Put ``meta`` into an ``onnx.ModelProto``'s ``metadata_props``, replacing any ``porter.*``
+    entries and keeping entries other tools wrote (FP16/INT8 converters call this too)."""
+    kept = [(p.key, p.value) for p in proto.metadata_props if not p.key.startswith(PREFIX)]
+    del proto.metadata_props[:]
+    for key, value in [*kept, *meta.items()]:
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+
+
 def card_from_metadata(meta: dict[str, str], *, source: str = "metadata") -> ModelCard | None:
     """Rebuild the card from ``porter.*`` strings; ``None`` when there is no porter card."""
     text = meta.get(CARD_KEY)

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from port.errors import ModelError, UsageError
-from port.export.metadata import PREFIX, card_metadata, read_card
+from port.export.metadata import card_metadata, read_card, set_metadata
 from port.models.card import ModelCard
 
 EXPORTERS = ("dynamo", "torchscript")
@@ -86,7 +86,7 @@ def export_onnx(
             proto = onnx.load(str(raw), load_external_data=True)
     export_seconds = time.perf_counter() - started
 
-    _set_metadata(proto, card_metadata(card, precision=precision, source_sha256=source_sha256,
+    set_metadata(proto, card_metadata(card, precision=precision, source_sha256=source_sha256,
                                        extra=extra_metadata))
     if proto.ByteSize() > _MAX_SINGLE_FILE_BYTES:
         raise ModelError(
@@ -271,15 +271,6 @@ def _run_exporter(net: Any, card: ModelCard, path: Path, sample: np.ndarray, *, 
     if not path.is_file():
         raise ModelError(f"the {exporter} ONNX exporter wrote no file: try --exporter "
                          f"{'torchscript' if exporter == 'dynamo' else 'dynamo'}")
-
-
-def _set_metadata(proto: Any, meta: dict[str, str]) -> None:
-    """Replace any ``porter.*`` entries with ``meta``, keeping entries other tools wrote."""
-    kept = [(p.key, p.value) for p in proto.metadata_props if not p.key.startswith(PREFIX)]
-    del proto.metadata_props[:]
-    for key, value in [*kept, *meta.items()]:
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
 
 
 def _default_opset(proto: Any) -> int:
