@@ -51,7 +51,12 @@ _CHUNK = 1 << 20  # 1 MiB reads keep hashing of multi-GB engines at constant mem
 # -- records --------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Record:
-    """One artifact as recorded. ``parents`` holds ``{"id", "sha256"}`` dicts (at record time)."""
+    """One artifact as recorded.
+
+    ``parents`` holds ``{"id", "sha256", "created"}`` dicts as they were at record time: a parent
+    whose hash or creation time differs now was re-made after this artifact (even when the new
+    file happens to be byte-identical, the artifact was not made from *that* recording).
+    """
 
     id: str
     stage: str
@@ -92,7 +97,8 @@ class Record:
             sha256=str(d["sha256"]),
             bytes=int(d["bytes"]),
             parents=[
-                {"id": str(p["id"]), "sha256": str(p["sha256"])} for p in d.get("parents", [])
+                {k: str(p[k]) for k in ("id", "sha256", "created") if k in p}
+                for p in d.get("parents", [])
             ],
             created=str(d.get("created", "")),
             params=dict(d.get("params") or {}),
@@ -240,7 +246,8 @@ class Manifest:
                     )
                 if pid == new_id:
                     raise ValueError(f"artifact '{new_id}' cannot be its own parent")
-                links.append({"id": pid, "sha256": by_id[pid].sha256})
+                links.append({"id": pid, "sha256": by_id[pid].sha256,
+                              "created": by_id[pid].created})
             rec = Record(
                 id=new_id, stage=stage, kind=kind, path=rel, sha256=digest, bytes=size,
                 parents=links, created=_utc_now(), params=clean_params, env=env,
@@ -423,7 +430,7 @@ class _StateSolver:
                 return State("stale", f"parent '{pid}' is no longer recorded")
             if pid in visiting:  # only reachable by hand-edited manifests
                 return State("stale", f"parent '{pid}' is part of a cycle")
-            if parent.sha256 != link["sha256"]:
+            if _remade(parent, link):
                 return State("stale", f"parent '{pid}' was re-made after it")
             pst = self.state(pid, visiting)
             if not pst.fresh:
@@ -441,7 +448,7 @@ class _StateSolver:
             nxt = None
             for link in rec.parents:
                 parent = self.by_id.get(link["id"])
-                if parent is None or parent.sha256 != link["sha256"]:
+                if parent is None or _remade(parent, link):
                     return rec  # the link itself is broken: re-making rec is the fix
                 if not self.state(parent.id).fresh:
                     nxt = parent
@@ -453,6 +460,14 @@ class _StateSolver:
 
 
 # -- helpers ----------------------------------------------------------------------------------
+def _remade(parent: Record, link: dict[str, str]) -> bool:
+    """Whether ``parent`` was recorded again after the child that holds ``link`` was made."""
+    if parent.sha256 != link["sha256"]:
+        return True
+    # Older manifests stored no parent timestamp; their hash check above is all there is.
+    return "created" in link and parent.created != link["created"]
+
+
 def sha256_file(path: str | os.PathLike[str]) -> str:
     """Hex sha256 of a file, streamed in 1 MiB chunks."""
     h = hashlib.sha256()
@@ -530,7 +545,7 @@ def env_info() -> dict[str, Any]:
 
 
 def _utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def _is_within(path: Path, root: Path) -> bool:
