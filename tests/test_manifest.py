@@ -78,7 +78,8 @@ def test_record_round_trip_and_file_format(run: Path) -> None:
 
 def test_parents_store_sha_at_record_time(chain: Manifest) -> None:
     onnx = chain.get("onnx-fp32")
-    assert onnx.parents == [{"id": "model", "sha256": chain.get("model").sha256}]
+    model = chain.get("model")
+    assert onnx.parents == [{"id": "model", "sha256": model.sha256, "created": model.created}]
     assert [r.id for r in chain.records(kind="engine")] == ["trt-fp16"]
     assert [r.id for r in chain.records(stage="export")] == ["onnx-fp32", "trt-fp16"]
     assert [r.id for r in chain.records(kind="onnx", stage="train")] == []
@@ -325,3 +326,13 @@ def test_env_info_has_versions_and_device() -> None:
     assert isinstance(env["device"], str) and env["device"]
     env["python"] = "changed"
     assert env_info()["python"] != "changed"  # callers get a copy
+
+
+def test_byte_identical_remake_of_parent_still_makes_child_stale(chain: Manifest) -> None:
+    """Re-recording a parent (even with the same bytes) means the child predates it."""
+    assert chain.state("onnx-fp32").name == "fresh"
+    model = chain.get("model")
+    chain.record("train", "checkpoint", model.path, id="model")
+    assert chain.get("model").sha256 == model.sha256
+    state = chain.state("onnx-fp32")
+    assert state.name == "stale" and "re-made" in state.reason
