@@ -255,3 +255,19 @@ def test_int8_input_is_refused(int8_onnx: tuple[Path, dict], cifar: dict, tmp_pa
     path, _ = int8_onnx
     with pytest.raises(UsageError, match="FP32"):
         quantize_int8(path, tmp_path / "again.onnx", cifar["x_train"][:4])
+
+
+def test_ort_cpu_fuses_every_conv_of_the_symmetric_graph(int8_onnx: tuple[Path, dict],
+                                                         tmp_path: Path) -> None:
+    # Each Q has private scale/zero-point initializers, so ORT's CSE cannot merge the dedicated
+    # Q/DQ pairs and its S8->U8 rewrite + QLinearConv fusion reach every convolution.
+    path, _ = int8_onnx
+    model = onnx.load(str(path))
+    q_params = [n.input[1] for n in model.graph.node if n.op_type == "QuantizeLinear"]
+    assert len(q_params) == len(set(q_params))
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(tmp_path / "session.onnx")
+    ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node]
+    n_conv = sum(n.op_type == "Conv" for n in model.graph.node)
+    assert ops.count("QLinearConv") == n_conv and "Conv" not in ops
