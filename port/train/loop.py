@@ -15,10 +15,11 @@ and resumed with ``resume=True`` ends with exactly the weights of an uninterrupt
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -213,6 +214,17 @@ def _prepare(paths: RunPaths, cfg: TrainConfig, resume: bool) -> dict[str, Any] 
     return state
 
 
+def saved_config(run_dir: str | Path) -> TrainConfig | None:
+    """The config a run's last checkpoint was trained with (``None`` without a checkpoint).
+
+    Lets a caller resume with ``porter train --run R --resume`` and no other flags.
+    """
+    path = RunPaths(Path(run_dir)).checkpoint
+    if not path.exists():
+        return None
+    return TrainConfig.from_dict(load_train_state(path)["config"])
+
+
 def _write_metrics(path: Path, history: list[dict[str, Any]]) -> None:
     """Rewrite metrics.jsonl from ``history`` (atomically): after a resume it holds exactly the
     checkpoint's epochs, so a re-run epoch never appears twice."""
@@ -278,11 +290,38 @@ def train(
     can then be resumed). Refuses (``UsageError``) to train over a run that already has a model
     or an unfinished checkpoint unless resuming, and to resume with different settings.
     """
+    paths = RunPaths(Path(run_dir))
+    state = _prepare(paths, cfg, resume)
+    with _torch_threads(cfg.threads):
+        return _run(cfg, paths, state, progress=progress, download=download,
+                    on_epoch_end=on_epoch_end)
+
+
+@contextlib.contextmanager
+def _torch_threads(threads: int | None) -> Iterator[None]:
+    """Use ``threads`` intra-op threads for the run, then restore the caller's setting."""
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run(
+    cfg: TrainConfig,
+    paths: RunPaths,
+    state: dict[str, Any] | None,
+    *,
+    progress: bool,
+    download: bool,
+    on_epoch_end: EpochCallback | None,
+) -> TrainResult:
+    """The body of :func:`train` once the run directory has been checked."""
     from port.data.datasets import load_split
     from port.data.spec import parse_data_spec
 
-    paths = RunPaths(Path(run_dir))
-    state = _prepare(paths, cfg, resume)
     runtime = Runtime.from_config(cfg)
     spec = parse_data_spec(cfg.data, download=download)
     train_split = load_split(spec, "train", image_size=cfg.image_size, augment=cfg.augment,
@@ -324,7 +363,7 @@ def train(
         history = list(state["history"])
     _write_metrics(paths.metrics, history)  # drops lines of epochs after the checkpoint
 
-    info = runtime.describe()
+    info = {**runtime.describe(), "threads": torch.get_num_threads()}
     with make_reporter(progress, cfg.epochs, len(train_loader), cfg.batch_size) as reporter:
         reporter.note(f"training {cfg.arch} on {spec} ({len(train_split)} train / "
                       f"{len(val_split)} val images, {len(classes)} classes) on {info['device']}"

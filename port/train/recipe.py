@@ -75,6 +75,10 @@ class TrainConfig:
     amp: bool | Auto = "auto"  # fp16 autocast + GradScaler; auto = on for CUDA, off on CPU
     channels_last: bool | Auto = "auto"  # NHWC tensors (faster convs on tensor cores); auto = CUDA
     workers: int = 2  # DataLoader worker processes (0 = load in the training process)
+    # torch intra-op CPU threads for this run (None = torch's default, one per core). On a busy
+    # machine fewer threads than cores avoids OpenMP threads spinning against other processes.
+    # Bit-identical resume needs the same value (it changes the order of float reductions).
+    threads: int | None = None
     eval_every: int = 1  # evaluate on the val split every N epochs (and always after the last)
 
     def to_dict(self) -> dict[str, Any]:
@@ -96,7 +100,7 @@ class TrainConfig:
 
 FIELD_NAMES = tuple(f.name for f in fields(TrainConfig))
 # Fields that may differ when resuming: they change how a run executes, not what it computes.
-RESUME_FREE = frozenset({"device", "workers", "eval_every"})
+RESUME_FREE = frozenset({"device", "workers", "eval_every", "threads"})
 
 
 # -- recipes --------------------------------------------------------------------------------------
@@ -218,6 +222,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     _check(bool(_DEVICE_RE.match(cfg.device)),
            f"device must be auto, cpu, cuda or cuda:N, got {cfg.device!r}")
     _check(cfg.workers >= 0, f"workers must be >= 0, got {cfg.workers}")
+    _check(cfg.threads is None or cfg.threads >= 1, f"threads must be >= 1, got {cfg.threads}")
     return cfg
 
 

@@ -36,6 +36,7 @@ def test_tiny_run_learns_and_writes_artifacts(tiny: TrainConfig, tmp_path: Path)
     assert result.model_path == tmp_path / "model.pt"
     assert result.params == cfg.to_dict()
     assert result.metrics["device"] == "cpu" and result.metrics["amp"] is False
+    assert result.metrics["threads"] == 1
 
     model, card, payload = load_model(result.model_path)
     assert card == result.card
@@ -45,6 +46,15 @@ def test_tiny_run_learns_and_writes_artifacts(tiny: TrainConfig, tmp_path: Path)
     assert payload["config"] == cfg.to_dict()
     with torch.inference_mode():
         assert model(torch.zeros(1, 3, 16, 16)).shape == (1, 10)
+
+
+def test_threads_setting_is_restored(tiny: TrainConfig, tmp_path: Path) -> None:
+    before = torch.get_num_threads()
+    seen: list[int] = []
+    train(dataclasses.replace(tiny, epochs=1), tmp_path, progress=False,
+          on_epoch_end=lambda epoch, line: seen.append(torch.get_num_threads()))
+    assert seen == [1]
+    assert torch.get_num_threads() == before
 
 
 def test_same_seed_same_weights_other_seed_differs(tiny: TrainConfig, tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ import torch
 
 from port.errors import UsageError
 from port.models.checkpoint import load_model
-from port.train.loop import train
+from port.train.loop import saved_config, train
 from port.train.recipe import TrainConfig
 
 REPO = Path(__file__).resolve().parents[2]
@@ -97,8 +97,18 @@ def test_resume_refuses_changed_settings(tiny: TrainConfig, tmp_path: Path) -> N
 
 
 def test_resume_without_checkpoint_is_refused(tiny: TrainConfig, tmp_path: Path) -> None:
+    assert saved_config(tmp_path / "empty") is None
     with pytest.raises(UsageError, match="nothing to resume"):
         train(tiny, tmp_path / "empty", resume=True, progress=False)
+
+
+def test_saved_config_resumes_without_flags(tiny: TrainConfig, tmp_path: Path) -> None:
+    with pytest.raises(Interrupt):
+        train(tiny, tmp_path, progress=False, on_epoch_end=_stop_after(1))
+    cfg = saved_config(tmp_path)
+    assert cfg == tiny
+    train(cfg, tmp_path, resume=True, progress=False)
+    assert _epochs(tmp_path) == [1, 2, 3]
 
 
 def test_never_overwrites_recorded_work(tiny: TrainConfig, tmp_path: Path) -> None:
@@ -115,9 +125,8 @@ def test_never_overwrites_recorded_work(tiny: TrainConfig, tmp_path: Path) -> No
 
 
 _CHILD = """
-import sys, torch
-torch.set_num_threads(1)
-from port.train.loop import train
+import sys
+from port.train.loop import saved_config, train
 from port.train.recipe import resolve
 cfg = resolve(None, {cfg!r})
 train(cfg, sys.argv[1], progress=False, resume=len(sys.argv) > 2)
