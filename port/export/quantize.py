@@ -242,10 +242,14 @@ def quantize_int8(
         "WeightSymmetric": True,  # zero point 0: what TensorRT and ORT's S8 kernels require
         "ActivationSymmetric": symmetric,
         "CalibStridedMinMax": 1,  # collect per reader item (= one batch): bounded memory
-        # One Q/DQ pair per consumer of a tensor: with S8 activations ORT's x86 CPU provider can
-        # only fuse a Conv into QLinearConv when its input Q feeds a single DQ (see
-        # _unshare_q_params), and TensorRT fuses each pair into its consumer either way.
+        # One Q/DQ pair per consumer of a tensor: TensorRT cannot share a pair between nodes
+        # (ORT's own note on this option), and ORT's x86 CPU provider only fuses a Conv with S8
+        # input into QLinearConv when its input Q feeds a single DQ (see _unshare_q_params).
         "DedicatedQDQPair": symmetric,
+        # Biases stay FP32: TensorRT's parser refuses DequantizeLinear of an INT32 bias ("only
+        # activation types allowed as input", onnx/onnx-tensorrt#850) and quantizes biases itself;
+        # ORT still fuses DQ->Conv(float bias)->Q into QLinearConv (checked in the tests).
+        "QuantizeBias": not symmetric,
     }
     n_batches = math.ceil(len(images) / batch_size)
     t0 = time.perf_counter()
@@ -291,6 +295,7 @@ def quantize_int8(
         "per_channel": per_channel,
         "weights": "int8 symmetric",
         "activations": "int8 symmetric" if symmetric else "uint8 asymmetric",
+        "bias": "fp32" if symmetric else "int32",
         "reduce_range": False,
         "calibration_images": len(images),
     }

@@ -157,9 +157,12 @@ def test_int8_graph_is_symmetric_qdq_with_metadata(fp32_onnx: Path,
     inits = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
     zero_points = [inits[n.input[2]] for n in model.graph.node
                    if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2]
-    # TensorRT takes only signed INT8 with zero point 0 (biases are INT32, also zero point 0).
+    # TensorRT takes only signed INT8 with zero point 0, and no INT32 (bias) DequantizeLinear.
     assert zero_points and not any(zp.any() for zp in zero_points)
-    assert {zp.dtype for zp in zero_points} <= {np.dtype(np.int8), np.dtype(np.int32)}
+    assert {zp.dtype for zp in zero_points} == {np.dtype(np.int8)}
+    dq_inputs = [inits[n.input[0]].dtype for n in model.graph.node
+                 if n.op_type == "DequantizeLinear" and n.input[0] in inits]
+    assert dq_inputs and set(dq_inputs) == {np.dtype(np.int8)}
     convs = [n for n in model.graph.node if n.op_type == "Conv"]
     weight_dq = {n.output[0]: n for n in model.graph.node if n.op_type == "DequantizeLinear"}
     per_channel = [inits[weight_dq[c.input[1]].input[1]].size for c in convs]
