@@ -14,8 +14,9 @@ import torch
 from torch import nn
 
 from port.data.datasets import load_split, materialize
+from port.data.preprocess import CIFAR10_MEAN, CIFAR10_STD, Preprocess
 from port.data.spec import parse_data_spec
-from port.errors import ModelError, UsageError
+from port.errors import DataError, ModelError, UsageError
 from port.export.calibration import select_calibration
 from port.export.onnx import export_onnx
 from port.export.quantize import count_qdq, quantize_int8
@@ -133,6 +134,23 @@ def int8_onnx(fp32_onnx: Path, cifar: dict) -> tuple[Path, dict]:
     return out, metrics
 
 
+@pytest.fixture(scope="module")
+def untrained(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """An untrained SmallNet export and random 'images': enough for graph and error checks."""
+    torch.manual_seed(0)
+    images = np.random.default_rng(0).standard_normal((16, 3, 32, 32), dtype=np.float32)
+    card = ModelCard(arch="smallnet", num_classes=10, classes=[f"c{i}" for i in range(10)],
+                     preprocess=Preprocess.for_size(32, CIFAR10_MEAN, CIFAR10_STD))
+    path = tmp_path_factory.mktemp("untrained") / "model.onnx"
+    export_onnx(SmallNet(width=8).eval(), card, path, sample=images[:4], exporter="torchscript")
+    int8 = path.with_name("model.int8.onnx")
+    quantize_int8(path, int8, images, progress=False)
+    return {"fp32": path, "int8": int8, "images": images}
+
+
+# Tests that need the trained model: the first one in a fresh checkout trains it (about a minute
+# on two busy cores), later sessions load it from .cache/.
+@pytest.mark.slow
 def test_int8_keeps_99_percent_of_fp32_top1(fp32_onnx: Path, int8_onnx: tuple[Path, dict],
                                              cifar: dict,
                                              record_property: pytest.RecordProperty) -> None:
@@ -147,6 +165,7 @@ def test_int8_keeps_99_percent_of_fp32_top1(fp32_onnx: Path, int8_onnx: tuple[Pa
     assert got >= 0.99 * ref
 
 
+@pytest.mark.slow
 def test_int8_graph_is_symmetric_qdq_with_metadata(fp32_onnx: Path,
                                                    int8_onnx: tuple[Path, dict]) -> None:
     path, metrics = int8_onnx
@@ -180,6 +199,7 @@ def test_int8_graph_is_symmetric_qdq_with_metadata(fp32_onnx: Path,
     assert metrics["bytes"] == path.stat().st_size < metrics["fp32_bytes"]
 
 
+@pytest.mark.slow
 def test_calibration_is_reproducible(fp32_onnx: Path, cifar: dict, tmp_path: Path) -> None:
     images = _calibration_images(cifar, count=64, seed=11)
     a, b = tmp_path / "a.onnx", tmp_path / "b.onnx"
@@ -199,6 +219,7 @@ def _scales(path: Path) -> dict[str, list[float]]:
             for n in model.graph.node if n.op_type == "QuantizeLinear"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["entropy", "percentile"])
 def test_other_calibration_methods(fp32_onnx: Path, cifar: dict, tmp_path: Path,
                                    method: str) -> None:
@@ -213,6 +234,7 @@ def test_other_calibration_methods(fp32_onnx: Path, cifar: dict, tmp_path: Path,
     assert got >= 0.95 * ref  # sanity only; the 99% gate is on the default method
 
 
+@pytest.mark.slow
 def test_uint8_activations_for_cpu_only_use(fp32_onnx: Path, cifar: dict, tmp_path: Path) -> None:
     out = tmp_path / "u8.onnx"
     metrics = quantize_int8(fp32_onnx, out, _calibration_images(cifar, count=64),
@@ -224,47 +246,50 @@ def test_uint8_activations_for_cpu_only_use(fp32_onnx: Path, cifar: dict, tmp_pa
     assert dtypes == {np.dtype(np.uint8)}
 
 
-def test_corrupt_onnx_is_a_model_error(tmp_path: Path, cifar: dict) -> None:
+def test_corrupt_onnx_is_a_model_error(tmp_path: Path, untrained: dict) -> None:
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"\x08\x07garbage, not a protobuf" * 10)
     with pytest.raises(ModelError) as info:
-        quantize_int8(bad, tmp_path / "out.onnx", cifar["x_train"][:4], progress=False)
+        quantize_int8(bad, tmp_path / "out.onnx", untrained["images"], progress=False)
     assert "\n" not in str(info.value) and "re-export" in str(info.value)
     assert not (tmp_path / "out.onnx").exists()
 
 
-def test_missing_onnx_is_a_model_error(tmp_path: Path, cifar: dict) -> None:
+def test_missing_onnx_is_a_model_error(tmp_path: Path, untrained: dict) -> None:
     with pytest.raises(ModelError, match="not found"):
-        quantize_int8(tmp_path / "nope.onnx", tmp_path / "out.onnx", cifar["x_train"][:4])
+        quantize_int8(tmp_path / "nope.onnx", tmp_path / "out.onnx", untrained["images"])
 
 
-def test_no_calibration_images_is_a_usage_error(fp32_onnx: Path, tmp_path: Path) -> None:
+def test_no_calibration_images_is_a_usage_error(untrained: dict, tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="no images") as info:
-        quantize_int8(fp32_onnx, tmp_path / "out.onnx", np.zeros((0, 3, 32, 32), np.float32))
+        quantize_int8(untrained["fp32"], tmp_path / "out.onnx",
+                      np.zeros((0, 3, 32, 32), np.float32))
     assert "\n" not in str(info.value)
 
 
-def test_bad_arguments_are_usage_errors(fp32_onnx: Path, cifar: dict, tmp_path: Path) -> None:
-    images = cifar["x_train"][:4]
+def test_bad_arguments_are_usage_errors(untrained: dict, tmp_path: Path) -> None:
+    fp32, images = untrained["fp32"], untrained["images"]
     with pytest.raises(UsageError, match="minmax, entropy, percentile"):
-        quantize_int8(fp32_onnx, tmp_path / "o.onnx", images, method="kl")
+        quantize_int8(fp32, tmp_path / "o.onnx", images, method="kl")
     with pytest.raises(UsageError, match="int8, uint8"):
-        quantize_int8(fp32_onnx, tmp_path / "o.onnx", images, activation_type="fp8")
+        quantize_int8(fp32, tmp_path / "o.onnx", images, activation_type="fp8")
     with pytest.raises(UsageError, match="uint8"):
-        quantize_int8(fp32_onnx, tmp_path / "o.onnx", (images * 50).astype(np.uint8))
+        quantize_int8(fp32, tmp_path / "o.onnx", (images * 50).astype(np.uint8))
+    with pytest.raises(DataError, match="shape"):
+        quantize_int8(fp32, tmp_path / "o.onnx", images[:, :, :16, :16])
+    assert not (tmp_path / "o.onnx").exists()
 
 
-def test_int8_input_is_refused(int8_onnx: tuple[Path, dict], cifar: dict, tmp_path: Path) -> None:
-    path, _ = int8_onnx
+def test_int8_input_is_refused(untrained: dict, tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="FP32"):
-        quantize_int8(path, tmp_path / "again.onnx", cifar["x_train"][:4])
+        quantize_int8(untrained["int8"], tmp_path / "again.onnx", untrained["images"])
 
 
-def test_ort_cpu_fuses_every_conv_of_the_symmetric_graph(int8_onnx: tuple[Path, dict],
+def test_ort_cpu_fuses_every_conv_of_the_symmetric_graph(untrained: dict,
                                                          tmp_path: Path) -> None:
     # Each Q has private scale/zero-point initializers, so ORT's CSE cannot merge the dedicated
     # Q/DQ pairs and its S8->U8 rewrite + QLinearConv fusion reach every convolution.
-    path, _ = int8_onnx
+    path = untrained["int8"]
     model = onnx.load(str(path))
     q_params = [n.input[1] for n in model.graph.node if n.op_type == "QuantizeLinear"]
     assert len(q_params) == len(set(q_params))
