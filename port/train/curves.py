@@ -15,6 +15,7 @@ def draw_curves(history: list[dict[str, Any]], path: Path) -> Path:
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     epochs = [h["epoch"] for h in history]
     evals = [h for h in history if h.get("val_acc") is not None]
@@ -29,6 +30,7 @@ def draw_curves(history: list[dict[str, Any]], path: Path) -> Path:
                 label="val")
     ax_acc.set(title="top-1 accuracy", xlabel="epoch", ylabel="%")
     for ax in (ax_loss, ax_acc):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
         ax.grid(alpha=0.3)
         ax.legend()
     tmp = path.with_name(f".{path.name}.tmp")

@@ -351,16 +351,9 @@ def _run(
     criterion = build_loss(cfg)
 
     history: list[dict[str, Any]] = []
-    start_epoch = 0
     if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if state["scaler"] and runtime.amp:  # empty when the run was saved without AMP
-            scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"])
-        start_epoch = int(state["epoch"])
-        history = list(state["history"])
+        history = _restore(state, model, optimizer, scheduler, scaler, runtime)
+    start_epoch = len(history)
     _write_metrics(paths.metrics, history)  # drops lines of epochs after the checkpoint
 
     info = {**runtime.describe(), "threads": torch.get_num_threads()}
@@ -396,6 +389,27 @@ def _run(
     metrics = _final_metrics(history, info, cfg, len(train_split), len(val_split))
     save_model(paths.model, model, card, extra={"config": cfg.to_dict(), "metrics": metrics})
     return TrainResult(model_path=paths.model, card=card, params=cfg.to_dict(), metrics=metrics)
+
+
+def _restore(
+    state: dict[str, Any],
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
+    runtime: Runtime,
+) -> list[dict[str, Any]]:
+    """Load a ``last.pt`` state into freshly built objects; returns the epochs' history."""
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    if state["scaler"] and runtime.amp:  # empty when the run was saved without AMP
+        scaler.load_state_dict(state["scaler"])
+    set_rng_state(state["rng"])
+    history = list(state["history"])
+    if len(history) != int(state["epoch"]):
+        raise ValueError("checkpoint history does not match its epoch")  # written by us: a bug
+    return history
 
 
 def _final_metrics(
