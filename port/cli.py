@@ -170,6 +170,7 @@ def export(
     calib_method: Annotated[str | None, typer.Option(help="minmax | entropy | percentile (int8).")] = None,
     calib_seed: Annotated[int | None, typer.Option(help="Seed for choosing calibration images.")] = None,
     keep_fp32: Annotated[str | None, typer.Option(help="Node names kept in FP32 (fp16), comma-separated.")] = None,
+    int8_activations: Annotated[str | None, typer.Option(help="int8 (symmetric, TensorRT-ready; default) | uint8 (faster on ONNX Runtime CPU only).")] = None,
     min_batch: Annotated[int | None, typer.Option(help="Profile min batch (trt).")] = None,
     opt_batch: Annotated[int | None, typer.Option(help="Profile opt batch (trt).")] = None,
     max_batch: Annotated[int | None, typer.Option(help="Profile max batch (trt).")] = None,
@@ -179,6 +180,7 @@ def export(
     version_compatible: Annotated[bool | None, typer.Option("--version-compatible", help="(trt)")] = None,
     hardware_compatibility: Annotated[str | None, typer.Option(help="ampere+ | same-cc (trt).")] = None,
     calibrator: Annotated[str | None, typer.Option(help="entropy | minmax: classic TensorRT 10 INT8 calibration (trt).")] = None,
+    calib_cache: Annotated[Path | None, typer.Option(help="Calibration cache file of the classic calibrator (trt).")] = None,
 ) -> None:
     """Export the run's reference model to ONNX or a TensorRT engine."""
     from port.stages.export import run_export
@@ -188,7 +190,8 @@ def export(
         for k, v in {
             "opset": opset, "exporter": exporter, "data": data, "calib_data": calib_data,
             "calib_images": calib_images, "calib_method": calib_method, "calib_seed": calib_seed,
-            "keep_fp32": _split_csv(keep_fp32), "min_batch": min_batch, "opt_batch": opt_batch,
+            "keep_fp32": _split_csv(keep_fp32), "int8_activations": int8_activations,
+            "calib_cache": calib_cache, "min_batch": min_batch, "opt_batch": opt_batch,
             "max_batch": max_batch, "workspace": workspace, "timing_cache": timing_cache,
             "builder_opt_level": builder_opt_level, "version_compatible": version_compatible,
             "hardware_compatibility": hardware_compatibility, "calibrator": calibrator,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ _BACKEND_BY_KIND = {"checkpoint": "torch", "onnx": "onnxruntime", "engine": "ten
 ROW_FIELDS = (
     "artifact", "kind", "backend", "device", "precision", "top1", "top5", "top1_drop_pp",
     "agreement", "max_abs_diff", "mean_abs_diff", "latency_ms", "throughput", "size_bytes",
-    "passed", "why",
+    "passed", "why", "note", "phases_ms",
 )
 
 
@@ -47,6 +47,9 @@ class Candidate:
     size_bytes: int | None  # artifact size; None = take it from ``path``
     make_runner: Callable[[], Runner]  # returns an *inactive* runner; called only when it runs
     backend: str | None = None  # label for a skipped row; defaults from ``kind``
+    # How the artifact really ran on a given device, when that is not obvious from the row
+    # (e.g. an FP16 graph on ONNX Runtime's CPU provider computes in FP32): device -> note.
+    notes: dict[str, str] = field(default_factory=dict)
 
     def artifact_bytes(self) -> int | None:
         """``size_bytes`` if given, else the file size of ``path`` (None when unknown)."""
@@ -63,6 +66,9 @@ class _Measured:
     device: str
     logits: np.ndarray
     latency_ms: dict[str, dict[str, float]]
+    # Per batch size, transfer and compute apart (H2D / compute / D2H ms), as trtexec reports
+    # them; only runners that can time device phases (TensorRT) fill it.
+    phases_ms: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 def evaluate(
@@ -148,6 +154,7 @@ def _measure(cand: Candidate, images: np.ndarray, sizes: list[int], bar: Any, *,
             if bar:
                 bar.advance(task, len(batch))
         latency: dict[str, dict[str, float]] = {}
+        phases: dict[str, dict[str, float]] = {}
         for size in sizes:
             if bar:
                 bar.update(task, description=f"{label} latency @ batch {size}")
@@ -155,9 +162,12 @@ def _measure(cand: Candidate, images: np.ndarray, sizes: list[int], bar: Any, *,
             feed = {name: np.ascontiguousarray(picked, dtype=dtype)}
             latency[str(size)] = measure_latency(runner, feed, warmup=warmup, min_runs=min_runs,
                                                  min_seconds=min_seconds)
+            time_phases = getattr(runner, "time_phases", None)
+            if time_phases is not None:
+                phases[str(size)] = time_phases(feed, runs=min_runs)
         if bar:
             bar.update(task, description=label)
-        return _Measured(runner.backend, runner.device, np.concatenate(chunks), latency)
+        return _Measured(runner.backend, runner.device, np.concatenate(chunks), latency, phases)
 
 
 def _logits(outputs: dict[str, np.ndarray], artifact: str) -> np.ndarray:
@@ -192,6 +202,8 @@ def _row(cand: Candidate, got: _Measured, acc: dict[str, float], ref_top1: float
         "size_bytes": cand.artifact_bytes(),
         "passed": None,
         "why": None,
+        "note": cand.notes.get(got.device),
+        "phases_ms": got.phases_ms or None,
     }
 
 

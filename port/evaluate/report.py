@@ -34,6 +34,19 @@ def write_report(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
 
 
 # -- text --------------------------------------------------------------------------------------
+def notes_lines(report: dict[str, Any]) -> list[str]:
+    """Bullet lines for rows that ran in a way the table cannot show (notes, H2D/compute/D2H)."""
+    lines = []
+    for row in report["rows"]:
+        label = f"`{row['artifact']}` ({row['backend']})"
+        if row.get("note"):
+            lines.append(f"- {label}: {row['note']}")
+        for batch, ph in (row.get("phases_ms") or {}).items():
+            lines.append(f"- {label} @ batch {batch}: H2D {ph.get('h2d_ms', 0):.3f} ms, compute "
+                         f"{ph.get('compute_ms', 0):.3f} ms, D2H {ph.get('d2h_ms', 0):.3f} ms")
+    return lines
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     """The report as Markdown: verdict, dataset, results table, latency detail, gate settings."""
     sizes = [str(b) for b in report.get("batch_sizes", [])] or _batch_keys(report)
@@ -70,6 +83,7 @@ def render_markdown(report: dict[str, Any]) -> str:
             *(_num(thr.get(b), ",.0f") for b in sizes),
             _size(row["size_bytes"]), _verdict(row),
         ]))
+    lines += ["", *notes_lines(report)]
     lines += ["", "## Latency (ms)", ""]
     settings = report.get("latency_settings")
     if settings:

@@ -50,9 +50,13 @@ def _candidate(manifest: Manifest, record: Record, precision: str) -> Any:
     from port.evaluate.compare import Candidate
 
     path = manifest.run_dir / record.path
+    notes = {}
+    how = ((record.metrics or {}).get("ort_cpu") or {}).get("how")
+    if how:  # the FP16 exporter measured how ONNX Runtime's CPU provider runs this graph
+        notes["CPUExecutionProvider"] = how
     return Candidate(
         artifact_id=record.id, precision=precision, kind=record.kind, path=path,
-        size_bytes=record.bytes, make_runner=lambda: engines.load(path),
+        size_bytes=record.bytes, make_runner=lambda: engines.load(path), notes=notes,
     )
 
 
@@ -79,7 +83,7 @@ def run_evaluate(run: Path, req: EvaluateRequest, *, console: Console) -> bool:
     from port.data.datasets import load_split, materialize
     from port.data.spec import parse_data_spec
     from port.evaluate.compare import evaluate
-    from port.evaluate.report import render_table, write_report
+    from port.evaluate.report import notes_lines, render_table, write_report
 
     manifest = open_run(run)
     ref = reference(manifest)
@@ -113,6 +117,8 @@ def run_evaluate(run: Path, req: EvaluateRequest, *, console: Console) -> bool:
         metrics={"passed": report["passed"], "rows": len(report["rows"])},
     )
     console.print(render_table(report))
+    for line in notes_lines(report):
+        console.print(line.replace("`", ""), highlight=False)
     verdict = "[green]PASSED[/green]" if report["passed"] else "[red]FAILED[/red]"
     console.print(f"{verdict}: report in {out_dir}/ (report.json, report.md, plots)")
     return bool(report["passed"])

@@ -28,15 +28,17 @@ from port.stages.common import (
 
 # Which flags each format understands; anything else given with --to X is refused.
 ONNX_OPTIONS = {"opset", "exporter", "data", "calib_data", "calib_images", "calib_method",
-                "calib_seed", "keep_fp32"}
+                "calib_seed", "keep_fp32", "int8_activations"}
 TRT_OPTIONS = {"data", "calib_data", "calib_images", "calib_method", "calib_seed", "min_batch",
                "opt_batch", "max_batch", "workspace", "timing_cache", "builder_opt_level",
-               "version_compatible", "hardware_compatibility", "calibrator"}
+               "version_compatible", "hardware_compatibility", "calibrator", "calib_cache",
+               "keep_fp32"}  # keep_fp32: a TensorRT FP16 engine is built from the FP16 ONNX
 FORMAT_OPTIONS = {"onnx": ONNX_OPTIONS, "trt": TRT_OPTIONS}
 # Options that only make sense for one precision.
 PRECISION_OPTIONS = {
     "calib_data": {"int8"}, "calib_images": {"int8"}, "calib_method": {"int8"},
-    "calib_seed": {"int8"}, "calibrator": {"int8"}, "keep_fp32": {"fp16"},
+    "calib_seed": {"int8"}, "calibrator": {"int8"}, "calib_cache": {"int8"},
+    "int8_activations": {"int8"}, "keep_fp32": {"fp16"},
 }
 DEFAULT_CALIB_IMAGES = 500  # a few hundred images settle min/max and histogram ranges
 PARITY_BATCH = 32  # images in the post-export parity check
@@ -132,17 +134,17 @@ def _calibration(manifest: Manifest, ref: Record, card: Any, options: dict[str, 
     if not spec_text:
         raise UsageError("INT8 calibration needs images: pass --calib-data DATA "
                          "(the run has no training data set recorded)")
-    count = int(options.get("calib_images", DEFAULT_CALIB_IMAGES))
     seed = int(options.get("calib_seed", 0))
-    if count <= 0:
-        raise UsageError(f"--calib-images must be positive, got {count}")
     from port.data.datasets import load_split
     from port.data.spec import parse_data_spec
 
-    # The training split when the data set has one (calibrating on test images would leak).
+    # The training split (calibrating on the evaluation images would flatter the INT8 model).
     split_name = "train"
     full = load_split(parse_data_spec(spec_text), split_name, preprocess=card.preprocess)
-    chosen = select_calibration(len(full), min(count, len(full)), seed)
+    # An explicit --calib-images larger than the split is refused by select_calibration; the
+    # default simply takes the whole split when it is smaller.
+    count = int(options.get("calib_images", min(DEFAULT_CALIB_IMAGES, len(full))))
+    chosen = select_calibration(len(full), count, seed)
     images, _, _ = _load_images(spec_text, card, split_name, None, seed,
                                 indices=list(chosen.indices))
     record = calibration_record(spec_text, chosen)
@@ -162,8 +164,12 @@ def _export_onnx_lowp(manifest: Manifest, ref: Record, card: Any, precision: str
 
         images, calib = _calibration(manifest, ref, card, options)
         method = options.get("calib_method", "minmax")
-        metrics = quantize_int8(src, out, images, method=method)
-        params.update(calib_method=method, calibration=calib, quantizer="onnxruntime")
+        # Symmetric int8 activations by default: the graph TensorRT builds is the graph ONNX
+        # Runtime checks here. uint8 runs faster on ORT's CPU kernels but TensorRT refuses it.
+        activations = options.get("int8_activations", "int8")
+        metrics = quantize_int8(src, out, images, method=method, activation_type=activations)
+        params.update(calib_method=method, calibration=calib, quantizer="onnxruntime",
+                      int8_activations=activations)
     else:
         from port.export.fp16 import convert_fp16
 
@@ -177,36 +183,79 @@ def _export_onnx_lowp(manifest: Manifest, ref: Record, card: Any, precision: str
     return record
 
 
+def _fresh(manifest: Manifest, art_id: str) -> Record | None:
+    """The record ``art_id`` when it exists and is fresh, else None."""
+    record = manifest.get(art_id)
+    return record if record is not None and manifest.state(art_id).name == "fresh" else None
+
+
+def _trt_int8_source(manifest: Manifest, ref: Record, card: Any, options: dict[str, Any],
+                     console: Console) -> tuple[Record, str]:
+    """The QDQ ONNX a TensorRT INT8 engine is built from, and which quantizer made it.
+
+    With NVIDIA modelopt installed its ONNX quantizer places QDQ nodes where TensorRT fuses
+    them (recorded as its own ONNX artifact, so evaluate checks that exact graph on the CPU);
+    otherwise the run's ONNX Runtime QDQ model (symmetric int8 activations) is used.
+    """
+    from port.export.tensorrt import modelopt_available, quantize_for_tensorrt
+
+    method = options.get("calib_method", "minmax")
+    if modelopt_available():
+        fp32 = _ensure_fp32_onnx(manifest, ref, card, options, console)
+        images, calib = _calibration(manifest, ref, card, options)
+        art_id, out = "onnx-int8-modelopt", manifest.run_dir / "model.int8-modelopt.onnx"
+        path, quantizer, why = quantize_for_tensorrt(manifest.run_dir / fp32.path, out, images,
+                                                     method=method)
+        params = {"to": "onnx", "precision": "int8", "card": card.to_dict(),
+                  "calibration": calib, "calib_method": method, "quantizer": quantizer,
+                  "why": why}
+        record = manifest.record("export", "onnx", path, id=art_id, parents=[fp32.id],
+                                 params=params)
+        return record, quantizer
+    existing = _fresh(manifest, "onnx-int8")
+    if existing is not None and existing.params.get("int8_activations", "int8") != "int8":
+        raise UsageError(
+            "the run's INT8 ONNX has uint8 activations (fast on ONNX Runtime's CPU, not buildable "
+            "by TensorRT): re-export it with --to onnx --precision int8 --int8-activations int8"
+        )
+    if existing is None:
+        lowp = {k: v for k, v in options.items() if k in ONNX_OPTIONS}
+        existing = _export_onnx_lowp(manifest, ref, card, "int8", lowp, console)
+    return existing, "onnxruntime"
+
+
 def _export_trt(manifest: Manifest, ref: Record, card: Any, precision: str,
                 options: dict[str, Any], console: Console) -> Record:
     """A TensorRT engine (plus JSON sidecar) from the matching ONNX graph."""
     from port.export.tensorrt import build_engine, installed_trt_major
-    from port.export.trt_options import options_from_flags, plan_build
+    from port.export.trt_options import options_from_flags, plan_build, validate
 
-    trt_major = installed_trt_major()  # BackendUnavailable when TensorRT/GPU are missing
     build_options = options_from_flags(precision, options)
-    plan = plan_build(build_options, trt_major, onnx_precision=None)
+    validate(build_options, None)  # flag conflicts first, before "TensorRT is not installed"
+    trt_major = installed_trt_major()  # BackendUnavailable when TensorRT/pycuda/GPU are missing
+    plan = plan_build(build_options, trt_major)
+    quantizer = None
     # Strongly typed builds need the precision in the graph: build from the FP16/QDQ ONNX.
-    onnx_precision = plan.onnx_precision
-    if onnx_precision == "fp32":
+    if plan.onnx_precision == "fp32":
         source = _ensure_fp32_onnx(manifest, ref, card, options, console)
+    elif plan.onnx_precision == "int8":
+        source, quantizer = _trt_int8_source(manifest, ref, card, options, console)
     else:
-        src_id, _ = artifact_path(manifest.run_dir, "onnx", onnx_precision)
-        existing = manifest.get(src_id)
-        if existing is not None and manifest.state(src_id).name == "fresh":
-            source = existing
-        else:
-            lowp_options = {k: v for k, v in options.items() if k in ONNX_OPTIONS}
-            source = _export_onnx_lowp(manifest, ref, card, onnx_precision, lowp_options, console)
+        source = _fresh(manifest, "onnx-fp16")
+        if source is None:
+            lowp = {k: v for k, v in options.items() if k in ONNX_OPTIONS}
+            source = _export_onnx_lowp(manifest, ref, card, "fp16", lowp, console)
     calib_images = None
-    params: dict[str, Any] = {"to": "trt", "precision": precision, "card": card.to_dict()}
+    params: dict[str, Any] = {"to": "trt", "precision": precision, "card": card.to_dict(),
+                              "plan": plan.to_dict(), "quantizer": quantizer}
     if plan.needs_calibrator:
         calib_images, calib = _calibration(manifest, ref, card, options)
         params["calibration"] = calib
     art_id, out = artifact_path(manifest.run_dir, "trt", precision)
     start = time.perf_counter()
     metrics = build_engine(manifest.run_dir / source.path, out, build_options, card,
-                           calib_images=calib_images, log_path=out.with_suffix(".build.log"))
+                           calib_images=calib_images, log_path=out.with_suffix(".build.log"),
+                           quantizer=quantizer)
     metrics.setdefault("build_seconds", time.perf_counter() - start)
     params.update(build_options.to_dict())
     record = manifest.record("export", "engine", out, id=art_id, parents=[source.id],

@@ -23,10 +23,16 @@ def run_train(
     console: Console,
 ) -> None:
     """Train per the resolved config and record ``model.pt`` (id ``model``) in the manifest."""
-    from port.train.loop import train
+    from port.train.loop import saved_config, train
     from port.train.recipe import resolve
 
-    cfg = resolve(recipe or DEFAULT_RECIPE, overrides)
+    saved = saved_config(run) if resume and recipe is None else None
+    if saved is not None:
+        # `--resume` alone continues with the run's own settings; flags given on top are
+        # checked by the loop, which refuses changes that would alter the result.
+        cfg = resolve(None, {**saved.to_dict(), **overrides})
+    else:
+        cfg = resolve(recipe or DEFAULT_RECIPE, overrides)
     run.mkdir(parents=True, exist_ok=True)
     result = train(cfg, run, resume=resume, download=download)
     params = dict(result.params)

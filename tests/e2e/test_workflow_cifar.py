@@ -61,7 +61,8 @@ def test_resume_after_kill_gives_identical_weights(cifar_subset_dir: Path, tmp_p
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (killed / "model.pt").exists()
-    result = porter(*_train_args(killed, cifar_subset_dir), "--resume")
+    # `--resume` alone continues with the run's saved settings.
+    result = porter("train", "--run", killed, "--resume")
     assert result.code == 0, result.err[-3000:]
 
     a = torch.load(straight / "model.pt", weights_only=True)["state_dict"]
