@@ -22,6 +22,8 @@ demo: setup
 	rm -rf $(DEMO_RUN)
 	$(PORTER) train --run $(DEMO_RUN) --recipe quick
 	$(PORTER) export --run $(DEMO_RUN) --to onnx
+	$(PORTER) export --run $(DEMO_RUN) --to onnx --precision fp16
+	$(PORTER) export --run $(DEMO_RUN) --to onnx --precision int8
 	$(PORTER) evaluate --run $(DEMO_RUN) --compare
 	$(PORTER) status --run $(DEMO_RUN)
 

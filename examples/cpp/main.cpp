@@ -1,6 +1,6 @@
 // Classify one image with a porter-built TensorRT engine (TensorRT 10 or 11, C++ API).
 //
-//   ./porter_infer runs/r18/model_fp16.engine cat.ppm [--top 5]
+//   ./porter_infer runs/r18/model.fp16.engine cat.ppm [--top 5]
 //
 // Everything the app needs comes from the engine's JSON sidecar (model.engine.json): input and
 // output names, the preprocessing and the class names. The image is a binary PPM (P6) so the

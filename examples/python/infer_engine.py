@@ -4,7 +4,7 @@ Everything the app needs comes from the engine's JSON sidecar (``model.engine.js
 output names, the optimisation profile, the preprocessing (resize, centre crop, scale, mean/std,
 NCHW) and the class names. Needs: tensorrt (10 or 11), pycuda, numpy, pillow.
 
-    python examples/python/infer_engine.py runs/r18/model_fp16.engine cat.jpg dog.jpg --top 3
+    python examples/python/infer_engine.py runs/r18/model.fp16.engine cat.jpg dog.jpg --top 3
 """
 
 from __future__ import annotations
