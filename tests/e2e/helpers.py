@@ -35,14 +35,21 @@ def porter(*args: str | Path, timeout: float = 600, env: dict[str, str] | None =
     return Result(proc.returncode, proc.stdout, proc.stderr)
 
 
-def assert_usage_error(result: Result, *fragments: str) -> None:
-    """Exit 2, exactly one line on stderr, no traceback, and the line names the problem."""
+def assert_usage_error(result: Result, *fragments: str, alone: bool = True) -> None:
+    """Exit 2, one ``porter: error:`` line (the last on stderr), no traceback, naming the problem.
+
+    ``alone`` also requires that nothing else reached stderr (the error came before any work);
+    errors found mid-run (a corrupt image during training) follow the progress output.
+    """
     assert result.code == 2, (result.code, result.out[-2000:], result.err[-2000:])
     lines = [line for line in result.err.splitlines() if line.strip()]
-    assert len(lines) == 1, result.err
+    errors = [line for line in lines if line.startswith("porter: error:")]
+    assert len(errors) == 1 and lines[-1] == errors[0], result.err
+    if alone:
+        assert len(lines) == 1, result.err
     assert "Traceback" not in result.err and "Traceback" not in result.out
     for fragment in fragments:
-        assert fragment.lower() in lines[0].lower(), (fragment, lines[0])
+        assert fragment.lower() in errors[0].lower(), (fragment, errors[0])
 
 
 def manifest_states(run: Path) -> dict[str, str]:

@@ -53,7 +53,7 @@ def test_corrupt_image_is_named(tmp_path: Path) -> None:
     bad.write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
     result = porter("train", "--run", tmp_path / "run", "--data", data, "--epochs", "1",
                     *TINY_TRAIN)
-    assert_usage_error(result, "broken.jpg")
+    assert_usage_error(result, "broken.jpg", "remove or replace", alone=False)
 
 
 def test_truncated_checkpoint_import(tmp_path: Path) -> None:
