@@ -19,13 +19,18 @@ REPORT_ROW_FIELDS = {
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """train -> export onnx, once for the module."""
+    """train -> export onnx fp32, fp16, int8, once for the module."""
     run = tmp_path_factory.mktemp("synthetic") / "run"
     result = porter("train", "--run", run, "--data", "synthetic", "--epochs", "2",
                     "--limit", "1000", "--val-limit", "300", "--seed", "0", *TINY_TRAIN)
     assert result.code == 0, result.err[-3000:]
     result = porter("export", "--run", run, "--to", "onnx")
     assert result.code == 0, result.err[-3000:]
+    for precision in ("fp16", "int8"):
+        result = porter("export", "--run", run, "--to", "onnx", "--precision", precision,
+                        *(["--calib-images", "200", "--calib-seed", "3"] if precision == "int8"
+                          else []))
+        assert result.code == 0, result.err[-3000:]
     return run
 
 
@@ -55,6 +60,32 @@ def test_onnx_export_is_recorded_with_parent_and_metadata(run: Path) -> None:
     assert props["porter.source_sha256"] == records["model"]["sha256"]
 
 
+def test_low_precision_exports_record_lineage_and_calibration(run: Path) -> None:
+    import onnx
+
+    records = {a["id"]: a for a in json.loads((run / "manifest.json").read_text())["artifacts"]}
+    int8, fp16 = records["onnx-int8"], records["onnx-fp16"]
+    assert [p["id"] for p in int8["parents"]] == ["onnx-fp32"]
+    assert [p["id"] for p in fp16["parents"]] == ["onnx-fp32"]
+    calib = int8["params"]["calibration"]
+    assert calib["count"] == 200 and calib["seed"] == 3 and calib["split"] == "train"
+    assert len(calib["indices_sha256"]) == 64
+    ops = {node.op_type for node in onnx.load(str(run / int8["path"])).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    graph = onnx.load(str(run / fp16["path"])).graph
+    assert graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # FP32 I/O
+    assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in graph.initializer)
+
+
+def test_flags_that_do_not_apply_are_refused(run: Path) -> None:
+    assert_usage_error(porter("export", "--run", run, "--to", "onnx", "--calib-images", "10"),
+                       "--calib-images", "int8")
+    assert_usage_error(porter("export", "--run", run, "--to", "onnx", "--workspace", "1GiB"),
+                       "--workspace", "trt")
+    assert_usage_error(porter("export", "--run", run, "--to", "trt", "--precision", "fp16"),
+                       "tensorrt")
+
+
 def test_evaluate_compare_passes_and_writes_report(run: Path) -> None:
     result = porter("evaluate", "--run", run, "--compare", "--batch-sizes", "1,8")
     assert result.code == 0, (result.out[-3000:], result.err[-3000:])
@@ -62,7 +93,8 @@ def test_evaluate_compare_passes_and_writes_report(run: Path) -> None:
     assert report["passed"] is True
     assert report["dataset"]["images"] == 1000  # synthetic val split
     backends = {(row["artifact"], row["backend"]) for row in report["rows"]}
-    assert backends == {("model", "torch"), ("onnx-fp32", "onnxruntime")}
+    assert backends == {("model", "torch"), ("onnx-fp32", "onnxruntime"),
+                        ("onnx-fp16", "onnxruntime"), ("onnx-int8", "onnxruntime")}
     for row in report["rows"]:
         assert set(row) >= REPORT_ROW_FIELDS
         assert set(row["latency_ms"]) == {"1", "8"}
@@ -70,6 +102,10 @@ def test_evaluate_compare_passes_and_writes_report(run: Path) -> None:
     onnx_row = next(r for r in report["rows"] if r["backend"] == "onnxruntime")
     assert onnx_row["agreement"] >= 0.999
     assert onnx_row["top1"] > 0.2  # the tiny model learned something (chance is 0.1)
+    rows = {row["artifact"]: row for row in report["rows"]}
+    assert rows["onnx-int8"]["precision"] == "int8" and rows["onnx-int8"]["passed"] is True
+    assert rows["onnx-int8"]["size_bytes"] < rows["onnx-fp32"]["size_bytes"] / 2
+    assert "FP32 arithmetic" in rows["onnx-fp16"]["note"]  # how FP16 ran on ORT's CPU provider
     for name in ("report.md", "latency.png", "accuracy_vs_latency.png"):
         assert (run / "report" / name).is_file(), name
     assert manifest_states(run)["report"] == "fresh"
@@ -85,6 +121,7 @@ def test_status_tracks_edits_and_evaluate_refuses_modified(run: Path, tmp_path: 
     onnx_file.write_bytes(onnx_file.read_bytes() + b"\0")
     states = manifest_states(copy)
     assert states["onnx-fp32"] == "modified"
+    assert states["onnx-int8"] == "stale" and states["onnx-fp16"] == "stale"
     assert states["model"] == "fresh"
     assert_usage_error(porter("evaluate", "--run", copy, "--compare"), "onnx-fp32", "modified")
     # Re-exporting re-makes it; the report made from the old file is now stale.
@@ -97,4 +134,5 @@ def test_status_tracks_edits_and_evaluate_refuses_modified(run: Path, tmp_path: 
     assert_usage_error(porter("export", "--run", copy, "--to", "onnx"), "model", "missing")
     # Nothing already recorded was lost by the refusals.
     manifest = json.loads((copy / "manifest.json").read_text())
-    assert {a["id"] for a in manifest["artifacts"]} == {"model", "onnx-fp32", "report"}
+    assert {a["id"] for a in manifest["artifacts"]} == {"model", "onnx-fp32", "onnx-fp16",
+                                                        "onnx-int8", "report"}
