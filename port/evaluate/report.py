@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from port.atomic import atomic_path, atomic_write_text
 
 REPORT_FILES = ("report.json", "report.md", "latency.png", "accuracy_vs_latency.png")
 
@@ -23,9 +23,9 @@ def write_report(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     json_path = out / "report.json"
-    _atomic_write(json_path, json.dumps(_finite(report), indent=2, allow_nan=False) + "\n")
+    atomic_write_text(json_path, json.dumps(_finite(report), indent=2, allow_nan=False) + "\n")
     md_path = out / "report.md"
-    _atomic_write(md_path, render_markdown(report))
+    atomic_write_text(md_path, render_markdown(report))
     latency_png = out / "latency.png"
     plot_latency(report, latency_png)
     scatter_png = out / "accuracy_vs_latency.png"
@@ -199,25 +199,8 @@ def _figure() -> tuple[Any, Any]:
 
 
 def _save(fig: Any, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
 def _finite(value: Any) -> Any:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
-import os
 import tempfile
 import time
 import warnings
@@ -22,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from port.atomic import atomic_path
 from port.errors import ModelError, UsageError
 from port.export.metadata import card_metadata, read_card, set_metadata
 from port.models.card import ModelCard
@@ -100,9 +100,9 @@ def export_onnx(
         raise ModelError(f"the {exporter} exporter wrote opset {used_opset}, not the requested "
                          f"{opset}: {hint}")
 
-    tmp_file = _temp_sibling(out_path)
-    try:
-        _write_synced(tmp_file, proto.SerializeToString())
+    # Checked and compared in a temp file: the final name only ever holds a verified export.
+    with atomic_path(out_path) as tmp_file:
+        tmp_file.write_bytes(proto.SerializeToString())
         try:
             onnx.checker.check_model(str(tmp_file), full_check=True)
         except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as err:
@@ -110,10 +110,6 @@ def export_onnx(
             raise ModelError(f"exported ONNX fails onnx.checker ({first}): {hint}") from None
         parity = check_parity(tmp_file, reference, sample, atol=atol, rtol=rtol,
                               input_name=card.input_name, hint=hint)
-        os.replace(tmp_file, out_path)
-    finally:
-        tmp_file.unlink(missing_ok=True)
-    _fsync_dir(out_path.parent)
 
     return {
         "exporter": exporter,
@@ -308,26 +304,3 @@ def _margin(logits: np.ndarray) -> np.ndarray:
 def _first_line(err: BaseException) -> str:
     text = str(err).strip()
     return text.splitlines()[0][:200] if text else type(err).__name__
-
-
-def _temp_sibling(path: Path) -> Path:
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    return Path(name)
-
-
-def _write_synced(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(directory: Path) -> None:
-    # The rename is durable only once the directory entry is on disk (POSIX; a no-op elsewhere).
-    if hasattr(os, "O_DIRECTORY"):
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)

@@ -35,7 +35,6 @@ import contextlib
 import io
 import json
 import math
-import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -46,6 +45,7 @@ import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
 
+from port.atomic import atomic_write_bytes
 from port.errors import DataError, ModelError, UsageError
 
 # --calib-method choices -> onnxruntime.quantization.CalibrationMethod member names.
@@ -84,20 +84,7 @@ def save_onnx_atomic(model: onnx.ModelProto, out_path: Path) -> int:
     A crash leaves either the old file or the new one, never half of one that the manifest might
     then register.
     """
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    data = model.SerializeToString()
-    fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return len(data)
+    return atomic_write_bytes(out_path, model.SerializeToString())
 
 
 def metadata(model: onnx.ModelProto) -> dict[str, str]:

@@ -14,11 +14,10 @@ here.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from port.atomic import atomic_write_text
 from port.engines.trt_sidecar import (
     SIDECAR_FORMAT,
     card_from_sidecar,
@@ -102,16 +101,5 @@ def write_sidecar(path: Path | str, sidecar: dict[str, Any]) -> Path:
     """Write atomically (temp file, fsync, rename) so a crash never leaves half a sidecar."""
     path = Path(path)
     validate_sidecar(sidecar)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(sidecar, f, indent=2, sort_keys=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, json.dumps(sidecar, indent=2, sort_keys=False) + "\n")
     return path

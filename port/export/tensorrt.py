@@ -32,8 +32,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import os
-import tempfile
 import time
 from pathlib import Path
 from types import ModuleType
@@ -41,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from port.atomic import atomic_write_bytes
 from port.engines.cuda import PYCUDA_MISSING, CudaContext, device_count, import_driver
 from port.engines.tensorrt import (
     TENSORRT_MISSING,
@@ -355,7 +354,7 @@ def _build(
 
     plan_bytes = memoryview(serialized).tobytes()
     engine_sha = hashlib.sha256(plan_bytes).hexdigest()
-    _atomic_write(out_path, plan_bytes)
+    atomic_write_bytes(out_path, plan_bytes)
 
     # Read the I/O back from the engine itself: the sidecar describes what was built.
     runtime = trt.Runtime(logger)
@@ -503,20 +502,5 @@ def _save_timing_cache(config: Any, path: Path | None) -> dict[str, Any]:
             if on_disk is not None:
                 cache.combine(on_disk, False)
         data = memoryview(cache.serialize()).tobytes()
-        _atomic_write(path, data)
+        atomic_write_bytes(path, data)
     return {"saved_bytes": len(data)}
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Temp file in the same folder, fsync, rename: never a half-written engine or cache."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

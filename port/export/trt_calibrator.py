@@ -14,14 +14,13 @@ explicit quantization) but still present in every 10.x release.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import numpy as np
 
+from port.atomic import atomic_write_bytes
 from port.engines.cuda import host_device_buffer
 from port.errors import DataError, UsageError
 
@@ -101,23 +100,9 @@ def make_calibrator(
 
         def write_calibration_cache(self, cache: Any) -> None:
             if cache_path is not None:
-                _atomic_write(cache_path, bytes(cache))
+                atomic_write_bytes(cache_path, bytes(cache))
 
         def free(self) -> None:
             self._buffer.free()
 
     return PorterCalibrator()
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -1,0 +1,59 @@
+"""Atomic file writes: a crash or a kill leaves either the old file or the new one, never half.
+
+Every artifact porter records is written this way (temp file in the same directory, fsync,
+``os.replace``, fsync of the directory), so the manifest can never register a torn file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+
+def fsync_dir(directory: str | os.PathLike[str]) -> None:
+    """Make a rename inside ``directory`` durable (no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str], suffix: str = ".tmp") -> Iterator[Path]:
+    """Yield a temporary sibling of ``path`` to write; it replaces ``path`` only on success.
+
+    For writers that want a file name (``torch.save``, ``onnx.save``, ``savefig``). The temp
+    file is fsynced before the rename and removed if the block raises.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_dir(target.parent)
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> int:
+    """Write ``data`` to ``path`` atomically; returns the number of bytes."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return len(data)
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> int:
+    """Write ``text`` (UTF-8) to ``path`` atomically; returns the number of bytes."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
