@@ -8,6 +8,7 @@ ends as one line on stderr with exit code 2; a failed parity gate exits 1.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -32,7 +33,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
-console = Console()
+# Piped output (logs, CI, `make demo | tee`) gets a wide console instead of rich's 80-column
+# fallback, which would squash the evaluation table into ellipses.
+_PIPED_WIDTH = None if sys.stdout.isatty() or "COLUMNS" in os.environ else 180
+console = Console(width=_PIPED_WIDTH)
 err_console = Console(stderr=True)
 
 RunOpt = Annotated[Path, typer.Option("--run", help="Run directory (holds manifest.json).")]
@@ -97,6 +101,20 @@ def train(
     seed: Annotated[int | None, typer.Option()] = None,
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda | cuda:N")] = None,
     workers: Annotated[int | None, typer.Option(help="DataLoader worker processes.")] = None,
+    loader: Annotated[str | None, typer.Option(help="auto | device (whole data set on the device, batch augmentation) | dataloader")] = None,
+    activation: Annotated[str | None, typer.Option(help="relu | celu | gelu (resnet9).")] = None,
+    whiten: Annotated[int | None, typer.Option(help="Fixed patch-whitening first layer: 0 (off), 2 or 3 px patches (resnet9).")] = None,
+    ghost_batch: Annotated[int | None, typer.Option(help="Ghost BatchNorm: images per statistics group (0 = off; resnet9).")] = None,
+    freeze_bn_scale: Annotated[bool | None, typer.Option("--freeze-bn-scale/--no-freeze-bn-scale", help="Fix BatchNorm scales at 1.")] = None,
+    ema_decay: Annotated[float | None, typer.Option(help="EMA of the weights, evaluated and saved (0 = off).")] = None,
+    ema_every: Annotated[int | None, typer.Option(help="Optimizer steps between EMA updates.")] = None,
+    tta: Annotated[bool | None, typer.Option("--tta/--no-tta", help="Also report flip test-time-augmentation accuracy.")] = None,
+    amp_dtype: Annotated[str | None, typer.Option(help="Autocast dtype: float16 | bfloat16.")] = None,
+    sync_bn: Annotated[bool | None, typer.Option("--sync-bn/--no-sync-bn", help="DDP: SyncBatchNorm over all processes (CUDA).")] = None,
+    nproc_per_node: Annotated[int | None, typer.Option(help="DDP: training processes on this machine (one per GPU).")] = None,
+    nnodes: Annotated[int | None, typer.Option(help="DDP: number of machines.")] = None,
+    node_rank: Annotated[int | None, typer.Option(help="DDP: this machine's index in 0..nnodes-1.")] = None,
+    rdzv_endpoint: Annotated[str | None, typer.Option(help="DDP: HOST:PORT on node 0 that every machine reaches.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint.")] = False,
     download: Annotated[bool, typer.Option("--download", help="Let torchvision download CIFAR.")] = False,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override any recipe key: KEY=VALUE (YAML value).")] = None,
@@ -112,7 +130,10 @@ def train(
             "weight_decay": weight_decay, "label_smoothing": label_smoothing,
             "schedule": schedule, "warmup_epochs": warmup_epochs, "width": width,
             "image_size": image_size, "limit": limit, "val_limit": val_limit, "cutout": cutout,
-            "seed": seed, "device": device, "workers": workers,
+            "seed": seed, "device": device, "workers": workers, "loader": loader,
+            "activation": activation, "whiten": whiten, "ghost_batch": ghost_batch,
+            "freeze_bn_scale": freeze_bn_scale, "ema_decay": ema_decay, "ema_every": ema_every,
+            "tta": tta, "amp_dtype": amp_dtype, "sync_bn": sync_bn,
         }.items()
         if v is not None
     }
@@ -123,8 +144,12 @@ def train(
         import yaml
 
         overrides[key.strip().replace("-", "_")] = yaml.safe_load(value)
+    from port.train.launch import LaunchSpec
+
+    launch = LaunchSpec(nproc_per_node=nproc_per_node, nnodes=nnodes, node_rank=node_rank,
+                        rdzv_endpoint=rdzv_endpoint)
     run_train(run, recipe=recipe, overrides=overrides, resume=resume, download=download,
-              console=console)
+              console=console, launch=launch)
 
 
 # --------------------------------------------------------------------------------------------

@@ -11,11 +11,15 @@ control flow.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 import torch
 from torch import nn
 from torchvision.models import resnet as tv
 
 from port.errors import UsageError
+from port.models.layers import GhostBatchNorm2d, PatchWhitening, make_activation
 from port.models.registry import register_model
 
 
@@ -129,22 +133,34 @@ def resnet18_cifar(
 
 
 # -- ResNet-9 (Myrtle.ai / airbench) --------------------------------------------------------------
-def _conv_bn(c_in: int, c_out: int) -> nn.Sequential:
-    """3x3 conv -> BatchNorm -> ReLU, the only building block ResNet-9 uses."""
+Norm = Callable[[int], nn.Module]
+
+
+def _norm_layer(ghost_batch: int) -> Norm:
+    """BatchNorm2d, or ghost BatchNorm with ``ghost_batch`` images per group (0 = off)."""
+    if ghost_batch:
+        return functools.partial(GhostBatchNorm2d, virtual_batch=ghost_batch)
+    return nn.BatchNorm2d
+
+
+def _conv_bn(c_in: int, c_out: int, activation: str = "relu", norm: Norm = nn.BatchNorm2d,
+             kernel: int = 3) -> nn.Sequential:
+    """conv (3x3 unless told) -> BatchNorm -> activation, the only block ResNet-9 uses."""
     return nn.Sequential(
-        nn.Conv2d(c_in, c_out, kernel_size=3, padding=1, bias=False),
-        nn.BatchNorm2d(c_out),
-        nn.ReLU(inplace=True),
+        nn.Conv2d(c_in, c_out, kernel_size=kernel, padding=kernel // 2, bias=False),
+        norm(c_out),
+        make_activation(activation),
     )
 
 
 class Residual(nn.Module):
     """``x + f(x)`` with f = two conv_bn blocks at constant width."""
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, activation: str = "relu",
+                 norm: Norm = nn.BatchNorm2d) -> None:
         super().__init__()
-        self.res1 = _conv_bn(channels, channels)
-        self.res2 = _conv_bn(channels, channels)
+        self.res1 = _conv_bn(channels, channels, activation, norm)
+        self.res2 = _conv_bn(channels, channels, activation, norm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Residual sum (out of place: the input is still needed by the skip)."""
@@ -153,7 +169,14 @@ class Residual(nn.Module):
 
 class ResNet9(nn.Module):
     """prep 64 -> layer1 128 + pool + residual -> layer2 256 + pool -> layer3 512 + pool + residual
-    -> global max pool -> linear (no bias) -> logits * logit_scale."""
+    -> global max pool -> linear (no bias) -> logits * logit_scale.
+
+    Options of the fast recipe (all off by default, which is Myrtle.ai's original network):
+    ``activation`` (relu | celu | gelu); ``whiten`` = k > 0 replaces the 3x3 prep conv by a fixed
+    k x k patch-whitening conv followed by a learned 1x1 conv_bn (Page's "bag of tricks");
+    ``ghost_batch`` > 0 uses ghost BatchNorm in training (identical to BatchNorm in eval, so it
+    is not part of the architecture a checkpoint needs to be rebuilt).
+    """
 
     def __init__(
         self,
@@ -161,13 +184,24 @@ class ResNet9(nn.Module):
         width: float = 1.0,
         logit_scale: float = 0.125,
         zero_init_residual: bool = False,
+        activation: str = "relu",
+        whiten: int = 0,
+        ghost_batch: int = 0,
     ) -> None:
         super().__init__()
         c1, c2, c3, c4 = (_channels(c, width) for c in (64, 128, 256, 512))
-        self.prep = _conv_bn(3, c1)
-        self.layer1 = nn.Sequential(_conv_bn(c1, c2), nn.MaxPool2d(2), Residual(c2))
-        self.layer2 = nn.Sequential(_conv_bn(c2, c3), nn.MaxPool2d(2))
-        self.layer3 = nn.Sequential(_conv_bn(c3, c4), nn.MaxPool2d(2), Residual(c4))
+        norm = _norm_layer(ghost_batch)
+        if whiten:
+            stem = PatchWhitening(3, whiten)
+            self.prep = nn.Sequential(stem, *_conv_bn(stem.out_channels, c1, activation, norm,
+                                                     kernel=1))
+        else:
+            self.prep = _conv_bn(3, c1, activation, norm)
+        self.layer1 = nn.Sequential(_conv_bn(c1, c2, activation, norm), nn.MaxPool2d(2),
+                                    Residual(c2, activation, norm))
+        self.layer2 = nn.Sequential(_conv_bn(c2, c3, activation, norm), nn.MaxPool2d(2))
+        self.layer3 = nn.Sequential(_conv_bn(c3, c4, activation, norm), nn.MaxPool2d(2),
+                                    Residual(c4, activation, norm))
         self.fc = nn.Linear(c4, num_classes, bias=False)
         # Scaling the logits down (0.125 in the Myrtle recipe) keeps early softmax outputs soft,
         # which acts like a temperature and lets the recipe use a high learning rate.
@@ -190,6 +224,10 @@ def resnet9(
     width: float = 1.0,
     logit_scale: float = 0.125,
     zero_init_residual: bool = False,
+    activation: str = "relu",
+    whiten: int = 0,
+    ghost_batch: int = 0,
 ) -> nn.Module:
     """ResNet-9 of the fast CIFAR-10 recipes (Myrtle.ai/airbench); width scales channels."""
-    return ResNet9(num_classes, width, logit_scale, zero_init_residual)
+    return ResNet9(num_classes, width, logit_scale, zero_init_residual, activation, whiten,
+                   ghost_batch)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
 from port.manifest import Manifest
 from port.stages.common import REFERENCE_ID
+
+if TYPE_CHECKING:
+    from port.train.launch import LaunchSpec
 
 DEFAULT_RECIPE = "cifar"
 
@@ -21,8 +24,14 @@ def run_train(
     resume: bool,
     download: bool,
     console: Console,
+    launch: LaunchSpec | None = None,
 ) -> None:
-    """Train per the resolved config and record ``model.pt`` (id ``model``) in the manifest."""
+    """Train per the resolved config and record ``model.pt`` (id ``model``) in the manifest.
+
+    ``launch`` (``--nproc-per-node``/``--nnodes``/...): start that many DDP worker processes
+    through torch.distributed's launcher instead; rank 0 of them records the result.
+    """
+    from port.train.launch import LaunchSpec, launch_workers, resolve_world
     from port.train.loop import saved_config, train
     from port.train.recipe import resolve
 
@@ -33,8 +42,15 @@ def run_train(
         cfg = resolve(None, {**saved.to_dict(), **overrides})
     else:
         cfg = resolve(recipe or DEFAULT_RECIPE, overrides)
+    launch = launch or LaunchSpec()
+    cfg = resolve_world(cfg, launch)  # world_size from the launcher flags or the environment
     run.mkdir(parents=True, exist_ok=True)
+    if launch.spawns:
+        launch_workers(cfg, run, launch, resume=resume, download=download)
+        return
     result = train(cfg, run, resume=resume, download=download)
+    if not result.is_main:  # other DDP ranks: rank 0 records
+        return
     params = dict(result.params)
     params["card"] = result.card.to_dict()
     manifest = Manifest(run)

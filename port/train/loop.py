@@ -3,10 +3,13 @@
 Layout of a run directory after training::
 
     model.pt               the trained model + ModelCard (port.models.checkpoint format)
-    checkpoints/last.pt    model, optimizer, scheduler, scaler, RNG states after the last epoch
+    checkpoints/last.pt    model, optimizer, scheduler, scaler, EMA, RNG states after the last
+                           epoch
     metrics.jsonl          one JSON line per completed epoch
     curves.png             loss and accuracy per epoch
 
+With an EMA of the weights (``ema_decay``), the average is what is evaluated and saved as
+``model.pt``. Under DDP (:mod:`port.train.distributed`) only rank 0 evaluates and writes.
 The loop never touches the manifest: it returns a :class:`TrainResult` and the caller records
 it. Seeded CPU runs are bit-reproducible, and a run interrupted at any moment (Ctrl-C, kill -9)
 and resumed with ``resume=True`` ends with exactly the weights of an uninterrupted run (see
@@ -26,19 +29,31 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
 
+from port import errors
 from port.errors import DataError, UsageError
 from port.models.card import ModelCard
 from port.models.checkpoint import save_model
 from port.models.registry import create_model, get_entry
 from port.train.curves import draw_curves
+from port.train.data import TrainData, build_data
+from port.train.distributed import (
+    DistContext,
+    all_sum,
+    average_buffers,
+    broadcast_from_main,
+    process_group,
+    unwrap,
+    wrap_model,
+)
+from port.train.ema import ModelEma
 from port.train.optim import build_loss, build_optimizer
 from port.train.progress import Reporter, make_reporter
 from port.train.recipe import TrainConfig, config_diff
 from port.train.runtime import Runtime, synchronize
 from port.train.schedule import build_scheduler
-from port.train.state import load_train_state, save_train_state, seed_epoch, set_rng_state
+from port.train.state import load_train_state, save_train_state, set_rng_state
+from port.train.tricks import freeze_bn_scale, init_whitening, tta_logits
 
 EpochCallback = Callable[[int, dict[str, Any]], None]
 
@@ -51,6 +66,14 @@ class TrainResult:
     card: ModelCard  # architecture, classes, preprocessing
     params: dict[str, Any]  # the resolved TrainConfig (cfg.to_dict())
     metrics: dict[str, Any]  # final val/train accuracy and loss, speed, device
+    # Distributed runs: this process's rank. Only rank 0 wrote model.pt and has metrics; the
+    # caller records the result only where rank == 0.
+    rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        """True for the process that wrote the run's files (always, without DDP)."""
+        return self.rank == 0
 
 
 @dataclass(frozen=True)
@@ -78,7 +101,7 @@ class RunPaths:
 
 @dataclass
 class EpochStats:
-    """Training statistics of one epoch."""
+    """Training statistics of one epoch (over all processes of a distributed run)."""
 
     loss: float  # mean training loss (with label smoothing, like the optimised objective)
     acc: float  # top-1 accuracy on the augmented training batches
@@ -91,6 +114,15 @@ class EpochStats:
         return self.images / self.seconds if self.seconds > 0 else 0.0
 
 
+@dataclass
+class EvalStats:
+    """Mean loss and top-1 accuracy over a split; ``tta_acc`` with flip TTA (when asked)."""
+
+    loss: float
+    acc: float
+    tta_acc: float | None = None
+
+
 # -- the step ---------------------------------------------------------------------------------
 def train_one_epoch(
     model: nn.Module,
@@ -101,15 +133,20 @@ def train_one_epoch(
     runtime: Runtime,
     scaler: torch.amp.GradScaler,
     reporter: Reporter | None = None,
+    *,
+    ema: ModelEma | None = None,
+    ctx: DistContext | None = None,
 ) -> EpochStats:
-    """One pass over ``loader``: forward, loss, backward, step, lr step, per batch.
+    """One pass over ``loader``: forward, loss, backward, step, lr step (and EMA), per batch.
 
     Lean on purpose: loss and accuracy accumulate on the device and are read back (a sync)
-    only when the progress display asks, at most a few times per second.
+    only when the progress display asks, at most a few times per second. Under DDP (``ctx``)
+    the epoch's totals are summed over processes once, at the end.
     """
     model.train()
     device, fmt = runtime.device, runtime.memory_format
     sync = synchronize(device)
+    averaged = unwrap(model)
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.int64)
     images = 0
@@ -123,7 +160,7 @@ def train_one_epoch(
             out = model(x)
             loss = criterion(out, y)
         optimizer.zero_grad(set_to_none=True)
-        if runtime.amp:
+        if scaler.is_enabled():  # fp16: scale the loss so small gradients do not underflow
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
@@ -132,6 +169,8 @@ def train_one_epoch(
             optimizer.step()
         lr = optimizer.param_groups[0]["lr"]  # the lr this step used (before the schedule moves)
         scheduler.step()
+        if ema is not None:
+            ema.step(averaged)
         n = y.shape[0]
         images += n
         with torch.no_grad():
@@ -147,6 +186,12 @@ def train_one_epoch(
     if images == 0:
         raise DataError("the training split produced no batches: use more images or a smaller "
                         "batch_size")
+    if ctx is not None and ctx.distributed:
+        totals = all_sum(torch.stack([loss_sum.double(), correct.double(),
+                                      torch.tensor(float(images), device=device,
+                                                   dtype=torch.float64)]), ctx)
+        return EpochStats(loss=(totals[0] / totals[2]).item(), acc=(totals[1] / totals[2]).item(),
+                          images=int(totals[2].item()), seconds=seconds, lr=float(lr))
     return EpochStats(
         loss=(loss_sum / images).item(),
         acc=correct.item() / images,
@@ -162,12 +207,16 @@ def evaluate(
     loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
     criterion: nn.Module,
     runtime: Runtime,
-) -> tuple[float, float]:
-    """Mean loss and top-1 accuracy of ``model`` over ``loader`` (eval mode, no gradients)."""
+    *,
+    tta: bool = False,
+) -> EvalStats:
+    """Mean loss and top-1 accuracy of ``model`` over ``loader`` (eval mode, no gradients);
+    with ``tta`` also the accuracy of flip test-time augmentation (:func:`tta_logits`)."""
     model.eval()
     device, fmt = runtime.device, runtime.memory_format
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.int64)
+    correct_tta = torch.zeros((), device=device, dtype=torch.int64)
     images = 0
     for x, y in loader:
         x = x.to(device, non_blocking=True, memory_format=fmt)
@@ -175,11 +224,14 @@ def evaluate(
         with runtime.autocast():
             out = model(x)
             loss_sum += criterion(out, y).float() * y.shape[0]
+            if tta:
+                correct_tta += (tta_logits(model, x, out).argmax(1) == y).sum()
         correct += (out.argmax(1) == y).sum()
         images += y.shape[0]
     if images == 0:
         raise DataError("the val split is empty: check the data set or val_limit")
-    return (loss_sum / images).item(), correct.item() / images
+    return EvalStats(loss=(loss_sum / images).item(), acc=correct.item() / images,
+                     tta_acc=correct_tta.item() / images if tta else None)
 
 
 # -- run directory ----------------------------------------------------------------------------
@@ -244,34 +296,47 @@ def _append_metrics(path: Path, line: dict[str, Any]) -> None:
 
 
 # -- the run ------------------------------------------------------------------------------------
+
+
+def _shared_prepare(
+    paths: RunPaths, cfg: TrainConfig, resume: bool, ctx: DistContext
+) -> dict[str, Any] | None:
+    """:func:`_prepare` on rank 0; every process gets its outcome (the checkpoint to resume
+    from, or the same error), so no process waits for a rank that has given up."""
+    if not ctx.distributed:
+        return _prepare(paths, cfg, resume)
+    outcome: tuple[Any, ...] | None = None
+    if ctx.is_main:
+        try:
+            outcome = ("ok", _prepare(paths, cfg, resume))
+        except errors.PorterError as exc:
+            outcome = ("error", type(exc).__name__, str(exc))
+    outcome = broadcast_from_main(outcome, ctx)
+    assert outcome is not None
+    if outcome[0] == "error":
+        raise getattr(errors, outcome[1], errors.PorterError)(outcome[2])
+    return outcome[1]
+
+
+# -- the run ------------------------------------------------------------------------------------
 def _model_kwargs(cfg: TrainConfig) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(kwargs to build with, kwargs that define the architecture for the card)."""
+    """(kwargs to build with, kwargs that define the architecture for the card).
+
+    Options that only change training (zero-init, ghost BatchNorm: plain BN in eval) are
+    build-only; activation and whitening change the deployed graph, so the card keeps them.
+    """
     accepted = get_entry(cfg.arch).kwargs
-    arch = {"width": cfg.width} if "width" in accepted else {}
+    arch: dict[str, Any] = {"width": cfg.width} if "width" in accepted else {}
+    if cfg.activation != "relu":
+        arch["activation"] = cfg.activation
+    if cfg.whiten:
+        arch["whiten"] = cfg.whiten
     build = dict(arch)
     if cfg.zero_init_residual:
-        build["zero_init_residual"] = True  # init only: not needed to rebuild the model
+        build["zero_init_residual"] = True
+    if cfg.ghost_batch:
+        build["ghost_batch"] = cfg.ghost_batch
     return build, arch
-
-
-def _loader(
-    dataset: Dataset, cfg: TrainConfig, runtime: Runtime, *, train: bool,
-    generator: torch.Generator,
-) -> DataLoader:
-    n = len(dataset)  # type: ignore[arg-type]
-    return DataLoader(
-        dataset,
-        batch_size=cfg.batch_size,
-        shuffle=train,
-        generator=generator,  # shuffle order and worker base seed come from it
-        num_workers=cfg.workers,
-        pin_memory=runtime.device.type == "cuda",
-        # Full batches only in training: equal steps per epoch, and no 1-image batch that
-        # BatchNorm cannot normalise.
-        drop_last=train and n >= cfg.batch_size,
-        # Fresh workers every epoch, so their RNGs are re-seeded from (seed, epoch).
-        persistent_workers=False,
-    )
 
 
 def train(
@@ -289,12 +354,24 @@ def train(
     after each epoch's checkpoint is on disk (an exception raised there stops the run, which
     can then be resumed). Refuses (``UsageError``) to train over a run that already has a model
     or an unfinished checkpoint unless resuming, and to resume with different settings.
+
+    Inside a launcher's worker (``RANK``/``WORLD_SIZE`` set, see :mod:`port.train.distributed`)
+    this process trains its share of a DDP run; ``cfg.world_size`` must match the job.
     """
     paths = RunPaths(Path(run_dir))
-    state = _prepare(paths, cfg, resume)
+    ctx = DistContext.from_env()
+    if ctx.world_size != cfg.world_size:
+        raise UsageError(
+            f"the settings say world_size {cfg.world_size} but {ctx.world_size} process(es) "
+            f"are running: start {cfg.world_size} with --nproc-per-node/--nnodes"
+        )
     with _torch_threads(cfg.threads):
-        return _run(cfg, paths, state, progress=progress, download=download,
-                    on_epoch_end=on_epoch_end)
+        runtime = Runtime.from_config(cfg, local_rank=ctx.local_rank if ctx.distributed
+                                      else None)
+        with process_group(ctx, runtime.device):
+            state = _shared_prepare(paths, cfg, resume, ctx)
+            return _run(cfg, paths, state, runtime, ctx, progress=progress and ctx.is_main,
+                        download=download, on_epoch_end=on_epoch_end)
 
 
 @contextlib.contextmanager
@@ -309,85 +386,104 @@ def _torch_threads(threads: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+def _build_model(
+    cfg: TrainConfig, data: TrainData, runtime: Runtime, *, fresh: bool
+) -> tuple[nn.Module, ModelCard]:
+    """The network on its device with the recipe's fixed parts in place, and its card."""
+    build_kwargs, arch_kwargs = _model_kwargs(cfg)
+    torch.manual_seed(cfg.seed)  # weight initialisation
+    model = create_model(cfg.arch, len(data.classes), **build_kwargs)
+    model.to(runtime.device, memory_format=runtime.memory_format)
+    if cfg.whiten and fresh:  # a resumed run loads the fitted filters with the weights
+        init_whitening(model, data.whiten_images(), data.preprocess.mean, data.preprocess.std)
+    if cfg.freeze_bn_scale:
+        freeze_bn_scale(model)
+    card = ModelCard(arch=cfg.arch, num_classes=len(data.classes), classes=data.classes,
+                     preprocess=data.preprocess, model_kwargs=arch_kwargs)
+    return model, card
+
+
 def _run(
     cfg: TrainConfig,
     paths: RunPaths,
     state: dict[str, Any] | None,
+    runtime: Runtime,
+    ctx: DistContext,
     *,
     progress: bool,
     download: bool,
     on_epoch_end: EpochCallback | None,
 ) -> TrainResult:
     """The body of :func:`train` once the run directory has been checked."""
-    from port.data.datasets import load_split
-    from port.data.spec import parse_data_spec
-
-    runtime = Runtime.from_config(cfg)
-    spec = parse_data_spec(cfg.data, download=download)
-    train_split = load_split(spec, "train", image_size=cfg.image_size, augment=cfg.augment,
-                             cutout=cfg.cutout, limit=cfg.limit, seed=cfg.seed)
-    val_split = load_split(spec, "val", preprocess=train_split.preprocess, limit=cfg.val_limit,
-                           seed=cfg.seed)
-    if list(val_split.classes) != list(train_split.classes):
-        raise DataError(f"{spec}: the val split's classes differ from the train split's: "
-                        "give both splits the same class folders")
-    paths.checkpoint.parent.mkdir(parents=True, exist_ok=True)
-
-    classes = list(train_split.classes)
-    build_kwargs, arch_kwargs = _model_kwargs(cfg)
-    torch.manual_seed(cfg.seed)  # weight initialisation
-    model = create_model(cfg.arch, len(classes), **build_kwargs)
-    model.to(runtime.device, memory_format=runtime.memory_format)
-    card = ModelCard(arch=cfg.arch, num_classes=len(classes), classes=classes,
-                     preprocess=train_split.preprocess, model_kwargs=arch_kwargs)
-
-    generator = torch.Generator()
-    train_loader = _loader(train_split.dataset, cfg, runtime, train=True, generator=generator)
-    val_loader = _loader(val_split.dataset, cfg, runtime, train=False,
-                         generator=torch.Generator().manual_seed(cfg.seed))
+    data = build_data(cfg, runtime, ctx, download=download)
+    if ctx.is_main:
+        paths.checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    model, card = _build_model(cfg, data, runtime, fresh=state is None)
     optimizer = build_optimizer(model, cfg)
-    scheduler = build_scheduler(optimizer, cfg, len(train_loader))
+    scheduler = build_scheduler(optimizer, cfg, len(data))
     scaler = runtime.grad_scaler()
     criterion = build_loss(cfg)
+    ema = ModelEma(model, cfg.ema_decay, cfg.ema_every) if cfg.ema_decay > 0 else None
 
     history: list[dict[str, Any]] = []
     if state is not None:
-        history = _restore(state, model, optimizer, scheduler, scaler, runtime)
+        history = _restore(state, model, optimizer, scheduler, scaler, ema)
     start_epoch = len(history)
-    _write_metrics(paths.metrics, history)  # drops lines of epochs after the checkpoint
+    if ctx.is_main:
+        _write_metrics(paths.metrics, history)  # drops lines of epochs after the checkpoint
+    net = wrap_model(model, ctx, runtime.device, sync_bn=cfg.sync_bn) if ctx.distributed else model
+    deployed = ema.module if ema is not None else model  # what is evaluated and saved
 
-    info = {**runtime.describe(), "threads": torch.get_num_threads()}
-    with make_reporter(progress, cfg.epochs, len(train_loader), cfg.batch_size) as reporter:
-        reporter.note(f"training {cfg.arch} on {spec} ({len(train_split)} train / "
-                      f"{len(val_split)} val images, {len(classes)} classes) on {info['device']}"
-                      + (f", resuming after epoch {start_epoch}" if start_epoch else ""))
+    info = {**runtime.describe(), "threads": torch.get_num_threads(), "loader": data.kind,
+            "world_size": ctx.world_size, "global_batch": cfg.global_batch}
+    with make_reporter(progress, cfg.epochs, len(data), cfg.batch_size) as reporter:
+        reporter.note(
+            f"training {cfg.arch} on {data.description} ({data.n_train} train / {data.n_val} val "
+            f"images, {len(data.classes)} classes) on {info['device']}, {data.kind} loader "
+            f"({data.reason})"
+            + (f", {ctx.world_size} processes x {cfg.batch_size} images" if ctx.distributed
+               else "")
+            + (f", resuming after epoch {start_epoch}" if start_epoch else ""))
         for epoch in range(start_epoch, cfg.epochs):
-            seed_epoch(cfg.seed, epoch, generator)
+            data.set_epoch(epoch)
             reporter.start_epoch(epoch + 1)
-            stats = train_one_epoch(model, train_loader, optimizer, scheduler, criterion,
-                                    runtime, scaler, reporter)
-            val_loss = val_acc = None
-            if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
-                val_loss, val_acc = evaluate(model, val_loader, criterion, runtime)
+            stats = train_one_epoch(net, data.train, optimizer, scheduler, criterion,
+                                    runtime, scaler, reporter, ema=ema, ctx=ctx)
+            # Per-process BatchNorm statistics -> their mean (a no-op for one process).
+            average_buffers(model, ctx)
+            if ema is not None:
+                average_buffers(ema.module, ctx)
+            scores = None
+            if data.val is not None and ((epoch + 1) % cfg.eval_every == 0
+                                         or epoch + 1 == cfg.epochs):
+                scores = evaluate(deployed, data.val, criterion, runtime, tta=cfg.tta)
             line = {
                 "epoch": epoch + 1, "lr": stats.lr, "train_loss": stats.loss,
-                "train_acc": stats.acc, "val_loss": val_loss, "val_acc": val_acc,
+                "train_acc": stats.acc, "val_loss": scores.loss if scores else None,
+                "val_acc": scores.acc if scores else None,
                 "images_per_s": stats.images_per_s, "seconds": stats.seconds,
             }
+            if cfg.tta:
+                line["val_acc_tta"] = scores.tta_acc if scores else None
             history.append(line)
-            # metrics first, checkpoint second: a crash in between leaves a line that the
-            # resume (which rewrites metrics.jsonl from the checkpoint) drops again.
-            _append_metrics(paths.metrics, line)
-            save_train_state(paths.checkpoint, epoch=epoch + 1, config=cfg.to_dict(),
-                             model=model, optimizer=optimizer, scheduler=scheduler,
-                             scaler=scaler, history=history, runtime=info)
-            draw_curves(history, paths.curves)
+            if ctx.is_main:
+                # metrics first, checkpoint second: a crash in between leaves a line that the
+                # resume (which rewrites metrics.jsonl from the checkpoint) drops again.
+                _append_metrics(paths.metrics, line)
+                save_train_state(paths.checkpoint, epoch=epoch + 1, config=cfg.to_dict(),
+                                 model=model, optimizer=optimizer, scheduler=scheduler,
+                                 scaler=scaler, history=history, runtime=info,
+                                 ema=ema.state_dict() if ema is not None else None)
+                draw_curves(history, paths.curves)
             reporter.end_epoch(line)
             if on_epoch_end is not None:
                 on_epoch_end(epoch + 1, line)
 
-    metrics = _final_metrics(history, info, cfg, len(train_split), len(val_split))
-    save_model(paths.model, model, card, extra={"config": cfg.to_dict(), "metrics": metrics})
+    if not ctx.is_main:
+        return TrainResult(model_path=paths.model, card=card, params=cfg.to_dict(), metrics={},
+                           rank=ctx.rank)
+    metrics = _final_metrics(history, info, cfg, data.n_train, data.n_val)
+    save_model(paths.model, deployed, card, extra={"config": cfg.to_dict(), "metrics": metrics})
     return TrainResult(model_path=paths.model, card=card, params=cfg.to_dict(), metrics=metrics)
 
 
@@ -397,14 +493,18 @@ def _restore(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     scaler: torch.amp.GradScaler,
-    runtime: Runtime,
+    ema: ModelEma | None,
 ) -> list[dict[str, Any]]:
     """Load a ``last.pt`` state into freshly built objects; returns the epochs' history."""
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
-    if state["scaler"] and runtime.amp:  # empty when the run was saved without AMP
+    if state["scaler"] and scaler.is_enabled():  # empty when the run was saved without fp16
         scaler.load_state_dict(state["scaler"])
+    if ema is not None:
+        if not state.get("ema"):
+            raise ValueError("checkpoint has no EMA state")  # config_diff prevents this: a bug
+        ema.load_state_dict(state["ema"])
     set_rng_state(state["rng"])
     history = list(state["history"])
     if len(history) != int(state["epoch"]):
@@ -418,8 +518,10 @@ def _final_metrics(
 ) -> dict[str, Any]:
     """What the manifest records for the run: last epoch's numbers, totals, where it ran."""
     last = history[-1]
+    extra = {"val_acc_tta": last.get("val_acc_tta")} if cfg.tta else {}
     return {
         "val_acc": last["val_acc"],
+        **extra,
         "val_loss": last["val_loss"],
         "train_acc": last["train_acc"],
         "train_loss": last["train_loss"],
@@ -429,5 +531,6 @@ def _final_metrics(
         "train_images": n_train,
         "val_images": n_val,
         "effective_lr": cfg.effective_lr,
+        "ema": cfg.ema_decay > 0,
         **info,
     }

@@ -22,6 +22,10 @@ import yaml
 from port.errors import UsageError
 
 SCHEDULES = ("step", "exponential", "cosine", "onecycle")
+LOADERS = ("auto", "device", "dataloader")
+AMP_DTYPES = ("float16", "bfloat16")
+ACTIVATIONS = ("relu", "celu", "gelu")  # = port.models.layers.ACTIVATIONS (no torch import here)
+WHITEN_KERNELS = (0, 2, 3)
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 Auto = Literal["auto"]
 
@@ -43,11 +47,14 @@ class TrainConfig:
 
     # -- optimisation -------------------------------------------------------------------------
     epochs: int = 30  # passes over the training set
-    batch_size: int = 128  # images per optimizer step
-    lr: float = 0.1  # peak learning rate (at lr_scale_batch images per batch, if set)
+    # Images per optimizer step *per process*; with N processes (DDP) each step sees
+    # batch_size * N images (the global batch), like torchvision's --batch-size per GPU.
+    batch_size: int = 128
+    lr: float = 0.1  # peak learning rate, meant for a global batch of lr_scale_batch images
     # Linear scaling rule (Goyal et al. 2017): the learning rate used is
-    # lr * batch_size / lr_scale_batch, so a recipe keeps working when the batch size changes.
-    # None or 0 = use lr as it is.
+    # lr * global_batch / lr_scale_batch, so a recipe keeps working when the batch size or the
+    # number of processes changes. None or 0 = lr is meant for one process's batch_size:
+    # unchanged on one process, times the number of processes under DDP.
     lr_scale_batch: int | None = None
     momentum: float = 0.9  # SGD momentum: averages gradients over ~1/(1-m) steps
     nesterov: bool = False  # Nesterov momentum: looks ahead, a little more stable at high lr
@@ -80,6 +87,42 @@ class TrainConfig:
     # Bit-identical resume needs the same value (it changes the order of float reductions).
     threads: int | None = None
     eval_every: int = 1  # evaluate on the val split every N epochs (and always after the last)
+    # fp16 needs loss scaling (GradScaler, which reads a flag back from the GPU every step);
+    # bfloat16 has fp32's range, needs no scaler and also runs (autocast) on CPUs.
+    amp_dtype: str = "float16"
+    # auto: the whole uint8 data set on the device with batch augmentation by tensor ops when
+    # the images are CIFAR-sized and fit (port.train.data); a DataLoader of PIL transforms
+    # otherwise. device / dataloader force one.
+    loader: str = "auto"
+
+    # -- fast-training tricks (the cifar10-fast recipe; all off by default) ------------------
+    # CELU/GELU instead of ReLU: smooth gradients tolerate the high lr of short runs (ResNet-9).
+    activation: str = "relu"
+    # k x k (2 or 3) fixed patch-whitening first layer computed from training images: whitened
+    # inputs make the first layer well conditioned; worth epochs in a 10-epoch run. 0 = off.
+    whiten: int = 0
+    # Ghost BatchNorm: normalise groups of this many images separately. Noisier statistics
+    # regularise like small batches while steps stay large-batch fast. 0 = off. Eval: plain BN.
+    ghost_batch: int = 0
+    # BatchNorm scales fixed at 1 (not trained): with BN after every conv the scale is redundant
+    # with the next layer's weights, and freezing it removes a direction that weight decay and
+    # a high lr otherwise make oscillate (Page's bag of tricks). Biases still train.
+    freeze_bn_scale: bool = False
+    # Exponential moving average of the weights (and BN statistics), updated every ema_every
+    # steps: averages out the noise of the last high-lr steps; the EMA weights are what is
+    # evaluated and saved. 0 = off. Early updates use min(decay, (1+n)/(10+n)).
+    ema_decay: float = 0.0
+    ema_every: int = 1
+    # Evaluation also averages the logits of each image and its mirror image (val_acc_tta):
+    # free accuracy at test time. val_acc stays the plain model's (what an export reproduces).
+    tta: bool = False
+
+    # -- distributed (set by the launcher, see port.train.launch) ----------------------------
+    world_size: int = 1  # training processes (nnodes x nproc_per_node); recorded for resume
+    # SyncBatchNorm (CUDA only): statistics over the global batch. Off: each process
+    # normalises with its own batch (= ghost BN of batch_size images) and running statistics
+    # are averaged over processes after every epoch.
+    sync_bn: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-data form: what the checkpoint, ``model.pt`` and the manifest record."""
@@ -91,11 +134,17 @@ class TrainConfig:
         return resolve(None, d)
 
     @property
+    def global_batch(self) -> int:
+        """Images per optimizer step over all processes."""
+        return self.batch_size * self.world_size
+
+    @property
     def effective_lr(self) -> float:
         """The learning rate training uses, after the linear scaling rule."""
-        if self.lr_scale_batch:
-            return self.lr * self.batch_size / self.lr_scale_batch
-        return self.lr
+        reference = self.lr_scale_batch or self.batch_size
+        if self.global_batch == reference:
+            return self.lr
+        return self.lr * self.global_batch / reference
 
 
 FIELD_NAMES = tuple(f.name for f in fields(TrainConfig))
@@ -223,7 +272,31 @@ def validate(cfg: TrainConfig) -> TrainConfig:
            f"device must be auto, cpu, cuda or cuda:N, got {cfg.device!r}")
     _check(cfg.workers >= 0, f"workers must be >= 0, got {cfg.workers}")
     _check(cfg.threads is None or cfg.threads >= 1, f"threads must be >= 1, got {cfg.threads}")
+    _check(cfg.amp_dtype in AMP_DTYPES,
+           f"unknown amp_dtype {cfg.amp_dtype!r}: use one of {', '.join(AMP_DTYPES)}")
+    _check(cfg.loader in LOADERS, f"unknown loader {cfg.loader!r}: use one of {', '.join(LOADERS)}")
+    _validate_tricks(cfg, entry.kwargs)
+    _check(cfg.world_size >= 1, f"world_size must be >= 1, got {cfg.world_size}")
+    _check(not (cfg.sync_bn and cfg.ghost_batch),
+           "sync_bn (statistics over all processes) and ghost_batch (over small groups) "
+           "contradict each other: set one of them")
     return cfg
+
+
+def _validate_tricks(cfg: TrainConfig, accepted: tuple[str, ...]) -> None:
+    """The fast-recipe options: values in range, and only on models that have them."""
+    _check(cfg.activation in ACTIVATIONS,
+           f"unknown activation {cfg.activation!r}: use one of {', '.join(ACTIVATIONS)}")
+    _check(cfg.whiten in WHITEN_KERNELS,
+           f"whiten must be 0 (off), 2 or 3 (patch size), got {cfg.whiten}")
+    _check(cfg.ghost_batch >= 0, f"ghost_batch must be >= 0, got {cfg.ghost_batch}")
+    for key, off in (("activation", "relu"), ("whiten", 0), ("ghost_batch", 0)):
+        _check(getattr(cfg, key) == off or key in accepted,
+               f"{cfg.arch} has no {key} option: use arch resnet9 or drop {key}")
+    _check(not cfg.ghost_batch or cfg.batch_size % cfg.ghost_batch == 0,
+           f"ghost_batch {cfg.ghost_batch} must divide batch_size {cfg.batch_size}")
+    _check(0 <= cfg.ema_decay < 1, f"ema_decay must be in [0, 1), got {cfg.ema_decay}")
+    _check(cfg.ema_every >= 1, f"ema_every must be >= 1, got {cfg.ema_every}")
 
 
 def resolve(recipe: str | Path | None, overrides: dict[str, Any] | None = None) -> TrainConfig:

@@ -21,20 +21,26 @@ from port.models.checkpoint import atomic_save, plain_state_dict, safe_load
 TRAIN_FORMAT = "porter-train/1"
 
 
-def epoch_seed(seed: int, epoch: int) -> int:
-    """A well-mixed 63-bit seed for ``epoch`` of a run seeded with ``seed``."""
-    state = np.random.SeedSequence([seed, epoch]).generate_state(1, dtype=np.uint64)[0]
+def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    """A well-mixed 63-bit seed for ``epoch`` of a run seeded with ``seed`` (process ``rank``
+    of a distributed run; rank 0 and a single process draw the same)."""
+    entropy = [seed, epoch] + ([rank] if rank else [])
+    state = np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0]
     return int(state) >> 1
 
 
-def seed_epoch(seed: int, epoch: int, generator: torch.Generator) -> None:
+def seed_epoch(
+    seed: int, epoch: int, generator: torch.Generator | None = None, rank: int = 0
+) -> None:
     """Seed everything an epoch draws from: torch (all devices), Python, NumPy, the loader's
-    generator (shuffle order and worker base seed)."""
-    s = epoch_seed(seed, epoch)
+    generator (shuffle order and worker base seed) when given. Each ``rank`` gets its own
+    stream, so processes do not augment their shards with identical random numbers."""
+    s = epoch_seed(seed, epoch, rank)
     torch.manual_seed(s)
     random.seed(s)
     np.random.seed(s % 2**32)
-    generator.manual_seed(s)
+    if generator is not None:
+        generator.manual_seed(s)
 
 
 def rng_state() -> dict[str, Any]:
@@ -81,8 +87,12 @@ def save_train_state(
     scaler: torch.amp.GradScaler,
     history: list[dict[str, Any]],
     runtime: dict[str, Any],
+    ema: dict[str, Any] | None = None,
 ) -> None:
-    """Write everything needed to continue after ``epoch`` completed epochs, atomically."""
+    """Write everything needed to continue after ``epoch`` completed epochs, atomically.
+
+    ``ema``: the weight average's state (:meth:`port.train.ema.ModelEma.state_dict`), if any.
+    """
     atomic_save(
         {
             "format": TRAIN_FORMAT,
@@ -95,6 +105,7 @@ def save_train_state(
             "rng": rng_state(),
             "history": history,
             "runtime": runtime,
+            "ema": ema,
         },
         path,
     )

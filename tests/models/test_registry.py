@@ -43,7 +43,8 @@ def test_entries_describe_models() -> None:
         assert "num_classes" not in entry.kwargs
     assert get_entry("resnet18_cifar").native_size == 32
     assert get_entry("resnet50").native_size == 224
-    assert set(get_entry("resnet9").kwargs) == {"width", "logit_scale", "zero_init_residual"}
+    assert set(get_entry("resnet9").kwargs) == {"width", "logit_scale", "zero_init_residual",
+                                                "activation", "whiten", "ghost_batch"}
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))

@@ -50,7 +50,20 @@ def _epochs(run: Path) -> list[int]:
     return [json.loads(line)["epoch"] for line in lines]
 
 
-def test_resume_after_epoch_two_matches_uninterrupted(tiny: TrainConfig, tmp_path: Path) -> None:
+@pytest.fixture(params=["device-loader", "dataloader", "cifar10-fast"])
+def resumable(request: pytest.FixtureRequest, tiny: TrainConfig,
+              fast_tiny: TrainConfig) -> TrainConfig:
+    """The tiny run on each data path, and with every fast-recipe trick (EMA state included)."""
+    if request.param == "device-loader":
+        return dataclasses.replace(tiny, loader="device")
+    if request.param == "dataloader":
+        return dataclasses.replace(tiny, loader="dataloader", cutout=4)
+    return fast_tiny
+
+
+def test_resume_after_epoch_two_matches_uninterrupted(resumable: TrainConfig,
+                                                      tmp_path: Path) -> None:
+    tiny = resumable
     full = train(tiny, tmp_path / "full", progress=False)
 
     part = tmp_path / "part"
@@ -166,7 +179,7 @@ def test_sigkill_mid_run_then_resume(tiny: TrainConfig, tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_resume_with_worker_processes(tiny: TrainConfig, tmp_path: Path) -> None:
     """Worker processes augment with their own RNGs: seeded per epoch, they resume exactly too."""
-    cfg = dataclasses.replace(tiny, workers=2, cutout=4, epochs=2)
+    cfg = dataclasses.replace(tiny, workers=2, cutout=4, epochs=2, loader="dataloader")
     train(cfg, tmp_path / "full", progress=False)
     with pytest.raises(Interrupt):
         train(cfg, tmp_path / "part", progress=False, on_epoch_end=_stop_after(1))
