@@ -153,11 +153,15 @@ def _calibration(manifest: Manifest, ref: Record, card: Any, options: dict[str, 
 
 
 def _export_onnx_lowp(manifest: Manifest, ref: Record, card: Any, precision: str,
-                      options: dict[str, Any], console: Console) -> Record:
-    """FP16 or INT8 (QDQ) ONNX made from the FP32 ONNX."""
+                      options: dict[str, Any], console: Console, *,
+                      art_id: str | None = None) -> Record:
+    """FP16 or INT8 (QDQ) ONNX made from the FP32 ONNX (``art_id`` names a variant)."""
     fp32 = _ensure_fp32_onnx(manifest, ref, card, options, console)
     src = manifest.run_dir / fp32.path
-    art_id, out = artifact_path(manifest.run_dir, "onnx", precision)
+    default_id, out = artifact_path(manifest.run_dir, "onnx", precision)
+    if art_id is not None:
+        out = manifest.run_dir / f"model.{art_id.removeprefix('onnx-')}.onnx"
+    art_id = art_id or default_id
     params: dict[str, Any] = {"to": "onnx", "precision": precision, "card": card.to_dict()}
     if precision == "int8":
         from port.export.quantize import quantize_int8
@@ -213,14 +217,18 @@ def _trt_int8_source(manifest: Manifest, ref: Record, card: Any, options: dict[s
                                  params=params)
         return record, quantizer
     existing = _fresh(manifest, "onnx-int8")
-    if existing is not None and existing.params.get("int8_activations", "int8") != "int8":
-        raise UsageError(
-            "the run's INT8 ONNX has uint8 activations (fast on ONNX Runtime's CPU, not buildable "
-            "by TensorRT): re-export it with --to onnx --precision int8 --int8-activations int8"
-        )
+    lowp = {k: v for k, v in options.items() if k in ONNX_OPTIONS}
     if existing is None:
-        lowp = {k: v for k, v in options.items() if k in ONNX_OPTIONS}
         existing = _export_onnx_lowp(manifest, ref, card, "int8", lowp, console)
+    if existing.params.get("int8_activations", "int8") != "int8":
+        # The run's INT8 ONNX was made for ONNX Runtime's CPU (uint8 activations), which
+        # TensorRT cannot build: make the symmetric QDQ graph as an artifact of its own, so
+        # `evaluate --compare` checks exactly what the engine is built from.
+        console.print("the run's INT8 ONNX has uint8 activations (ONNX Runtime CPU only): "
+                      "quantizing a symmetric int8 copy for TensorRT")
+        existing = _fresh(manifest, "onnx-int8-sym") or _export_onnx_lowp(
+            manifest, ref, card, "int8", {**lowp, "int8_activations": "int8"}, console,
+            art_id="onnx-int8-sym")
     return existing, "onnxruntime"
 
 
