@@ -116,9 +116,9 @@ class DeviceLoader:
         if self.augment.cutout > self.size:
             raise ValueError(f"cutout {self.augment.cutout} px is larger than the image")
         pad = self.augment.crop_pad
-        stored = images.to(self.device)
-        # Pad once, not per batch: a crop is then a pure gather.
-        self.images = _reflect_pad(stored, pad) if pad else stored
+        # Pad once (on the host, where uint8 reflect padding is always available), not per
+        # batch: a crop is then a pure gather on the device.
+        self.images = (_reflect_pad(images.cpu(), pad) if pad else images).to(self.device)
         self.labels = labels.to(self.device, dtype=torch.int64)
         self.batch_size = int(batch_size)
         self.shuffle = shuffle

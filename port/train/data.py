@@ -25,7 +25,7 @@ from port.train.distributed import DistContext
 from port.train.recipe import TrainConfig
 from port.train.runtime import Runtime
 from port.train.state import seed_epoch
-from port.train.tricks import WHITEN_IMAGES
+from port.train.tricks import whiten_positions
 
 # RAM the uint8 copy may take on the CPU (CIFAR-10 train + test: 0.3 GB). Above it, the
 # DataLoader path, which decodes per batch and holds nothing, is the safer default.
@@ -57,7 +57,8 @@ class TrainData:
         self._set_epoch(epoch)
 
     def whiten_images(self) -> torch.Tensor:
-        """uint8 NCHW training images for fitting a patch-whitening layer (the first few)."""
+        """uint8 NCHW training images to fit a patch-whitening layer on (init_whitening picks
+        its spread-out subset of them)."""
         return self._whiten_images()
 
     def __len__(self) -> int:
@@ -148,7 +149,7 @@ def _device_data(
         train.set_epoch(epoch)
 
     return TrainData(train=train, val=val, _set_epoch=set_epoch,
-                     _whiten_images=lambda: images[:WHITEN_IMAGES], **common)
+                     _whiten_images=lambda: images, **common)
 
 
 def _dataloader(
@@ -199,10 +200,11 @@ def _dataloader_data(
             sampler.set_epoch(epoch)
 
     def whiten_images() -> torch.Tensor:
+        # Decode only the images whitening uses, not the whole split.
+        positions = whiten_positions(len(train_plain))
         kept = train_plain.indices
-        first = (kept[:WHITEN_IMAGES] if kept is not None
-                 else range(min(WHITEN_IMAGES, len(train_plain))))
-        subset = load_split(train_plain.spec, "train", preprocess=p, indices=list(first))
+        chosen = [int(kept[i]) for i in positions] if kept is not None else positions
+        subset = load_split(train_plain.spec, "train", preprocess=p, indices=chosen)
         return as_uint8_tensors(subset)[0]
 
     return TrainData(train=train, val=val, _set_epoch=set_epoch, _whiten_images=whiten_images,

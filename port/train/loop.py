@@ -31,12 +31,13 @@ import torch
 from torch import nn
 
 from port import errors
+from port.data.preprocess import Preprocess
 from port.errors import DataError, UsageError
 from port.models.card import ModelCard
 from port.models.checkpoint import save_model
 from port.models.registry import create_model, get_entry
 from port.train.curves import draw_curves
-from port.train.data import TrainData, build_data
+from port.train.data import build_data
 from port.train.distributed import (
     DistContext,
     all_sum,
@@ -386,20 +387,28 @@ def _torch_threads(threads: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _build_model(
-    cfg: TrainConfig, data: TrainData, runtime: Runtime, *, fresh: bool
+def build_model(
+    cfg: TrainConfig,
+    classes: list[str],
+    preprocess: Preprocess,
+    runtime: Runtime,
+    whiten_images: Callable[[], torch.Tensor] | None = None,
 ) -> tuple[nn.Module, ModelCard]:
-    """The network on its device with the recipe's fixed parts in place, and its card."""
+    """The network of ``cfg`` on its device with the recipe's fixed parts in place, and its card.
+
+    Seeds the initialisation with ``cfg.seed``. ``whiten_images()`` gives uint8 NCHW training
+    images to fit a patch-whitening stem (``None``: leave it, e.g. when resuming loads it).
+    """
     build_kwargs, arch_kwargs = _model_kwargs(cfg)
     torch.manual_seed(cfg.seed)  # weight initialisation
-    model = create_model(cfg.arch, len(data.classes), **build_kwargs)
+    model = create_model(cfg.arch, len(classes), **build_kwargs)
     model.to(runtime.device, memory_format=runtime.memory_format)
-    if cfg.whiten and fresh:  # a resumed run loads the fitted filters with the weights
-        init_whitening(model, data.whiten_images(), data.preprocess.mean, data.preprocess.std)
+    if cfg.whiten and whiten_images is not None:
+        init_whitening(model, whiten_images(), preprocess.mean, preprocess.std)
     if cfg.freeze_bn_scale:
         freeze_bn_scale(model)
-    card = ModelCard(arch=cfg.arch, num_classes=len(data.classes), classes=data.classes,
-                     preprocess=data.preprocess, model_kwargs=arch_kwargs)
+    card = ModelCard(arch=cfg.arch, num_classes=len(classes), classes=list(classes),
+                     preprocess=preprocess, model_kwargs=arch_kwargs)
     return model, card
 
 
@@ -418,7 +427,9 @@ def _run(
     data = build_data(cfg, runtime, ctx, download=download)
     if ctx.is_main:
         paths.checkpoint.parent.mkdir(parents=True, exist_ok=True)
-    model, card = _build_model(cfg, data, runtime, fresh=state is None)
+    # A resumed run loads the fitted whitening filters with the weights.
+    model, card = build_model(cfg, data.classes, data.preprocess, runtime,
+                              data.whiten_images if state is None else None)
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg, len(data))
     scaler = runtime.grad_scaler()

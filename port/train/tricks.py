@@ -16,6 +16,13 @@ from port.models.layers import PatchWhitening
 WHITEN_IMAGES = 5000
 
 
+def whiten_positions(n: int) -> list[int]:
+    """Positions of the (at most :data:`WHITEN_IMAGES`) images whitening is fitted on: evenly
+    spread over the split, because folder data sets list their images class by class."""
+    step = max(1, n // WHITEN_IMAGES)
+    return list(range(0, n, step))[:WHITEN_IMAGES]
+
+
 def freeze_bn_scale(model: nn.Module) -> int:
     """Fix every BatchNorm weight (scale) at 1 and stop it training; returns how many.
 
@@ -44,11 +51,12 @@ def init_whitening(
     model: nn.Module, images: torch.Tensor, mean: Sequence[float], std: Sequence[float]
 ) -> int:
     """Fit every :class:`PatchWhitening` layer of ``model`` on uint8 NCHW training ``images``
-    (at most :data:`WHITEN_IMAGES` of them, normalised like the inputs); returns how many."""
+    (:func:`whiten_positions` of them, normalised like the inputs); returns how many layers."""
     layers = [m for m in model.modules() if isinstance(m, PatchWhitening)]
     if layers:
         device = layers[0].weight.device
-        x = normalise_uint8(images[:WHITEN_IMAGES].to(device), mean, std)
+        picked = images[whiten_positions(len(images))] if len(images) > WHITEN_IMAGES else images
+        x = normalise_uint8(picked.to(device), mean, std)
         for layer in layers:
             layer.fit(x)
     return len(layers)
