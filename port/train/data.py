@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from port.data.datasets import SplitData, as_uint8_tensors, load_split
+from port.data.datasets import SplitData, as_uint8_tensors, default_preprocess, load_split
 from port.data.gpu_loader import MAX_IMAGE_SIZE, Augment, DeviceLoader, resident_bytes
 from port.data.preprocess import Preprocess
 from port.data.spec import parse_data_spec
@@ -103,23 +103,31 @@ def build_data(
 ) -> TrainData:
     """Load both splits and build their loaders (this process's shard of the training set)."""
     spec = parse_data_spec(cfg.data, download=download)
-    train_plain = load_split(spec, "train", image_size=cfg.image_size, limit=cfg.limit,
+    preprocess = default_preprocess(spec, cfg.image_size)
+    size = preprocess.image_size
+    # The device path augments by itself and wants the split without transforms; load the
+    # split once in the form the likely loader needs (a folder of 1.3 M images is slow to scan).
+    maybe_device = cfg.loader != "dataloader" and size <= MAX_IMAGE_SIZE
+    train_split = load_split(spec, "train", preprocess=preprocess,
+                             augment=cfg.augment and not maybe_device,
+                             cutout=0 if maybe_device else cfg.cutout, limit=cfg.limit,
                              seed=cfg.seed)
-    preprocess = train_plain.preprocess
     val_split = load_split(spec, "val", preprocess=preprocess, limit=cfg.val_limit, seed=cfg.seed)
-    if list(val_split.classes) != list(train_plain.classes):
+    if list(val_split.classes) != list(train_split.classes):
         raise DataError(f"{spec}: the val split's classes differ from the train split's: "
                         "give both splits the same class folders")
-    size = preprocess.image_size
     augment = Augment.standard(size, cfg.cutout) if cfg.augment else Augment()
-    kind, why = choose_loader(cfg.loader, size, len(train_plain) + len(val_split),
+    kind, why = choose_loader(cfg.loader, size, len(train_split) + len(val_split),
                               augment.crop_pad, runtime.device)
-    common = {"classes": list(train_plain.classes), "preprocess": preprocess,
-              "n_train": len(train_plain), "n_val": len(val_split), "kind": kind,
+    common = {"classes": list(train_split.classes), "preprocess": preprocess,
+              "n_train": len(train_split), "n_val": len(val_split), "kind": kind,
               "reason": why, "description": str(spec)}
     if kind == "device":
-        return _device_data(cfg, runtime, ctx, train_plain, val_split, augment, common)
-    return _dataloader_data(cfg, runtime, ctx, train_plain, val_split, common)
+        return _device_data(cfg, runtime, ctx, train_split, val_split, augment, common)
+    if maybe_device and cfg.augment:  # did not fit after all: the transforms are needed
+        train_split = load_split(spec, "train", preprocess=preprocess, augment=True,
+                                 cutout=cfg.cutout, limit=cfg.limit, seed=cfg.seed)
+    return _dataloader_data(cfg, runtime, ctx, train_split, val_split, common)
 
 
 def _device_data(
@@ -174,12 +182,10 @@ def _dataloader(
 
 
 def _dataloader_data(
-    cfg: TrainConfig, runtime: Runtime, ctx: DistContext, train_plain: SplitData,
+    cfg: TrainConfig, runtime: Runtime, ctx: DistContext, train_split: SplitData,
     val_split: SplitData, common: dict,
 ) -> TrainData:
-    p = train_plain.preprocess
-    train_split = load_split(train_plain.spec, "train", preprocess=p, augment=cfg.augment,
-                             cutout=cfg.cutout, limit=cfg.limit, seed=cfg.seed)
+    p = train_split.preprocess
     sampler = None
     if ctx.distributed:
         # Rank r takes positions r, r+W, ... of a permutation seeded by (seed, epoch).
@@ -201,10 +207,10 @@ def _dataloader_data(
 
     def whiten_images() -> torch.Tensor:
         # Decode only the images whitening uses, not the whole split.
-        positions = whiten_positions(len(train_plain))
-        kept = train_plain.indices
+        positions = whiten_positions(len(train_split))
+        kept = train_split.indices
         chosen = [int(kept[i]) for i in positions] if kept is not None else positions
-        subset = load_split(train_plain.spec, "train", preprocess=p, indices=chosen)
+        subset = load_split(train_split.spec, "train", preprocess=p, indices=chosen)
         return as_uint8_tensors(subset)[0]
 
     return TrainData(train=train, val=val, _set_epoch=set_epoch, _whiten_images=whiten_images,

@@ -296,9 +296,6 @@ def _append_metrics(path: Path, line: dict[str, Any]) -> None:
         os.fsync(f.fileno())
 
 
-# -- the run ------------------------------------------------------------------------------------
-
-
 def _shared_prepare(
     paths: RunPaths, cfg: TrainConfig, resume: bool, ctx: DistContext
 ) -> dict[str, Any] | None:

@@ -321,8 +321,10 @@ def config_diff(saved: dict[str, Any], wanted: TrainConfig) -> list[str]:
     """Fields (outside :data:`RESUME_FREE`) whose saved value differs from ``wanted``'s,
     as ``"key: saved -> wanted"`` strings."""
     now = wanted.to_dict()
+    # A key missing from an older checkpoint had its default then (fields are only added).
+    defaults = TrainConfig().to_dict()
     return [
-        f"{key}: {saved.get(key)!r} -> {now[key]!r}"
+        f"{key}: {saved.get(key, defaults[key])!r} -> {now[key]!r}"
         for key in FIELD_NAMES
-        if key not in RESUME_FREE and saved.get(key) != now[key]
+        if key not in RESUME_FREE and saved.get(key, defaults[key]) != now[key]
     ]

@@ -110,3 +110,11 @@ def test_config_diff_ignores_execution_settings() -> None:
     saved = cfg.to_dict() | {"workers": 8, "device": "cuda", "eval_every": 3}
     assert config_diff(saved, cfg) == []
     assert config_diff(saved | {"seed": 1}, cfg) == ["seed: 1 -> 0"]
+
+
+def test_checkpoints_from_before_new_fields_still_resume() -> None:
+    cfg = resolve("quick", {})
+    older = {k: v for k, v in cfg.to_dict().items()
+             if k not in ("activation", "whiten", "ema_decay", "world_size", "loader")}
+    assert config_diff(older, cfg) == []
+    assert TrainConfig.from_dict(older) == cfg
