@@ -148,10 +148,13 @@ def launch_workers(
     by the worker); the run can then be continued with ``--resume``.
     """
     import yaml
+    from torch.distributed import DistError
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.elastic.rendezvous.api import RendezvousError
     from torch.distributed.run import parse_args
     from torch.distributed.run import run as torchrun
 
+    _preflight(cfg, launch, download=download)
     with tempfile.TemporaryDirectory(prefix="porter-launch-") as tmp:
         recipe = Path(tmp) / "train.yaml"
         recipe.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
@@ -164,9 +167,36 @@ def launch_workers(
                 args.training_script_args = worker
                 torchrun(args)
             except ChildFailedError as exc:
-                _, failure = exc.get_first_failure()
+                rank, failure = exc.get_first_failure()
                 raise PorterError(
-                    f"training process rank {failure.rank} of {cfg.world_size} exited with code "
+                    f"training process rank {rank} of {cfg.world_size} exited with code "
                     f"{failure.exitcode} (its message is above): fix that, then continue with "
                     "--resume"
                 ) from None
+            except (RendezvousError, DistError) as exc:
+                where = launch.rdzv_endpoint or "localhost"
+                raise PorterError(
+                    f"the {launch.nnodes or 1} node(s) could not meet at {where} "
+                    f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}): check "
+                    "--rdzv-endpoint (reachable from every node), --nnodes, and that node 0 runs"
+                ) from None
+
+
+def _preflight(cfg: TrainConfig, launch: LaunchSpec, *, download: bool) -> None:
+    """Refuse, before any process starts, what every worker would refuse after loading data."""
+    import torch
+
+    from port.data.spec import parse_data_spec
+    from port.train.runtime import Runtime
+
+    parse_data_spec(cfg.data, download=download)  # a missing data directory: DataError
+
+    # CUDA asked for but absent: BackendUnavailable; cuda:N with several processes: UsageError.
+    device = Runtime.from_config(cfg, local_rank=0).device
+    nproc = launch.nproc_per_node or 1
+    if device.type == "cuda" and nproc > torch.cuda.device_count():
+        raise UsageError(f"--nproc-per-node {nproc} needs {nproc} GPUs; this machine has "
+                         f"{torch.cuda.device_count()}: use at most that many processes")
+    if cfg.sync_bn and device.type != "cuda":
+        raise UsageError("sync_bn needs CUDA (PyTorch's SyncBatchNorm runs on GPUs only): "
+                         "drop --sync-bn on CPU; per-process statistics are averaged")

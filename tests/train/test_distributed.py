@@ -28,8 +28,8 @@ import pytest
 import torch
 import yaml
 
-from port.errors import UsageError
-from port.train.launch import LaunchSpec, resolve_world, torchrun_args
+from port.errors import DataError, UsageError
+from port.train.launch import LaunchSpec, launch_workers, resolve_world, torchrun_args
 from port.train.loop import saved_config, train
 from port.train.recipe import resolve
 
@@ -122,6 +122,7 @@ def test_two_processes_match_one_with_the_same_global_batch_across_a_resume(
     assert a.keys() == b.keys()
     worst = max((a[k].double() - b[k].double()).abs().max().item()
                 for k in a if a[k].is_floating_point())
+    print(f"\nDDP (2 Gloo processes, resumed) vs one process: max |weight diff| {worst:.3g}")
     assert worst < TOLERANCE, f"max weight difference {worst:.3g}"
     assert all(torch.equal(a[k], b[k]) for k in a if not a[k].is_floating_point())
 
@@ -160,3 +161,14 @@ def test_launch_flags_are_checked() -> None:
     # The linear scaling rule on the global batch: lr for lr_scale_batch images.
     assert resolve("quick", {"world_size": 4}).effective_lr == pytest.approx(4 * cfg.lr)
     assert resolve("cifar10-fast", {"world_size": 2}).effective_lr == pytest.approx(0.8)
+
+
+def test_launch_refuses_before_starting_processes(tmp_path: Path) -> None:
+    two = LaunchSpec(nproc_per_node=2)
+    cfg = resolve("quick", {"device": "cpu", "world_size": 2, "sync_bn": True})
+    with pytest.raises(UsageError, match="sync_bn needs CUDA"):
+        launch_workers(cfg, tmp_path, two, resume=False, download=False)
+    cfg = resolve("quick", {"device": "cpu", "world_size": 2, "data": str(tmp_path / "nope")})
+    with pytest.raises(DataError, match="not found"):
+        launch_workers(cfg, tmp_path, two, resume=False, download=False)
+    assert list(tmp_path.iterdir()) == []  # nothing started, nothing written
