@@ -31,7 +31,7 @@ test: setup
 	$(PY) -m pytest -q
 
 test-gpu: setup
-	$(PY) -m pytest -q -m gpu tests/gpu
+	$(PY) -m pytest -q -m gpu
 
 lint: setup
 	$(VENV)/bin/ruff check .
