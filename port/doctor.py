@@ -20,12 +20,13 @@ import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
-from importlib import metadata
 from typing import Any
 
 from rich.console import Group
 from rich.table import Table
 from rich.text import Text
+
+from port.manifest import dist_version
 
 ONNX_PRECISIONS = ("fp32", "fp16", "int8")
 TRT_PRECISIONS = ("fp32", "fp16", "int8")
@@ -44,15 +45,6 @@ class Target:
 # --------------------------------------------------------------------------------------------
 # probe
 # --------------------------------------------------------------------------------------------
-def _dist_version(*names: str) -> str | None:
-    for name in names:
-        try:
-            return metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return None
-
-
 def _has(module: str) -> bool:
     try:
         return importlib.util.find_spec(module) is not None
@@ -117,7 +109,7 @@ def _probe_tensorrt() -> dict[str, Any]:
     info: dict[str, Any] = {"installed": _has("tensorrt"), "version": None, "error": None}
     if not info["installed"]:
         return info
-    info["version"] = _dist_version("tensorrt", "tensorrt-cu13", "tensorrt-cu12", "tensorrt-cu11")
+    info["version"] = dist_version("tensorrt", "tensorrt-cu13", "tensorrt-cu12", "tensorrt-cu11")
     try:
         import tensorrt as trt
 
@@ -150,10 +142,10 @@ def probe() -> dict[str, Any]:
         "torch": _probe_torch(),
         "driver": _probe_driver(pycuda_ok),
         "tensorrt": _probe_tensorrt(),
-        "pycuda": {"installed": pycuda_ok, "version": _dist_version("pycuda")},
-        "onnx": {"installed": _has("onnx"), "version": _dist_version("onnx")},
+        "pycuda": {"installed": pycuda_ok, "version": dist_version("pycuda")},
+        "onnx": {"installed": _has("onnx"), "version": dist_version("onnx")},
         "onnxruntime": _probe_onnxruntime(),
-        "modelopt": {"installed": _has("modelopt"), "version": _dist_version("nvidia-modelopt")},
+        "modelopt": {"installed": _has("modelopt"), "version": dist_version("nvidia-modelopt")},
     }
 
 

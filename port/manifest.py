@@ -489,7 +489,7 @@ def _hash_stable(file: Path) -> tuple[str, int]:
     return digest, after.st_size
 
 
-def _dist_version(*names: str) -> str | None:
+def dist_version(*names: str) -> str | None:
     """Installed version of the first distribution found among ``names`` (metadata only: cheap)."""
     from importlib import metadata
 
@@ -526,11 +526,11 @@ def _env_info() -> tuple[tuple[str, Any], ...]:
         ("porter", __version__),
         ("python", platform.python_version()),
         ("platform", platform.platform()),
-        ("torch", _dist_version("torch")),
-        ("torchvision", _dist_version("torchvision")),
-        ("onnx", _dist_version("onnx")),
-        ("onnxruntime", _dist_version("onnxruntime", "onnxruntime-gpu")),
-        ("tensorrt", _dist_version("tensorrt", "tensorrt-cu13", "tensorrt-cu12", "tensorrt-cu11")),
+        ("torch", dist_version("torch")),
+        ("torchvision", dist_version("torchvision")),
+        ("onnx", dist_version("onnx")),
+        ("onnxruntime", dist_version("onnxruntime", "onnxruntime-gpu")),
+        ("tensorrt", dist_version("tensorrt", "tensorrt-cu13", "tensorrt-cu12", "tensorrt-cu11")),
         ("device", _device_name()),
     )
 

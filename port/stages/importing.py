@@ -93,7 +93,7 @@ def _card_from_flags(req: ImportRequest, arch: str, inferred_classes: int | None
 
 
 def _import_state_dict(run: Path, req: ImportRequest) -> tuple[Path, dict]:
-    from port.models.checkpoint import load_state_dict, save_model
+    from port.models.checkpoint import apply_state_dict, load_state_dict, save_model
     from port.models.registry import create_model
 
     if not req.arch:
@@ -104,23 +104,8 @@ def _import_state_dict(run: Path, req: ImportRequest) -> tuple[Path, dict]:
                      if k.endswith(("fc.weight", "linear.weight", "classifier.weight"))), None)
     card = _card_from_flags(req, req.arch, inferred)
     model = create_model(req.arch, card.num_classes, **card.model_kwargs)
-    missing, unexpected = [], []
-    try:
-        result = model.load_state_dict(state, strict=False)
-        missing, unexpected = list(result.missing_keys), list(result.unexpected_keys)
-    except RuntimeError as exc:  # shape mismatch: name the first one
-        first = str(exc).splitlines()[1:2] or [str(exc)]
-        raise ModelError(
-            f"{req.source} does not fit {req.arch} with {card.num_classes} classes "
-            f"({first[0].strip()}): check --arch and --num-classes"
-        ) from None
-    if missing or unexpected:
-        key = (missing or unexpected)[0]
-        what = "lacks" if missing else "has an unexpected"
-        raise ModelError(
-            f"{req.source} {what} key '{key}' for {req.arch} "
-            f"({len(missing)} missing, {len(unexpected)} unexpected): check --arch"
-        )
+    apply_state_dict(model, state, str(req.source),
+                     hint=f"check --arch {req.arch} and --num-classes {card.num_classes}")
     out = run / "model.pt"
     save_model(out, model, card, extra={"imported_from": str(req.source)})
     return out, card.to_dict()
