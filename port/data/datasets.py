@@ -319,21 +319,33 @@ def load_split(
     else:
         transform = eval_transform(preprocess)
     dataset, targets, classes = _base_dataset(spec, split, transform)
-    kept = None
+    whole = SplitData(dataset=dataset, classes=classes, preprocess=preprocess, spec=spec,
+                      split=split, targets=targets, augment=augment)
     if indices is not None:
-        kept = np.asarray(indices, dtype=np.int64).reshape(-1)
-        if kept.size and (kept.min() < 0 or kept.max() >= len(targets)):
-            raise UsageError(
-                f"subset indices must lie in [0, {len(targets)}) for the {split} split of "
-                f"{spec}: got {kept.min()}..{kept.max()}"
-            )
-    elif limit is not None and limit < len(targets):
-        kept = balanced_subset(targets, limit, seed)
-    if kept is not None:
-        dataset = Subset(dataset, kept.tolist())
-        targets = targets[kept]
-    return SplitData(dataset=dataset, classes=classes, preprocess=preprocess, spec=spec,
-                     split=split, indices=kept, targets=targets, augment=augment)
+        return subset(whole, indices)
+    if limit is not None and limit < len(targets):
+        return subset(whole, balanced_subset(targets, limit, seed))
+    return whole
+
+
+def subset(split: SplitData, indices: Sequence[int] | np.ndarray) -> SplitData:
+    """Exactly those positions of a whole split, in that order (no reload of the data set).
+
+    Used for seeded subsets and calibration selections; ``SplitData.indices`` records them.
+    """
+    if split.indices is not None:
+        raise ValueError("subset() takes a whole split, not one that is already a subset")
+    kept = np.asarray(indices, dtype=np.int64).reshape(-1)
+    n = len(split.targets) if split.targets is not None else len(split)
+    if kept.size and (kept.min() < 0 or kept.max() >= n):
+        raise UsageError(
+            f"subset indices must lie in [0, {n}) for the {split.split} split of "
+            f"{split.spec}: got {kept.min()}..{kept.max()}"
+        )
+    targets = split.targets[kept] if split.targets is not None else None
+    return SplitData(dataset=Subset(split.dataset, kept.tolist()), classes=split.classes,
+                     preprocess=split.preprocess, spec=split.spec, split=split.split,
+                     indices=kept, targets=targets, augment=split.augment)
 
 
 def _unwrap(split: SplitData) -> tuple[Dataset, np.ndarray]:

@@ -70,15 +70,14 @@ def artifact_path(run: Path, to: str, precision: str) -> tuple[str, Path]:
     return f"{to}-{precision}", run / f"model.{precision}{fmt.suffix}"
 
 
-def _load_images(spec_text: str, card: Any, split: str, count: int | None, seed: int,
-                 indices: list[int] | None = None) -> tuple[np.ndarray, np.ndarray, Any]:
-    """Preprocessed images of a split (a seeded subset, or the given indices)."""
+def _load_images(spec_text: str, card: Any, split: str, count: int | None,
+                 seed: int) -> tuple[np.ndarray, np.ndarray, Any]:
+    """Preprocessed images of a split (a seeded subset of ``count`` images, or all)."""
     from port.data.datasets import load_split, materialize
     from port.data.spec import parse_data_spec
 
     spec = parse_data_spec(spec_text)
-    data = load_split(spec, split, preprocess=card.preprocess, limit=count, seed=seed,
-                      indices=indices)
+    data = load_split(spec, split, preprocess=card.preprocess, limit=count, seed=seed)
     check_classes(card, data.classes, spec_text)
     images, labels = materialize(data)
     return images, labels, data
@@ -97,8 +96,8 @@ def _ensure_fp32_onnx(manifest: Manifest, ref: Record, card: Any, options: dict[
     onnx_id, _ = artifact_path(manifest.run_dir, "onnx", "fp32")
     if ref.kind == "onnx":
         return ref  # an imported ONNX is the FP32 graph
-    existing = manifest.get(onnx_id)
-    if existing is not None and manifest.state(onnx_id).name == "fresh":
+    existing = _fresh(manifest, onnx_id)
+    if existing is not None:
         return existing
     console.print("exporting the FP32 ONNX model first (FP16/INT8/TensorRT are built from it)")
     return _export_onnx_fp32(manifest, ref, card, options, console)
@@ -135,18 +134,19 @@ def _calibration(manifest: Manifest, ref: Record, card: Any, options: dict[str, 
         raise UsageError("INT8 calibration needs images: pass --calib-data DATA "
                          "(the run has no training data set recorded)")
     seed = int(options.get("calib_seed", 0))
-    from port.data.datasets import load_split
+    from port.data.datasets import load_split, materialize, subset
     from port.data.spec import parse_data_spec
 
-    # The training split (calibrating on the evaluation images would flatter the INT8 model).
+    # The training split (calibrating on the evaluation images would flatter the INT8 model),
+    # loaded once: its size decides the selection, then the chosen images are preprocessed.
     split_name = "train"
     full = load_split(parse_data_spec(spec_text), split_name, preprocess=card.preprocess)
+    check_classes(card, full.classes, spec_text)
     # An explicit --calib-images larger than the split is refused by select_calibration; the
     # default simply takes the whole split when it is smaller.
     count = int(options.get("calib_images", min(DEFAULT_CALIB_IMAGES, len(full))))
     chosen = select_calibration(len(full), count, seed)
-    images, _, _ = _load_images(spec_text, card, split_name, None, seed,
-                                indices=list(chosen.indices))
+    images, _ = materialize(subset(full, list(chosen.indices)))
     record = calibration_record(spec_text, chosen)
     record["split"] = split_name
     return images, record

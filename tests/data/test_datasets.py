@@ -251,3 +251,19 @@ def test_native_size_of_a_folder_with_a_broken_first_image(tmp_path: Path) -> No
     (root / "train" / "cat" / "0.png").write_bytes(b"garbage")
     with pytest.raises(DataError, match=r"0\.png.*remove or replace"):
         native_image_size(parse_data_spec(str(root)))
+
+
+def test_subset_of_a_loaded_split_matches_load_split_with_indices() -> None:
+    """Subsetting an already loaded split gives the same images as reloading with indices."""
+    from port.data.datasets import load_split, materialize, subset
+    from port.data.spec import parse_data_spec
+
+    spec = parse_data_spec("synthetic")
+    whole = load_split(spec, "train")
+    picked = [7, 3, 4000, 3]
+    a_images, a_labels = materialize(subset(whole, picked))
+    b_images, b_labels = materialize(load_split(spec, "train", indices=picked))
+    assert np.array_equal(a_images, b_images) and np.array_equal(a_labels, b_labels)
+    assert subset(whole, picked).indices.tolist() == picked
+    with pytest.raises(UsageError, match="must lie in"):
+        subset(whole, [len(whole)])
