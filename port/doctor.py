@@ -26,7 +26,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from port.manifest import dist_version
+from port.hostinfo import TENSORRT_DISTRIBUTIONS, dist_version, parse_version
 
 ONNX_PRECISIONS = ("fp32", "fp16", "int8")
 TRT_PRECISIONS = ("fp32", "fp16", "int8")
@@ -109,7 +109,7 @@ def _probe_tensorrt() -> dict[str, Any]:
     info: dict[str, Any] = {"installed": _has("tensorrt"), "version": None, "error": None}
     if not info["installed"]:
         return info
-    info["version"] = dist_version("tensorrt", "tensorrt-cu13", "tensorrt-cu12", "tensorrt-cu11")
+    info["version"] = dist_version(*TENSORRT_DISTRIBUTIONS)
     try:
         import tensorrt as trt
 
@@ -152,18 +152,9 @@ def probe() -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 # targets
 # --------------------------------------------------------------------------------------------
-def _version_tuple(text: str | None) -> tuple[int, ...]:
-    parts = []
-    for piece in (text or "").split("."):
-        if not piece.isdigit():
-            break
-        parts.append(int(piece))
-    return tuple(parts)
-
-
 def trt_min_cc(trt_version: str | None) -> tuple[int, int]:
     """Lowest compute capability a TensorRT version supports (Volta dropped in 10.5)."""
-    return (7, 0) if _version_tuple(trt_version)[:2] < (10, 5) else (7, 5)
+    return (7, 0) if parse_version(trt_version)[:2] < (10, 5) else (7, 5)
 
 
 def _cc(text: str) -> tuple[int, int]:
@@ -179,7 +170,7 @@ def trt_missing(found: dict[str, Any]) -> list[str]:
         missing.append("TensorRT (not installed)")
     elif trt.get("error"):
         missing.append(f"a working TensorRT (import fails: {trt['error']})")
-    elif _version_tuple(trt.get("version"))[:1] < (10,):
+    elif parse_version(trt.get("version"))[:1] < (10,):
         missing.append(f"TensorRT 10 or 11 (found {trt.get('version')})")
     if not found.get("pycuda", {}).get("installed"):
         missing.append("pycuda (not installed)")
@@ -223,7 +214,7 @@ def targets(found: dict[str, Any]) -> list[Target]:
 
     missing = trt_missing(found)
     trt_version = found.get("tensorrt", {}).get("version")
-    major = (_version_tuple(trt_version) or (0,))[0]
+    major = (parse_version(trt_version) or (0,))[0]
     quantizer = "modelopt" if found.get("modelopt", {}).get("installed") else "onnxruntime"
     for precision in TRT_PRECISIONS:
         if missing:

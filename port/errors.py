@@ -31,3 +31,16 @@ class ManifestError(PorterError):
 
 class BackendUnavailable(PorterError):
     """A target that needs hardware or a package this machine does not have (GPU, TensorRT)."""
+
+
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """The first non-empty line of ``exc``'s message (or its type name), at most ``limit`` chars.
+
+    Library errors (ONNX checker, ORT, TensorRT) span many lines; a porter message quotes only
+    this much so the user still gets one line on stderr.
+    """
+    for line in str(exc).strip().splitlines():
+        line = " ".join(line.split()).replace("[ONNXRuntimeError] : ", "")
+        if line:
+            return line[:limit]
+    return type(exc).__name__

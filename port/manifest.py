@@ -18,22 +18,21 @@ manifest. Readers take no lock: they always see either the old or the new file.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import os
-import platform
 import re
 import sys
 import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from functools import lru_cache
 from pathlib import Path, PurePath
 from typing import Any
 
+from port.digest import sha256_file
 from port.errors import ManifestError
+from port.hostinfo import env_info
 
 MANIFEST_NAME = "manifest.json"
 LOCK_NAME = ".manifest.lock"
@@ -45,7 +44,6 @@ STATES = ("fresh", "modified", "missing", "stale")
 LOCK_TIMEOUT_S = 120.0  # a record takes milliseconds; minutes means another porter is stuck
 
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-_CHUNK = 1 << 20  # 1 MiB reads keep hashing of multi-GB engines at constant memory
 
 
 # -- records --------------------------------------------------------------------------------------
@@ -468,15 +466,6 @@ def _remade(parent: Record, link: dict[str, str]) -> bool:
     return "created" in link and parent.created != link["created"]
 
 
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    """Hex sha256 of a file, streamed in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _hash_stable(file: Path) -> tuple[str, int]:
     """sha256 and size, refusing a file that changes while it is hashed (still being written)."""
     before = file.stat()
@@ -487,61 +476,6 @@ def _hash_stable(file: Path) -> tuple[str, int]:
             f"{file} changed while it was being hashed: wait for the process writing it to finish"
         )
     return digest, after.st_size
-
-
-def dist_version(*names: str) -> str | None:
-    """Installed version of the first distribution found among ``names`` (metadata only: cheap)."""
-    from importlib import metadata
-
-    for name in names:
-        try:
-            return metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return None
-
-
-@lru_cache(maxsize=1)
-def _device_name() -> str:
-    import importlib.util
-
-    if importlib.util.find_spec("torch") is not None:
-        import torch
-
-        if torch.cuda.is_available():
-            return str(torch.cuda.get_device_name(torch.cuda.current_device()))
-    with contextlib.suppress(OSError):
-        cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-        for line in cpuinfo.splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine() or "unknown CPU"
-
-
-@lru_cache(maxsize=1)
-def _env_info() -> tuple[tuple[str, Any], ...]:
-    from port import __version__
-
-    return (
-        ("porter", __version__),
-        ("python", platform.python_version()),
-        ("platform", platform.platform()),
-        ("torch", dist_version("torch")),
-        ("torchvision", dist_version("torchvision")),
-        ("onnx", dist_version("onnx")),
-        ("onnxruntime", dist_version("onnxruntime", "onnxruntime-gpu")),
-        ("tensorrt", dist_version("tensorrt", "tensorrt-cu13", "tensorrt-cu12", "tensorrt-cu11")),
-        ("device", _device_name()),
-    )
-
-
-def env_info() -> dict[str, Any]:
-    """Versions of python and the ML packages (None when absent) and the device name.
-
-    Versions come from package metadata, so nothing heavy is imported; only the device name
-    asks torch whether CUDA is there. Computed once per process.
-    """
-    return dict(_env_info())
 
 
 def _utc_now() -> str:

@@ -14,8 +14,9 @@ from pathlib import Path
 
 from rich.console import Console
 
+from port.digest import sha256_file
 from port.errors import ModelError, UsageError
-from port.manifest import Manifest, sha256_file
+from port.manifest import Manifest
 from port.stages.common import REFERENCE_ID
 
 
