@@ -153,7 +153,8 @@ def run_seed(cfg: Any, seed: int, data: Prepared, target: float,
     """Train ``cfg`` with ``seed`` on the prepared data, timing it; evaluate untimed."""
     from port.data.preprocess import CIFAR10_MEAN, CIFAR10_STD, Preprocess
     from port.train.ema import ModelEma
-    from port.train.loop import build_model, evaluate, train_one_epoch
+    from port.train.loop import evaluate, train_one_epoch
+    from port.train.model import build_model
     from port.train.optim import build_loss, build_optimizer
     from port.train.recipe import TrainConfig
     from port.train.runtime import Runtime

@@ -32,8 +32,9 @@ def run_train(
     through torch.distributed's launcher instead; rank 0 of them records the result.
     """
     from port.train.launch import LaunchSpec, launch_workers, resolve_world
-    from port.train.loop import saved_config, train
+    from port.train.loop import train
     from port.train.recipe import resolve
+    from port.train.run_dir import saved_config
 
     saved = saved_config(run) if resume and recipe is None else None
     if saved is not None:

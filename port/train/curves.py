@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
+
+from port.atomic import atomic_path
 
 
 def draw_curves(history: list[dict[str, Any]], path: Path) -> Path:
     """Plot train/val loss and accuracy of ``history`` (metrics.jsonl lines) to ``path``.
 
     Uses the object-oriented Agg API (no pyplot): no global figure state, no display needed.
-    Written to a temp file and renamed, so a viewer never sees half a PNG.
+    Written atomically (:func:`port.atomic.atomic_path`), so a viewer never sees half a PNG.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -33,7 +34,6 @@ def draw_curves(history: list[dict[str, Any]], path: Path) -> Path:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
         ax.grid(alpha=0.3)
         ax.legend()
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
     return path

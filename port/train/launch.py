@@ -31,7 +31,7 @@ from pathlib import Path
 
 from port.errors import PorterError, UsageError
 from port.train.distributed import DistContext, in_launcher
-from port.train.recipe import TrainConfig
+from port.train.recipe import TrainConfig, save_recipe
 
 _ENDPOINT_RE = re.compile(r"^(?P<host>\[[0-9a-fA-F:]+\]|[^:\s]+):(?P<port>\d{1,5})$")
 
@@ -147,7 +147,6 @@ def launch_workers(
     A failed worker fails the launch with ``PorterError`` (its own message is printed above
     by the worker); the run can then be continued with ``--resume``.
     """
-    import yaml
     from torch.distributed import DistError
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.elastic.rendezvous.api import RendezvousError
@@ -156,8 +155,7 @@ def launch_workers(
 
     _preflight(cfg, launch, download=download)
     with tempfile.TemporaryDirectory(prefix="porter-launch-") as tmp:
-        recipe = Path(tmp) / "train.yaml"
-        recipe.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
+        recipe = save_recipe(cfg, Path(tmp) / "train.yaml")
         worker = ["train", "--run", str(run.resolve()), "--recipe", str(recipe)]
         worker += ["--resume"] if resume else []
         worker += ["--download"] if download else []

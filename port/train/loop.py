@@ -1,26 +1,17 @@
 """The training loop: ``train(cfg, run_dir)`` -> ``model.pt`` plus the record of how it was made.
 
-Layout of a run directory after training::
-
-    model.pt               the trained model + ModelCard (port.models.checkpoint format)
-    checkpoints/last.pt    model, optimizer, scheduler, scaler, EMA, RNG states after the last
-                           epoch
-    metrics.jsonl          one JSON line per completed epoch
-    curves.png             loss and accuracy per epoch
-
-With an EMA of the weights (``ema_decay``), the average is what is evaluated and saved as
-``model.pt``. Under DDP (:mod:`port.train.distributed`) only rank 0 evaluates and writes.
-The loop never touches the manifest: it returns a :class:`TrainResult` and the caller records
-it. Seeded CPU runs are bit-reproducible, and a run interrupted at any moment (Ctrl-C, kill -9)
-and resumed with ``resume=True`` ends with exactly the weights of an uninterrupted run (see
-:mod:`port.train.state` for how).
+The run directory's files and how each is written: :mod:`port.train.run_dir`; the network and
+its card: :mod:`port.train.model`. With an EMA of the weights (``ema_decay``), the average is
+what is evaluated and saved as ``model.pt``. Under DDP (:mod:`port.train.distributed`) only
+rank 0 evaluates and writes. The loop never touches the manifest: it returns a
+:class:`TrainResult` and the caller records it. Seeded CPU runs are bit-reproducible, and a run
+interrupted at any moment (Ctrl-C, kill -9) and resumed with ``resume=True`` ends with exactly
+the weights of an uninterrupted run (see :mod:`port.train.state` for how).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
-import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -30,31 +21,29 @@ from typing import Any
 import torch
 from torch import nn
 
-from port import errors
-from port.data.preprocess import Preprocess
 from port.errors import DataError, UsageError
 from port.models.card import ModelCard
 from port.models.checkpoint import save_model
-from port.models.registry import create_model, get_entry
 from port.train.curves import draw_curves
 from port.train.data import build_data
 from port.train.distributed import (
     DistContext,
     all_sum,
     average_buffers,
-    broadcast_from_main,
     process_group,
     unwrap,
     wrap_model,
 )
 from port.train.ema import ModelEma
+from port.train.model import build_model
 from port.train.optim import build_loss, build_optimizer
 from port.train.progress import Reporter, make_reporter
-from port.train.recipe import TrainConfig, config_diff
+from port.train.recipe import TrainConfig
+from port.train.run_dir import RunPaths, append_metrics, shared_prepare, write_config, write_metrics
 from port.train.runtime import Runtime, synchronize
 from port.train.schedule import build_scheduler
-from port.train.state import load_train_state, save_train_state, set_rng_state
-from port.train.tricks import freeze_bn_scale, init_whitening, tta_logits
+from port.train.state import save_train_state, set_rng_state
+from port.train.tricks import tta_logits
 
 EpochCallback = Callable[[int, dict[str, Any]], None]
 
@@ -75,29 +64,6 @@ class TrainResult:
     def is_main(self) -> bool:
         """True for the process that wrote the run's files (always, without DDP)."""
         return self.rank == 0
-
-
-@dataclass(frozen=True)
-class RunPaths:
-    """Where a run directory keeps each training artifact."""
-
-    root: Path
-
-    @property
-    def model(self) -> Path:
-        return self.root / "model.pt"
-
-    @property
-    def checkpoint(self) -> Path:
-        return self.root / "checkpoints" / "last.pt"
-
-    @property
-    def metrics(self) -> Path:
-        return self.root / "metrics.jsonl"
-
-    @property
-    def curves(self) -> Path:
-        return self.root / "curves.png"
 
 
 @dataclass
@@ -235,108 +201,7 @@ def evaluate(
                      tta_acc=correct_tta.item() / images if tta else None)
 
 
-# -- run directory ----------------------------------------------------------------------------
-def _prepare(paths: RunPaths, cfg: TrainConfig, resume: bool) -> dict[str, Any] | None:
-    """Refuse to overwrite recorded work; with ``resume`` load and check the last checkpoint."""
-    run = paths.root
-    if not resume:
-        if paths.model.exists():
-            raise UsageError(
-                f"run {run} already has a trained model ({paths.model.name}): pass --resume to "
-                "continue it or choose a new --run"
-            )
-        if paths.checkpoint.exists():
-            raise UsageError(
-                f"run {run} holds an unfinished training ({paths.checkpoint}): pass --resume to "
-                "continue it or choose a new --run"
-            )
-        return None
-    if not paths.checkpoint.exists():
-        raise UsageError(
-            f"nothing to resume in {run}: no {paths.checkpoint.relative_to(run)}; "
-            "train without --resume"
-        )
-    state = load_train_state(paths.checkpoint)
-    diff = config_diff(state["config"], cfg)
-    if diff:
-        shown = "; ".join(diff[:4]) + (f" (+{len(diff) - 4} more)" if len(diff) > 4 else "")
-        raise UsageError(
-            f"cannot resume {run}: settings differ from the checkpoint ({shown}); "
-            "pass the original settings or choose a new --run"
-        )
-    return state
-
-
-def saved_config(run_dir: str | Path) -> TrainConfig | None:
-    """The config a run's last checkpoint was trained with (``None`` without a checkpoint).
-
-    Lets a caller resume with ``porter train --run R --resume`` and no other flags.
-    """
-    path = RunPaths(Path(run_dir)).checkpoint
-    if not path.exists():
-        return None
-    return TrainConfig.from_dict(load_train_state(path)["config"])
-
-
-def _write_metrics(path: Path, history: list[dict[str, Any]]) -> None:
-    """Rewrite metrics.jsonl from ``history`` (atomically): after a resume it holds exactly the
-    checkpoint's epochs, so a re-run epoch never appears twice."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(line) + "\n" for line in history)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _append_metrics(path: Path, line: dict[str, Any]) -> None:
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(line) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _shared_prepare(
-    paths: RunPaths, cfg: TrainConfig, resume: bool, ctx: DistContext
-) -> dict[str, Any] | None:
-    """:func:`_prepare` on rank 0; every process gets its outcome (the checkpoint to resume
-    from, or the same error), so no process waits for a rank that has given up."""
-    if not ctx.distributed:
-        return _prepare(paths, cfg, resume)
-    outcome: tuple[Any, ...] | None = None
-    if ctx.is_main:
-        try:
-            outcome = ("ok", _prepare(paths, cfg, resume))
-        except errors.PorterError as exc:
-            outcome = ("error", type(exc).__name__, str(exc))
-    outcome = broadcast_from_main(outcome, ctx)
-    assert outcome is not None
-    if outcome[0] == "error":
-        raise getattr(errors, outcome[1], errors.PorterError)(outcome[2])
-    return outcome[1]
-
-
 # -- the run ------------------------------------------------------------------------------------
-def _model_kwargs(cfg: TrainConfig) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(kwargs to build with, kwargs that define the architecture for the card).
-
-    Options that only change training (zero-init, ghost BatchNorm: plain BN in eval) are
-    build-only; activation and whitening change the deployed graph, so the card keeps them.
-    """
-    accepted = get_entry(cfg.arch).kwargs
-    arch: dict[str, Any] = {"width": cfg.width} if "width" in accepted else {}
-    if cfg.activation != "relu":
-        arch["activation"] = cfg.activation
-    if cfg.whiten:
-        arch["whiten"] = cfg.whiten
-    build = dict(arch)
-    if cfg.zero_init_residual:
-        build["zero_init_residual"] = True
-    if cfg.ghost_batch:
-        build["ghost_batch"] = cfg.ghost_batch
-    return build, arch
-
-
 def train(
     cfg: TrainConfig,
     run_dir: str | Path,
@@ -367,7 +232,7 @@ def train(
         runtime = Runtime.from_config(cfg, local_rank=ctx.local_rank if ctx.distributed
                                       else None)
         with process_group(ctx, runtime.device):
-            state = _shared_prepare(paths, cfg, resume, ctx)
+            state = shared_prepare(paths, cfg, resume, ctx)
             return _run(cfg, paths, state, runtime, ctx, progress=progress and ctx.is_main,
                         download=download, on_epoch_end=on_epoch_end)
 
@@ -382,31 +247,6 @@ def _torch_threads(threads: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
-
-
-def build_model(
-    cfg: TrainConfig,
-    classes: list[str],
-    preprocess: Preprocess,
-    runtime: Runtime,
-    whiten_images: Callable[[], torch.Tensor] | None = None,
-) -> tuple[nn.Module, ModelCard]:
-    """The network of ``cfg`` on its device with the recipe's fixed parts in place, and its card.
-
-    Seeds the initialisation with ``cfg.seed``. ``whiten_images()`` gives uint8 NCHW training
-    images to fit a patch-whitening stem (``None``: leave it, e.g. when resuming loads it).
-    """
-    build_kwargs, arch_kwargs = _model_kwargs(cfg)
-    torch.manual_seed(cfg.seed)  # weight initialisation
-    model = create_model(cfg.arch, len(classes), **build_kwargs)
-    model.to(runtime.device, memory_format=runtime.memory_format)
-    if cfg.whiten and whiten_images is not None:
-        init_whitening(model, whiten_images(), preprocess.mean, preprocess.std)
-    if cfg.freeze_bn_scale:
-        freeze_bn_scale(model)
-    card = ModelCard(arch=cfg.arch, num_classes=len(classes), classes=list(classes),
-                     preprocess=preprocess, model_kwargs=arch_kwargs)
-    return model, card
 
 
 def _run(
@@ -424,6 +264,7 @@ def _run(
     data = build_data(cfg, runtime, ctx, download=download)
     if ctx.is_main:
         paths.checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        write_config(paths, cfg)  # train.yaml: how to reproduce this run
     # A resumed run loads the fitted whitening filters with the weights.
     model, card = build_model(cfg, data.classes, data.preprocess, runtime,
                               data.whiten_images if state is None else None)
@@ -438,7 +279,7 @@ def _run(
         history = _restore(state, model, optimizer, scheduler, scaler, ema)
     start_epoch = len(history)
     if ctx.is_main:
-        _write_metrics(paths.metrics, history)  # drops lines of epochs after the checkpoint
+        write_metrics(paths.metrics, history)  # drops lines of epochs after the checkpoint
     net = wrap_model(model, ctx, runtime.device, sync_bn=cfg.sync_bn) if ctx.distributed else model
     deployed = ema.module if ema is not None else model  # what is evaluated and saved
 
@@ -465,19 +306,12 @@ def _run(
             if data.val is not None and ((epoch + 1) % cfg.eval_every == 0
                                          or epoch + 1 == cfg.epochs):
                 scores = evaluate(deployed, data.val, criterion, runtime, tta=cfg.tta)
-            line = {
-                "epoch": epoch + 1, "lr": stats.lr, "train_loss": stats.loss,
-                "train_acc": stats.acc, "val_loss": scores.loss if scores else None,
-                "val_acc": scores.acc if scores else None,
-                "images_per_s": stats.images_per_s, "seconds": stats.seconds,
-            }
-            if cfg.tta:
-                line["val_acc_tta"] = scores.tta_acc if scores else None
+            line = _metrics_line(epoch + 1, stats, scores, tta=cfg.tta)
             history.append(line)
             if ctx.is_main:
                 # metrics first, checkpoint second: a crash in between leaves a line that the
                 # resume (which rewrites metrics.jsonl from the checkpoint) drops again.
-                _append_metrics(paths.metrics, line)
+                append_metrics(paths.metrics, line)
                 save_train_state(paths.checkpoint, epoch=epoch + 1, config=cfg.to_dict(),
                                  model=model, optimizer=optimizer, scheduler=scheduler,
                                  scaler=scaler, history=history, runtime=info,
@@ -493,6 +327,20 @@ def _run(
     metrics = _final_metrics(history, info, cfg, data.n_train, data.n_val)
     save_model(paths.model, deployed, card, extra={"config": cfg.to_dict(), "metrics": metrics})
     return TrainResult(model_path=paths.model, card=card, params=cfg.to_dict(), metrics=metrics)
+
+
+def _metrics_line(
+    epoch: int, stats: EpochStats, scores: EvalStats | None, *, tta: bool
+) -> dict[str, Any]:
+    """One epoch's metrics.jsonl line (val_* are None in epochs without evaluation)."""
+    line = {
+        "epoch": epoch, "lr": stats.lr, "train_loss": stats.loss, "train_acc": stats.acc,
+        "val_loss": scores.loss if scores else None, "val_acc": scores.acc if scores else None,
+        "images_per_s": stats.images_per_s, "seconds": stats.seconds,
+    }
+    if tta:
+        line["val_acc_tta"] = scores.tta_acc if scores else None
+    return line
 
 
 def _restore(

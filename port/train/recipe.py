@@ -4,7 +4,12 @@ Resolution order (timm style): the dataclass defaults, then a recipe (a YAML fil
 ``key: value`` pairs, either a name from ``port/train/recipes/`` or a path), then explicit
 overrides (CLI flags, ``--set KEY=VALUE``). Every value is type-checked and range-checked here,
 once, so the training loop can trust its config. ``TrainConfig.to_dict()`` is what the checkpoint
-and the manifest record.
+and the manifest record; :func:`save_recipe` writes it back as YAML (``RUN/train.yaml``), a recipe
+that resolves to the same config.
+
+``porter train``'s flags are derived from the fields: a field made with :func:`_flag` is offered as
+``--name`` with the help text it carries (:func:`flag_fields`), every other field through
+``--set KEY=VALUE`` or a recipe. Adding a setting is one edit here.
 """
 
 from __future__ import annotations
@@ -12,13 +17,14 @@ from __future__ import annotations
 import re
 import types
 import typing
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, Union
 
 import yaml
 
+from port.atomic import atomic_write_text
 from port.errors import UsageError
 
 SCHEDULES = ("step", "exponential", "cosine", "onecycle")
@@ -30,42 +36,65 @@ _DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 Auto = Literal["auto"]
 
 
+def _flag(default: Any, help: str) -> Any:
+    """A field that ``porter train`` offers as a flag (``--batch-size`` for ``batch_size``,
+    ``--x/--no-x`` for a bool) with ``help`` as its help text."""
+    return field(default=default, metadata={"help": help})
+
+
+def _one_of(choices: tuple[Any, ...]) -> str:
+    return " | ".join(map(str, choices))
+
+
 @dataclass
 class TrainConfig:
-    """Everything that decides what a training run produces (plus a few how-to-run knobs)."""
+    """Everything that decides what a training run produces (plus a few how-to-run knobs).
+
+    Comments say why a setting exists; ``_flag(default, help)`` makes it a ``porter train`` flag
+    whose help is the user-facing line. Fields with a plain default are set by a recipe or
+    ``--set KEY=VALUE`` (tri-state or launcher-owned values, rarely changed knobs).
+    """
 
     # -- what to train on ---------------------------------------------------------------------
-    data: str = "synthetic"  # data spec: synthetic | cifar10[:DIR] | cifar100[:DIR] | DIR
-    arch: str = "resnet18_cifar"  # registered model name (`porter models`)
-    width: float = 1.0  # channel multiplier (resnet18_cifar, resnet9): < 1 for quick CPU runs
+    data: str = _flag("synthetic", "synthetic | cifar10[:DIR] | cifar100[:DIR] | ImageFolder DIR")
+    arch: str = _flag("resnet18_cifar", "Model name (see `porter models`).")
+    # Channel multiplier of resnet18_cifar and resnet9: < 1 for quick CPU runs.
+    width: float = _flag(1.0, "Width multiplier (CIFAR-size ResNets).")
     # Zero the last BN gamma of each residual branch so every block starts as the identity
     # (Goyal et al. 2017); helps large-batch training, costs nothing.
     zero_init_residual: bool = False
-    image_size: int | None = None  # network input size; None = the data set's native size
-    limit: int | None = None  # class-balanced seeded subset of the train split (None = all)
-    val_limit: int | None = None  # same for the val split: faster per-epoch evaluation
+    # Network input size; None = the data set's native size.
+    image_size: int | None = _flag(None, "Input size (default: from the data).")
+    # Class-balanced seeded subsets of the train / val split (None = all): quick experiments,
+    # faster per-epoch evaluation.
+    limit: int | None = _flag(None, "Use a seeded subset of N training images.")
+    val_limit: int | None = _flag(None, "Use a seeded subset of N validation images.")
 
     # -- optimisation -------------------------------------------------------------------------
-    epochs: int = 30  # passes over the training set
+    epochs: int = _flag(30, "Passes over the training set.")
     # Images per optimizer step *per process*; with N processes (DDP) each step sees
     # batch_size * N images (the global batch), like torchvision's --batch-size per GPU.
-    batch_size: int = 128
-    lr: float = 0.1  # peak learning rate, meant for a global batch of lr_scale_batch images
+    batch_size: int = _flag(128, "Images per optimizer step, per process.")
+    # Peak learning rate, meant for a global batch of lr_scale_batch images.
+    lr: float = _flag(0.1, "Base learning rate.")
     # Linear scaling rule (Goyal et al. 2017): the learning rate used is
     # lr * global_batch / lr_scale_batch, so a recipe keeps working when the batch size or the
     # number of processes changes. None or 0 = lr is meant for one process's batch_size:
     # unchanged on one process, times the number of processes under DDP.
-    lr_scale_batch: int | None = None
-    momentum: float = 0.9  # SGD momentum: averages gradients over ~1/(1-m) steps
-    nesterov: bool = False  # Nesterov momentum: looks ahead, a little more stable at high lr
+    lr_scale_batch: int | None = _flag(None, "Scale lr linearly by global batch / this (0 = off).")
+    # SGD momentum averages gradients over ~1/(1-m) steps; Nesterov's looks ahead, a little more
+    # stable at high lr.
+    momentum: float = _flag(0.9, "SGD momentum.")
+    nesterov: bool = _flag(False, "Nesterov momentum.")
     # L2 penalty on conv/linear weights only; BatchNorm parameters and biases are never decayed
     # (decaying BN's gamma only fights the normalisation and hurts accuracy).
-    weight_decay: float = 5e-4
-    label_smoothing: float = 0.0  # target mass spread over all classes: calmer, better-calibrated
-    schedule: str = "cosine"  # learning-rate shape: step | exponential | cosine | onecycle
+    weight_decay: float = _flag(5e-4, "On conv/linear weights only.")
+    # Target mass spread over all classes: calmer, better-calibrated predictions.
+    label_smoothing: float = _flag(0.0, "Target mass spread over all classes (0 = off).")
+    schedule: str = _flag("cosine", f"Learning-rate shape: {_one_of(SCHEDULES)}")
     # Linear ramp from ~0 to lr over these epochs (step/exponential/cosine): avoids early
     # divergence at large batch sizes while BN statistics settle. onecycle has its own ramp.
-    warmup_epochs: float = 0.0
+    warmup_epochs: float = _flag(0.0, "Epochs of linear lr warm-up (not onecycle).")
     step_size: int = 30  # step schedule: multiply lr by gamma every step_size epochs
     gamma: float = 0.1  # step: factor per step_size epochs; exponential: factor per epoch
     # onecycle: fraction of training at which lr peaks; lr goes 0 -> lr -> 0 piecewise linearly
@@ -74,14 +103,17 @@ class TrainConfig:
 
     # -- augmentation -------------------------------------------------------------------------
     augment: bool = True  # data set's training preset: random crop (+resize) and flip
-    cutout: int = 0  # side in px of a random square zeroed after normalisation (0 = off)
+    # Side in px of a random square zeroed after normalisation (0 = off).
+    cutout: int = _flag(0, "Cutout square size in px (0 = off).")
 
     # -- how to run ---------------------------------------------------------------------------
-    seed: int = 0  # seeds init, shuffling and augmentation: same seed + CPU = same weights
-    device: str = "auto"  # auto (CUDA when present) | cpu | cuda | cuda:N
+    # Seeds init, shuffling and augmentation: same seed + CPU = same weights.
+    seed: int = _flag(0, "Seeds init, shuffling and augmentation.")
+    device: str = _flag("auto", "auto | cpu | cuda | cuda:N")  # auto: CUDA when present
     amp: bool | Auto = "auto"  # fp16 autocast + GradScaler; auto = on for CUDA, off on CPU
     channels_last: bool | Auto = "auto"  # NHWC tensors (faster convs on tensor cores); auto = CUDA
-    workers: int = 2  # DataLoader worker processes (0 = load in the training process)
+    # DataLoader worker processes (0 = load in the training process).
+    workers: int = _flag(2, "DataLoader worker processes.")
     # torch intra-op CPU threads for this run (None = torch's default, one per core). On a busy
     # machine fewer threads than cores avoids OpenMP threads spinning against other processes.
     # Bit-identical resume needs the same value (it changes the order of float reductions).
@@ -89,40 +121,43 @@ class TrainConfig:
     eval_every: int = 1  # evaluate on the val split every N epochs (and always after the last)
     # fp16 needs loss scaling (GradScaler, which reads a flag back from the GPU every step);
     # bfloat16 has fp32's range, needs no scaler and also runs (autocast) on CPUs.
-    amp_dtype: str = "float16"
+    amp_dtype: str = _flag("float16", f"Autocast dtype: {_one_of(AMP_DTYPES)}.")
     # auto: the whole uint8 data set on the device with batch augmentation by tensor ops when
     # the images are CIFAR-sized and fit (port.train.data); a DataLoader of PIL transforms
     # otherwise. device / dataloader force one.
-    loader: str = "auto"
+    loader: str = _flag("auto", "auto | device (whole data set on the device, batch "
+                                "augmentation) | dataloader")
 
     # -- fast-training tricks (the cifar10-fast recipe; all off by default) ------------------
     # CELU/GELU instead of ReLU: smooth gradients tolerate the high lr of short runs (ResNet-9).
-    activation: str = "relu"
+    activation: str = _flag("relu", f"{_one_of(ACTIVATIONS)} (resnet9).")
     # k x k (2 or 3) fixed patch-whitening first layer computed from training images: whitened
     # inputs make the first layer well conditioned; worth epochs in a 10-epoch run. 0 = off.
-    whiten: int = 0
+    whiten: int = _flag(0, "Fixed patch-whitening first layer: 0 (off), 2 or 3 px patches "
+                           "(resnet9).")
     # Ghost BatchNorm: normalise groups of this many images separately. Noisier statistics
     # regularise like small batches while steps stay large-batch fast. 0 = off. Eval: plain BN.
-    ghost_batch: int = 0
+    ghost_batch: int = _flag(0, "Ghost BatchNorm: images per statistics group (0 = off; "
+                                "resnet9).")
     # BatchNorm scales fixed at 1 (not trained): with BN after every conv the scale is redundant
     # with the next layer's weights, and freezing it removes a direction that weight decay and
     # a high lr otherwise make oscillate (Page's bag of tricks). Biases still train.
-    freeze_bn_scale: bool = False
+    freeze_bn_scale: bool = _flag(False, "Fix BatchNorm scales at 1.")
     # Exponential moving average of the weights (and BN statistics), updated every ema_every
     # steps: averages out the noise of the last high-lr steps; the EMA weights are what is
     # evaluated and saved. 0 = off. Early updates use min(decay, (1+n)/(10+n)).
-    ema_decay: float = 0.0
-    ema_every: int = 1
+    ema_decay: float = _flag(0.0, "EMA of the weights, evaluated and saved (0 = off).")
+    ema_every: int = _flag(1, "Optimizer steps between EMA updates.")
     # Evaluation also averages the logits of each image and its mirror image (val_acc_tta):
     # free accuracy at test time. val_acc stays the plain model's (what an export reproduces).
-    tta: bool = False
+    tta: bool = _flag(False, "Also report flip test-time-augmentation accuracy.")
 
     # -- distributed (set by the launcher, see port.train.launch) ----------------------------
     world_size: int = 1  # training processes (nnodes x nproc_per_node); recorded for resume
     # SyncBatchNorm (CUDA only): statistics over the global batch. Off: each process
     # normalises with its own batch (= ghost BN of batch_size images) and running statistics
     # are averaged over processes after every epoch.
-    sync_bn: bool = False
+    sync_bn: bool = _flag(False, "DDP: SyncBatchNorm over all processes (CUDA).")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-data form: what the checkpoint, ``model.pt`` and the manifest record."""
@@ -150,6 +185,47 @@ class TrainConfig:
 FIELD_NAMES = tuple(f.name for f in fields(TrainConfig))
 # Fields that may differ when resuming: they change how a run executes, not what it computes.
 RESUME_FREE = frozenset({"device", "workers", "eval_every", "threads"})
+_HINTS = typing.get_type_hints(TrainConfig)
+_FLAG_TYPES = (bool, int, float, str)
+
+
+# -- flags ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class FlagField:
+    """A :class:`TrainConfig` field that ``porter train`` offers as a flag."""
+
+    name: str  # the field, e.g. batch_size
+    type: type  # bool, int, float or str: what the flag parses (not given = None)
+    help: str
+
+    @property
+    def flag(self) -> str:
+        """The option's name: ``--batch-size`` for ``batch_size``."""
+        return "--" + self.name.replace("_", "-")
+
+
+def _flag_type(name: str) -> type:
+    """The one scalar type of a field (``int | None`` -> int); a flag needs exactly one."""
+    hint = _HINTS[name]
+    is_union = typing.get_origin(hint) in (Union, types.UnionType)
+    found = [a for a in (typing.get_args(hint) if is_union else (hint,)) if a is not type(None)]
+    if len(found) != 1 or found[0] not in _FLAG_TYPES:
+        # A programming error in TrainConfig, caught by tests/train/test_flags.py.
+        raise TypeError(f"TrainConfig.{name} ({hint}) cannot be a flag: give it a plain default "
+                        "(set through --set) or one of the types bool, int, float, str")
+    return found[0]
+
+
+def flag_fields() -> tuple[FlagField, ...]:
+    """The fields made with ``_flag(...)``, in declaration order: ``porter train``'s flags."""
+    return tuple(FlagField(f.name, _flag_type(f.name), f.metadata["help"])
+                 for f in fields(TrainConfig) if "help" in f.metadata)
+
+
+def set_only_fields() -> tuple[str, ...]:
+    """The fields without a flag: reachable through ``--set KEY=VALUE`` or a recipe."""
+    flagged = {f.name for f in flag_fields()}
+    return tuple(name for name in FIELD_NAMES if name not in flagged)
 
 
 # -- recipes --------------------------------------------------------------------------------------
@@ -192,9 +268,18 @@ def load_recipe(name_or_path: str | Path) -> dict[str, Any]:
     return data
 
 
-# -- resolution -----------------------------------------------------------------------------------
-_HINTS = typing.get_type_hints(TrainConfig)
+def save_recipe(cfg: TrainConfig, path: str | Path, *, note: str = "") -> Path:
+    """Write ``cfg`` as a YAML recipe, atomically: ``resolve(path)`` gives ``cfg`` back.
 
+    Every field is written (defaults too), so the file does not depend on this version's
+    defaults. ``note`` becomes a comment at the top.
+    """
+    header = "".join(f"# {line}\n" for line in note.splitlines())
+    atomic_write_text(path, header + yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    return Path(path)
+
+
+# -- resolution -----------------------------------------------------------------------------------
 
 def _type_name(hint: Any) -> str:
     names = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}

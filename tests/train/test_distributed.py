@@ -30,8 +30,9 @@ import yaml
 
 from port.errors import DataError, UsageError
 from port.train.launch import LaunchSpec, launch_workers, resolve_world, torchrun_args
-from port.train.loop import saved_config, train
+from port.train.loop import train
 from port.train.recipe import resolve
+from port.train.run_dir import saved_config
 
 REPO = Path(__file__).resolve().parents[2]
 TOLERANCE = 1e-5

@@ -16,8 +16,9 @@ import torch
 
 from port.errors import UsageError
 from port.models.checkpoint import load_model
-from port.train.loop import saved_config, train
+from port.train.loop import train
 from port.train.recipe import TrainConfig
+from port.train.run_dir import saved_config
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -139,7 +140,7 @@ def test_never_overwrites_recorded_work(tiny: TrainConfig, tmp_path: Path) -> No
 
 _CHILD = """
 import sys
-from port.train.loop import saved_config, train
+from port.train.loop import train
 from port.train.recipe import resolve
 cfg = resolve(None, {cfg!r})
 train(cfg, sys.argv[1], progress=False, resume=len(sys.argv) > 2)
