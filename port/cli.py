@@ -7,9 +7,11 @@ ends as one line on stderr with exit code 2; a failed parity gate exits 1.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -77,40 +79,45 @@ def _batch_sizes(text: str) -> tuple[int, ...]:
 # --------------------------------------------------------------------------------------------
 # train
 # --------------------------------------------------------------------------------------------
-@app.command()
+def _with_config_flags(command: Callable[..., None]) -> Callable[..., None]:
+    """Give ``command`` one option per flag field of ``TrainConfig``, right after ``--recipe``.
+
+    typer reads a command's options from its signature, so this one is generated: the config's
+    fields (:func:`port.train.recipe.flag_fields`: name, type, help) are the one place a training
+    setting is written down, and ``command`` receives them as ``**config`` (None = not given).
+    """
+    from port.train.recipe import flag_fields
+
+    sig = inspect.signature(command, eval_str=True)
+    keyword_only = inspect.Parameter.KEYWORD_ONLY
+    own = [p.replace(kind=keyword_only) for p in sig.parameters.values()
+           if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    flags = [
+        inspect.Parameter(f.name, keyword_only, default=None, annotation=Annotated[
+            f.type | None,
+            typer.Option(f"{f.flag}/--no-{f.flag[2:]}" if f.type is bool else f.flag, help=f.help),
+        ])
+        for f in flag_fields()
+    ]
+    at = [p.name for p in own].index("recipe") + 1
+    command.__signature__ = sig.replace(parameters=[*own[:at], *flags, *own[at:]])  # type: ignore[attr-defined]
+    return command
+
+
+def _train_epilog() -> str:
+    """The end of `porter train --help`: the settings without a flag, and train.yaml."""
+    from port.train.recipe import set_only_fields
+
+    return ("Settings without a flag are set with --set KEY=VALUE (or in a recipe): "
+            f"{', '.join(set_only_fields())}. The resolved settings are saved as RUN/train.yaml; "
+            "--recipe RUN/train.yaml reproduces the run.")
+
+
+@app.command(epilog=_train_epilog())
+@_with_config_flags
 def train(
     run: RunOpt,
-    data: Annotated[str | None, typer.Option(help="synthetic | cifar10[:DIR] | cifar100[:DIR] | ImageFolder DIR")] = None,
-    arch: Annotated[str | None, typer.Option(help="Model name (see `porter models`).")] = None,
-    recipe: Annotated[str | None, typer.Option(help="Recipe name (quick, cifar, imagenet-resnet50, ...) or a YAML path.")] = None,
-    epochs: Annotated[int | None, typer.Option()] = None,
-    batch_size: Annotated[int | None, typer.Option()] = None,
-    lr: Annotated[float | None, typer.Option(help="Base learning rate.")] = None,
-    lr_scale_batch: Annotated[int | None, typer.Option(help="Scale lr linearly by batch-size / this (0 = off).")] = None,
-    momentum: Annotated[float | None, typer.Option()] = None,
-    nesterov: Annotated[bool | None, typer.Option("--nesterov/--no-nesterov")] = None,
-    weight_decay: Annotated[float | None, typer.Option(help="On conv/linear weights only.")] = None,
-    label_smoothing: Annotated[float | None, typer.Option()] = None,
-    schedule: Annotated[str | None, typer.Option(help="step | exponential | cosine | onecycle")] = None,
-    warmup_epochs: Annotated[float | None, typer.Option()] = None,
-    width: Annotated[float | None, typer.Option(help="Width multiplier (CIFAR-size ResNets).")] = None,
-    image_size: Annotated[int | None, typer.Option(help="Input size (default: from the data).")] = None,
-    limit: Annotated[int | None, typer.Option(help="Use a seeded subset of N training images.")] = None,
-    val_limit: Annotated[int | None, typer.Option(help="Use a seeded subset of N validation images.")] = None,
-    cutout: Annotated[int | None, typer.Option(help="Cutout square size in px (0 = off).")] = None,
-    seed: Annotated[int | None, typer.Option()] = None,
-    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda | cuda:N")] = None,
-    workers: Annotated[int | None, typer.Option(help="DataLoader worker processes.")] = None,
-    loader: Annotated[str | None, typer.Option(help="auto | device (whole data set on the device, batch augmentation) | dataloader")] = None,
-    activation: Annotated[str | None, typer.Option(help="relu | celu | gelu (resnet9).")] = None,
-    whiten: Annotated[int | None, typer.Option(help="Fixed patch-whitening first layer: 0 (off), 2 or 3 px patches (resnet9).")] = None,
-    ghost_batch: Annotated[int | None, typer.Option(help="Ghost BatchNorm: images per statistics group (0 = off; resnet9).")] = None,
-    freeze_bn_scale: Annotated[bool | None, typer.Option("--freeze-bn-scale/--no-freeze-bn-scale", help="Fix BatchNorm scales at 1.")] = None,
-    ema_decay: Annotated[float | None, typer.Option(help="EMA of the weights, evaluated and saved (0 = off).")] = None,
-    ema_every: Annotated[int | None, typer.Option(help="Optimizer steps between EMA updates.")] = None,
-    tta: Annotated[bool | None, typer.Option("--tta/--no-tta", help="Also report flip test-time-augmentation accuracy.")] = None,
-    amp_dtype: Annotated[str | None, typer.Option(help="Autocast dtype: float16 | bfloat16.")] = None,
-    sync_bn: Annotated[bool | None, typer.Option("--sync-bn/--no-sync-bn", help="DDP: SyncBatchNorm over all processes (CUDA).")] = None,
+    recipe: Annotated[str | None, typer.Option(help="Recipe name (quick, cifar, imagenet-resnet50, ...) or a YAML path, e.g. an earlier RUN/train.yaml.")] = None,
     nproc_per_node: Annotated[int | None, typer.Option(help="DDP: training processes on this machine (one per GPU).")] = None,
     nnodes: Annotated[int | None, typer.Option(help="DDP: number of machines.")] = None,
     node_rank: Annotated[int | None, typer.Option(help="DDP: this machine's index in 0..nnodes-1.")] = None,
@@ -118,24 +125,16 @@ def train(
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint.")] = False,
     download: Annotated[bool, typer.Option("--download", help="Let torchvision download CIFAR.")] = False,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override any recipe key: KEY=VALUE (YAML value).")] = None,
+    **config: Any,
 ) -> None:
     """Train a model on a data set; records the checkpoint as the run's reference."""
     from port.stages.train import run_train
+    from port.train.launch import LaunchSpec
+    from port.train.recipe import FIELD_NAMES
 
+    # The generated config options, by field name; None = not given (the recipe decides).
     overrides: dict[str, Any] = {
-        k: v
-        for k, v in {
-            "data": data, "arch": arch, "epochs": epochs, "batch_size": batch_size, "lr": lr,
-            "lr_scale_batch": lr_scale_batch, "momentum": momentum, "nesterov": nesterov,
-            "weight_decay": weight_decay, "label_smoothing": label_smoothing,
-            "schedule": schedule, "warmup_epochs": warmup_epochs, "width": width,
-            "image_size": image_size, "limit": limit, "val_limit": val_limit, "cutout": cutout,
-            "seed": seed, "device": device, "workers": workers, "loader": loader,
-            "activation": activation, "whiten": whiten, "ghost_batch": ghost_batch,
-            "freeze_bn_scale": freeze_bn_scale, "ema_decay": ema_decay, "ema_every": ema_every,
-            "tta": tta, "amp_dtype": amp_dtype, "sync_bn": sync_bn,
-        }.items()
-        if v is not None
+        k: v for k, v in config.items() if k in FIELD_NAMES and v is not None
     }
     for item in set_ or []:
         key, sep, value = item.partition("=")
@@ -144,8 +143,6 @@ def train(
         import yaml
 
         overrides[key.strip().replace("-", "_")] = yaml.safe_load(value)
-    from port.train.launch import LaunchSpec
-
     launch = LaunchSpec(nproc_per_node=nproc_per_node, nnodes=nnodes, node_rank=node_rank,
                         rdzv_endpoint=rdzv_endpoint)
     run_train(run, recipe=recipe, overrides=overrides, resume=resume, download=download,
@@ -196,6 +193,7 @@ def export(
     calib_seed: Annotated[int | None, typer.Option(help="Seed for choosing calibration images.")] = None,
     keep_fp32: Annotated[str | None, typer.Option(help="Node names kept in FP32 (fp16), comma-separated.")] = None,
     int8_activations: Annotated[str | None, typer.Option(help="int8 (symmetric, TensorRT-ready; default) | uint8 (faster on ONNX Runtime CPU only).")] = None,
+    int8_weights: Annotated[str | None, typer.Option(help="full (TensorRT, GPUs, VNNI CPUs; default) | 7bit (ONNX Runtime's fast kernels on x86 CPUs without VNNI).")] = None,
     min_batch: Annotated[int | None, typer.Option(help="Profile min batch (trt).")] = None,
     opt_batch: Annotated[int | None, typer.Option(help="Profile opt batch (trt).")] = None,
     max_batch: Annotated[int | None, typer.Option(help="Profile max batch (trt).")] = None,
@@ -216,6 +214,7 @@ def export(
             "opset": opset, "exporter": exporter, "data": data, "calib_data": calib_data,
             "calib_images": calib_images, "calib_method": calib_method, "calib_seed": calib_seed,
             "keep_fp32": _split_csv(keep_fp32), "int8_activations": int8_activations,
+            "int8_weights": int8_weights,
             "calib_cache": calib_cache, "min_batch": min_batch, "opt_batch": opt_batch,
             "max_batch": max_batch, "workspace": workspace, "timing_cache": timing_cache,
             "builder_opt_level": builder_opt_level, "version_compatible": version_compatible,
@@ -240,6 +239,7 @@ def evaluate(
     min_agreement: Annotated[float | None, typer.Option(help="FP32 gate: min top-1 agreement (default 0.999).")] = None,
     fp16_min_ratio: Annotated[float | None, typer.Option(help="FP16 gate: min fraction of reference top-1 kept (default 0.999).")] = None,
     int8_min_ratio: Annotated[float | None, typer.Option(help="INT8 gate: min fraction of reference top-1 kept (default 0.99).")] = None,
+    int8_cpu_kernels: Annotated[str, typer.Option(help="INT8 graphs on ONNX Runtime's CPU: auto (exact U8U8 kernels where this CPU has no VNNI and would saturate) | exact | fast.")] = "auto",
     download: Annotated[bool, typer.Option("--download", help="Let torchvision download CIFAR.")] = False,
 ) -> None:
     """Top-1 parity and latency of the reference and (with --compare) every export."""
@@ -249,6 +249,7 @@ def evaluate(
         compare=compare, data=data, limit=limit, batch_sizes=_batch_sizes(batch_sizes),
         max_top1_drop=max_top1_drop, min_agreement=min_agreement,
         fp16_min_ratio=fp16_min_ratio, int8_min_ratio=int8_min_ratio, download=download,
+        int8_cpu_kernels=int8_cpu_kernels.lower(),
     )
     passed = run_evaluate(run, req, console=console)
     if not passed:

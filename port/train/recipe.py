@@ -22,8 +22,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, Union
 
-import yaml
-
 from port.atomic import atomic_write_text
 from port.errors import UsageError
 
@@ -241,6 +239,8 @@ def list_recipes() -> list[str]:
 
 def load_recipe(name_or_path: str | Path) -> dict[str, Any]:
     """Read a recipe: a built-in name (``cifar``) or a YAML file path. Keys are not checked here."""
+    import yaml  # lazy: the CLI imports this module for its flags, `porter --help` needs no YAML
+
     text_name = str(name_or_path)
     path = Path(text_name).expanduser()
     if path.suffix in (".yaml", ".yml") or path.exists() or "/" in text_name:
@@ -274,6 +274,8 @@ def save_recipe(cfg: TrainConfig, path: str | Path, *, note: str = "") -> Path:
     Every field is written (defaults too), so the file does not depend on this version's
     defaults. ``note`` becomes a comment at the top.
     """
+    import yaml
+
     header = "".join(f"# {line}\n" for line in note.splitlines())
     atomic_write_text(path, header + yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     return Path(path)
