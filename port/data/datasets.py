@@ -4,55 +4,35 @@
 split once into arrays (evaluation, INT8 calibration); ``as_uint8_tensors`` gives the raw pixels of
 a whole split for a GPU-resident loader.
 
-Sources, all yielding PIL images into the same transforms (:mod:`port.data.transforms`):
-
-- synthetic: the in-memory arrays of :mod:`port.data.synthetic` (val split = its val set);
-- cifar10/cifar100: torchvision's data sets, kept as their uint8 arrays (val split = test set);
-- folder: ``DIR/train`` and ``DIR/val`` (else ``DIR/test``) read with an ImageFolder.
+What each kind of data is (its files, classes, size, mean/std) comes from its entry in
+:data:`port.data.sources.SOURCES`; nothing here asks which kind a spec is. A source hands back a
+split as uint8 arrays in memory (:class:`ArrayDataset`: synthetic, CIFAR) or as an ImageFolder
+tree (:class:`FolderDataset`), and both yield PIL images into the same transforms
+(:mod:`port.data.transforms`).
 """
 
 from __future__ import annotations
 
-import functools
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.error import URLError
 
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Subset
-from torchvision.datasets import CIFAR10, CIFAR100, ImageFolder
-from torchvision.datasets.folder import IMG_EXTENSIONS
+from torchvision.datasets import ImageFolder
 
-from port.data import synthetic
-from port.data.imageio import PIL_READ_ERRORS, UnreadableImageError, read_image
-from port.data.preprocess import (
-    CIFAR10_MEAN,
-    CIFAR10_STD,
-    CIFAR100_MEAN,
-    CIFAR100_STD,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    Preprocess,
-)
-from port.data.spec import CIFAR_KINDS, DataSpec, class_dirs, folder_val_dir
-from port.data.transforms import (
-    SMALL_IMAGE_MAX,
-    Transform,
-    eval_transform,
-    geometry_transform,
-    train_transform,
-)
+from port.data.imageio import read_image
+from port.data.preprocess import Preprocess
+from port.data.sources import ArraySplit, class_dirs
+from port.data.spec import DataSpec
+from port.data.transforms import Transform, eval_transform, geometry_transform, train_transform
 from port.errors import DataError, UsageError
 
 SPLITS = ("train", "val")
-CIFAR10_CLASSES = (
-    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
-)
 _PROGRESS_MIN_IMAGES = 20_000  # materialize shows a progress bar from this many images on
 
 
@@ -116,84 +96,20 @@ class SplitData:
 # --------------------------------------------------------------------------------------------
 # Sources
 # --------------------------------------------------------------------------------------------
-def _cifar_class(kind: str) -> type[CIFAR10]:
-    return CIFAR10 if kind == "cifar10" else CIFAR100
-
-
-@functools.lru_cache(maxsize=4)
-def _cifar_arrays(
-    kind: str, root: Path, train: bool, download: bool
-) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
-    """uint8 NHWC images, int64 labels and class names of one CIFAR split (cached per process)."""
-    cls = _cifar_class(kind)
-    name = "CIFAR-10" if kind == "cifar10" else "CIFAR-100"
-    if not download and not (root / cls.base_folder).is_dir():
-        raise DataError(
-            f"{name} not found in {root}: pass --download to fetch it, or --data {kind}:DIR "
-            f"with DIR holding {cls.base_folder}/"
-        )
-    try:
-        ds = cls(str(root), train=train, download=download)
-    except (URLError, OSError) as exc:
-        raise DataError(
-            f"could not download {name} into {root} ({exc}): check the network, or fetch it "
-            f"yourself and pass --data {kind}:DIR"
-        ) from exc
-    except RuntimeError as exc:  # torchvision: "Dataset not found or corrupted"
-        raise DataError(
-            f"{name} in {root} is incomplete or corrupted ({exc}): delete {root / cls.base_folder} "
-            "and pass --download"
-        ) from exc
-    images = np.ascontiguousarray(ds.data)
-    labels = np.asarray(ds.targets, dtype=np.int64)
-    images.setflags(write=False)  # shared through the cache
-    labels.setflags(write=False)
-    return images, labels, tuple(ds.classes)
-
-
-def _folder_split_dir(spec: DataSpec, split: str) -> Path:
-    assert spec.root is not None
-    if split == "train":
-        return spec.root / "train"
-    val_dir = folder_val_dir(spec.root)
-    if val_dir is None:
-        raise DataError(f"data folder {spec.root} has no val/ or test/ sub-folder: add one")
-    return val_dir
-
-
-def _check_folder_classes(spec: DataSpec, val_dir: Path) -> None:
-    """The val classes must be the train classes: labels are indices into the sorted names."""
-    assert spec.root is not None
-    train, val = class_dirs(spec.root / "train"), class_dirs(val_dir)
-    if train != val:
-        missing = sorted(set(train) - set(val))
-        extra = sorted(set(val) - set(train))
-        raise DataError(
-            f"{val_dir} classes differ from train/ (missing {missing or 'none'}, extra "
-            f"{extra or 'none'}): give both splits the same class folders"
-        )
-
-
 def _base_dataset(
     spec: DataSpec, split: str, transform: Transform
 ) -> tuple[Dataset, np.ndarray, list[str]]:
     """The whole split: (dataset, labels in dataset order, class names)."""
-    if spec.kind == "synthetic":
-        images, labels = synthetic.synthetic_arrays(split)
-        return ArrayDataset(images, labels, transform), labels, list(synthetic.CLASSES)
-    if spec.kind in CIFAR_KINDS:
-        root = spec.data_root
-        assert root is not None
-        images, labels, classes = _cifar_arrays(spec.kind, root, split == "train", spec.download)
-        return ArrayDataset(images, labels, transform), labels, list(classes)
-    split_dir = _folder_split_dir(spec, split)
-    if split != "train":
-        _check_folder_classes(spec, split_dir)
+    stored = spec.source.read_split(spec, split)
+    if isinstance(stored, ArraySplit):
+        return (ArrayDataset(stored.images, stored.labels, transform), stored.labels,
+                list(stored.classes))
     try:
-        ds = FolderDataset(split_dir, transform)
+        ds = FolderDataset(stored.directory, transform)
     except FileNotFoundError as exc:  # torchvision: "Found no valid file for the classes ..."
         raise DataError(
-            f"{split_dir}: {' '.join(str(exc).split())}: add images or remove empty class folders"
+            f"{stored.directory}: {' '.join(str(exc).split())}: add images or remove empty "
+            "class folders"
         ) from exc
     return ds, np.asarray(ds.targets, dtype=np.int64), list(ds.classes)
 
@@ -216,34 +132,10 @@ def balanced_subset(labels: np.ndarray, limit: int, seed: int) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 # Public API
 # --------------------------------------------------------------------------------------------
-def _first_image(split_dir: Path) -> Path:
-    for name in class_dirs(split_dir):
-        for path in sorted((split_dir / name).iterdir()):
-            if path.is_file() and path.suffix.lower() in IMG_EXTENSIONS:
-                return path
-    raise DataError(
-        f"no images found under {split_dir}: put {'/'.join(IMG_EXTENSIONS)} files in "
-        f"{split_dir}/<class>/"
-    )
-
-
 def native_image_size(spec: DataSpec) -> int:
     """The input size the data suggests: 32 for CIFAR and synthetic; for a folder, from one image
     (shorter side <= 64 px -> rounded to a multiple of 32, otherwise 224)."""
-    if spec.kind != "folder":
-        return 32
-    assert spec.root is not None
-    path = _first_image(spec.root / "train")
-    try:
-        with Image.open(path) as img:  # reads the header only
-            side = min(img.size)
-    except PIL_READ_ERRORS as exc:
-        raise UnreadableImageError(
-            f"cannot read image {path} ({exc}): remove or replace the file"
-        ) from exc
-    if side <= SMALL_IMAGE_MAX:
-        return max(32, 32 * round(side / 32))
-    return 224
+    return spec.source.native_size(spec)
 
 
 def default_preprocess(spec: DataSpec, image_size: int | None = None) -> Preprocess:
@@ -253,27 +145,13 @@ def default_preprocess(spec: DataSpec, image_size: int | None = None) -> Preproc
     size = image_size if image_size is not None else native
     if size <= 0:
         raise UsageError(f"image size must be positive, got {size}")
-    if spec.kind == "cifar100":
-        mean, std = CIFAR100_MEAN, CIFAR100_STD
-    elif spec.kind in ("cifar10", "synthetic") or native <= SMALL_IMAGE_MAX:
-        mean, std = CIFAR10_MEAN, CIFAR10_STD
-    else:
-        mean, std = IMAGENET_MEAN, IMAGENET_STD
+    mean, std = spec.source.mean_std(native)
     return Preprocess.for_size(size, mean, std)
 
 
 def dataset_classes(spec: DataSpec) -> list[str]:
     """Class names in label order."""
-    if spec.kind == "synthetic":
-        return list(synthetic.CLASSES)
-    if spec.kind == "cifar10":
-        return list(CIFAR10_CLASSES)
-    if spec.kind == "cifar100":
-        root = spec.data_root
-        assert root is not None
-        return list(_cifar_arrays(spec.kind, root, False, spec.download)[2])
-    assert spec.root is not None
-    return class_dirs(spec.root / "train")
+    return spec.source.classes(spec)
 
 
 def load_split(

@@ -1,6 +1,7 @@
 """Which data set a command works on: ``DataSpec`` and the ``--data`` text that names it.
 
-Text forms (``str(spec)`` gives the canonical one back, for manifests and reports):
+Text forms (``str(spec)`` gives the canonical one back, for manifests and reports), one per entry
+of :data:`port.data.sources.SOURCES`:
 
 - ``synthetic``: the built-in offline set (:mod:`port.data.synthetic`);
 - ``cifar10`` / ``cifar100``: torchvision's CIFAR in ``~/.cache/porter/<name>``;
@@ -18,18 +19,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from port.data.sources import SOURCES, DataSource, default_data_root, directory_source, valid_forms
 from port.errors import DataError
 
-KINDS = ("synthetic", "cifar10", "cifar100", "folder")
-CIFAR_KINDS = ("cifar10", "cifar100")
-# Sub-folders of an ImageFolder tree that hold the evaluation split, in order of preference.
-VAL_DIRS = ("val", "test")
-VALID_FORMS = "synthetic, cifar10[:DIR], cifar100[:DIR] or an ImageFolder directory"
-
-
-def default_cifar_root(kind: str) -> Path:
-    """Where ``cifar10`` / ``cifar100`` without ``:DIR`` live (and are downloaded to)."""
-    return Path.home() / ".cache" / "porter" / kind
+KINDS = tuple(SOURCES)
+VALID_FORMS = valid_forms()
 
 
 @dataclass(frozen=True)
@@ -45,77 +39,59 @@ class DataSpec:
     download: bool = False
 
     def __post_init__(self) -> None:
-        if self.kind not in KINDS:
+        source = SOURCES.get(self.kind)
+        if source is None:
             raise DataError(f"unknown data kind '{self.kind}': use one of {', '.join(KINDS)}")
-        if self.kind == "folder" and self.root is None:
-            raise DataError("a folder data spec needs a directory: pass --data DIR")
+        if source.location == "directory" and self.root is None:
+            raise DataError(f"a {self.kind} data spec needs a directory: pass --data DIR")
+
+    @property
+    def source(self) -> DataSource:
+        """The entry of :data:`port.data.sources.SOURCES` that reads this data."""
+        return SOURCES[self.kind]
 
     @property
     def data_root(self) -> Path | None:
-        """The directory the data is read from (CIFAR's default cache folder filled in)."""
-        if self.kind in CIFAR_KINDS and self.root is None:
-            return default_cifar_root(self.kind)
+        """The directory the data is read from (a cached source's default folder filled in)."""
+        if self.root is None and self.source.location == "cache":
+            return default_data_root(self.kind)
         return self.root
 
     def __str__(self) -> str:
-        if self.kind == "synthetic":
-            return "synthetic"
-        if self.kind in CIFAR_KINDS:
+        location = self.source.location
+        if location == "builtin":
+            return self.kind
+        if location == "cache":
             return self.kind if self.root is None else f"{self.kind}:{self.root}"
         return str(self.root)
-
-
-def folder_val_dir(root: Path) -> Path | None:
-    """``root/val`` if it exists, else ``root/test``, else ``None``."""
-    for name in VAL_DIRS:
-        if (root / name).is_dir():
-            return root / name
-    return None
-
-
-def class_dirs(split_dir: Path) -> list[str]:
-    """Sorted names of the class sub-folders of one split (hidden folders ignored)."""
-    return sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
-
-
-def _check_folder(root: Path) -> None:
-    """Raise ``DataError`` unless ``root`` looks like an ImageFolder tree with train and val."""
-    if not (root / "train").is_dir():
-        raise DataError(
-            f"data folder {root} has no train/ sub-folder: lay it out as DIR/train/<class>/* and "
-            "DIR/val/<class>/* (or DIR/test/<class>/*)"
-        )
-    val_dir = folder_val_dir(root)
-    if val_dir is None:
-        raise DataError(
-            f"data folder {root} has no val/ or test/ sub-folder: add DIR/val/<class>/* with the "
-            "evaluation images"
-        )
-    for split_dir in (root / "train", val_dir):
-        if not class_dirs(split_dir):
-            raise DataError(
-                f"{split_dir} has no class folders: put each class's images in "
-                f"{split_dir}/<class>/"
-            )
 
 
 def _looks_like_path(text: str) -> bool:
     return "/" in text or "\\" in text or text.startswith((".", "~"))
 
 
-def parse_data_spec(text: str, download: bool = False) -> DataSpec:
-    """Parse a ``--data`` value; ``DataError`` (one line, with the fix) when it is unusable."""
-    text = text.strip()
-    if text == "synthetic":
-        return DataSpec("synthetic", None, download)
-    for kind in CIFAR_KINDS:
+def _parse_named(text: str, download: bool) -> DataSpec | None:
+    """``KIND`` or ``KIND:DIR`` for the sources named by a word; None when ``text`` is neither."""
+    for source in SOURCES.values():
+        if source.location == "directory":
+            continue  # named by its path, not by a word
+        kind = source.kind
         if text == kind:
             return DataSpec(kind, None, download)
-        if text.startswith(kind + ":"):
+        if source.location == "cache" and text.startswith(kind + ":"):
             where = text[len(kind) + 1 :]
             if not where:
                 raise DataError(f"'{text}' names no directory: use {kind} or {kind}:DIR")
             return DataSpec(kind, Path(where).expanduser().resolve(), download)
+    return None
+
+
+def parse_data_spec(text: str, download: bool = False) -> DataSpec:
+    """Parse a ``--data`` value; ``DataError`` (one line, with the fix) when it is unusable."""
+    text = text.strip()
+    named = _parse_named(text, download)
+    if named is not None:
+        return named
     if not text:
         raise DataError(f"empty data spec: use {VALID_FORMS}")
     root = Path(text).expanduser()
@@ -128,5 +104,7 @@ def parse_data_spec(text: str, download: bool = False) -> DataSpec:
     if not root.is_dir():
         raise DataError(f"data path {root} is a file, not a directory: pass an ImageFolder DIR")
     root = root.resolve()
-    _check_folder(root)
-    return DataSpec("folder", root, download)
+    source = directory_source()
+    if source.check_directory is not None:
+        source.check_directory(root)
+    return DataSpec(source.kind, root, download)

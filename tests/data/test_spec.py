@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from port.data.spec import DataSpec, default_cifar_root, parse_data_spec
+from port.data.sources import default_data_root
+from port.data.spec import DataSpec, parse_data_spec
 from port.errors import DataError
 
 
@@ -21,7 +22,7 @@ def test_synthetic_and_cifar_forms(tmp_path: Path) -> None:
     assert parse_data_spec("synthetic") == DataSpec("synthetic", None, False)
     c10 = parse_data_spec("cifar10", download=True)
     assert (c10.kind, c10.root, c10.download) == ("cifar10", None, True)
-    assert c10.data_root == default_cifar_root("cifar10") == Path.home() / ".cache/porter/cifar10"
+    assert c10.data_root == default_data_root("cifar10") == Path.home() / ".cache/porter/cifar10"
     c100 = parse_data_spec(f"cifar100:{tmp_path}")
     assert (c100.kind, c100.root) == ("cifar100", tmp_path.resolve())
     assert c100.data_root == tmp_path.resolve()
