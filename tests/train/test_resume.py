@@ -17,7 +17,7 @@ import torch
 from port.errors import UsageError
 from port.models.checkpoint import load_model
 from port.train.loop import train
-from port.train.recipe import TrainConfig
+from port.train.recipe import TrainConfig, resolve
 from port.train.run_dir import saved_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -119,10 +119,14 @@ def test_resume_without_checkpoint_is_refused(tiny: TrainConfig, tmp_path: Path)
 def test_saved_config_resumes_without_flags(tiny: TrainConfig, tmp_path: Path) -> None:
     with pytest.raises(Interrupt):
         train(tiny, tmp_path, progress=False, on_epoch_end=_stop_after(1))
+    assert resolve(tmp_path / "train.yaml") == tiny  # written before the first epoch
+    # A run from before train.yaml existed: the checkpoint alone carries its settings.
+    (tmp_path / "train.yaml").unlink()
     cfg = saved_config(tmp_path)
     assert cfg == tiny
     train(cfg, tmp_path, resume=True, progress=False)
     assert _epochs(tmp_path) == [1, 2, 3]
+    assert resolve(tmp_path / "train.yaml") == tiny  # written again by the resumed run
 
 
 def test_never_overwrites_recorded_work(tiny: TrainConfig, tmp_path: Path) -> None:
