@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from port.models.checkpoint import atomic_save, plain_state_dict, safe_load
+from port.atomic import atomic_path
+from port.models.checkpoint import plain_state_dict, safe_load
 
 TRAIN_FORMAT = "porter-train/1"
 
@@ -89,26 +90,26 @@ def save_train_state(
     runtime: dict[str, Any],
     ema: dict[str, Any] | None = None,
 ) -> None:
-    """Write everything needed to continue after ``epoch`` completed epochs, atomically.
+    """Write everything needed to continue after ``epoch`` completed epochs, atomically
+    (:func:`port.atomic.atomic_path`: a kill mid-write leaves the previous epoch's file).
 
     ``ema``: the weight average's state (:meth:`port.train.ema.ModelEma.state_dict`), if any.
     """
-    atomic_save(
-        {
-            "format": TRAIN_FORMAT,
-            "epoch": epoch,
-            "config": config,
-            "model": plain_state_dict(model),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(),
-            "rng": rng_state(),
-            "history": history,
-            "runtime": runtime,
-            "ema": ema,
-        },
-        path,
-    )
+    payload = {
+        "format": TRAIN_FORMAT,
+        "epoch": epoch,
+        "config": config,
+        "model": plain_state_dict(model),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict(),
+        "rng": rng_state(),
+        "history": history,
+        "runtime": runtime,
+        "ema": ema,
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
 
 
 def load_train_state(path: Path) -> dict[str, Any]:
