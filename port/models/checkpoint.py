@@ -8,7 +8,6 @@ objects) are refused with a message saying how to re-save them.
 
 from __future__ import annotations
 
-import os
 import pickle
 import re
 import warnings
@@ -19,7 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from port.errors import ModelError, UsageError
+from port.atomic import atomic_path
+from port.errors import ModelError, UsageError, first_line
 from port.models.card import ModelCard
 from port.models.registry import create_model
 
@@ -29,36 +29,14 @@ _WRAPPERS = ("state_dict", "model")  # keys other tools nest a state_dict under
 
 
 # -- writing --------------------------------------------------------------------------------------
-def _fsync_dir(directory: Path) -> None:
-    """Make a rename durable: the directory entry must reach the disk too (POSIX only)."""
-    if os.name != "posix":
-        return
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def atomic_save(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` to a temp file in the same directory, fsync, then ``os.replace``.
+    """``torch.save`` through :func:`port.atomic.atomic_path` (temp file, fsync, rename).
 
-    A crash at any moment leaves either the old file or the new one, never half of one. The temp
-    name is fixed per target, so a leftover from a killed process is simply overwritten.
+    A crash at any moment leaves either the old file or the new one, never half of one.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
     return path
 
 
@@ -113,7 +91,7 @@ def safe_load(path: str | Path, map_location: str | torch.device = "cpu") -> Any
         ) from None
     except (RuntimeError, EOFError, KeyError, ValueError, IndexError) as exc:
         # torch.load's reaction to a truncated zip, an empty file or random bytes.
-        why = str(exc).splitlines()[0][:100] if str(exc) else type(exc).__name__
+        why = first_line(exc, limit=100)
         raise ModelError(
             f"{path} is truncated or corrupt ({why}): re-save or re-download it"
         ) from None

@@ -1,8 +1,10 @@
 """Model registry: ``@register_model`` + ``create_model`` (timm's ``_registry``/``_factory``).
 
 Every architecture porter can train, import or export is a function registered here under its
-name. The registry records what the function accepts (from its signature), so a typo in a name
-or in a keyword fails fast with the valid choices instead of deep inside a constructor.
+name by the decorator in its own module. The registry records what the function accepts (from its
+signature), so a typo in a name or in a keyword fails fast with the valid choices instead of deep
+inside a constructor. It knows no model module by name: :mod:`port.models` lists them and imports
+them on the first lookup here.
 """
 
 from __future__ import annotations
@@ -10,13 +12,16 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
-
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from port.errors import UsageError
+from port.models import import_model_modules
 
-ModelFn = Callable[..., nn.Module]
+if TYPE_CHECKING:
+    from torch import nn
+
+# Quoted: the registry itself needs no torch (the model modules bring it when they register).
+ModelFn = Callable[..., "nn.Module"]
 
 
 @dataclass(frozen=True)
@@ -59,20 +64,15 @@ def register_model(*, native_size: int) -> Callable[[ModelFn], ModelFn]:
     return decorate
 
 
-def _ensure_loaded() -> None:
-    """Import the modules that register models (on first use, not at package import)."""
-    from port.models import resnet  # noqa: F401  (registers on import)
-
-
 def list_models() -> list[str]:
     """Names of all registered architectures, sorted."""
-    _ensure_loaded()
+    import_model_modules()
     return sorted(_REGISTRY)
 
 
 def get_entry(name: str) -> ModelEntry:
     """The registry entry of ``name``; ``UsageError`` listing valid names when unknown."""
-    _ensure_loaded()
+    import_model_modules()
     try:
         return _REGISTRY[name]
     except KeyError:

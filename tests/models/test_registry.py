@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
 from port.errors import UsageError
 from port.models.registry import create_model, get_entry, list_models
 
+REPO = Path(__file__).resolve().parents[2]
 EXPECTED = {"resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnet18_cifar",
             "resnet9"}
 
@@ -113,3 +119,40 @@ def test_cifar_resnet_keeps_torchvision_names() -> None:
     keys = set(create_model("resnet18_cifar", 10).state_dict())
     tv_keys = set(create_model("resnet18", 10).state_dict())
     assert keys == tv_keys  # same layout, only the stem's kernel size differs
+
+
+def _imported_modules(path: Path) -> set[str]:
+    """Every module ``path`` imports, at top level or inside functions."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+            found.update(f"{node.module}.{a.name}" for a in node.names)
+    return found
+
+
+def test_registry_names_no_model_module() -> None:
+    """Model modules import the registry, never the reverse: the package lists them."""
+    import port.models
+
+    registry = _imported_modules(REPO / "port/models/registry.py")
+    assert port.models.MODEL_MODULES and not registry & set(port.models.MODEL_MODULES)
+    for name in port.models.MODEL_MODULES:
+        source = REPO / (name.replace(".", "/") + ".py")
+        assert "port.models.registry" in _imported_modules(source), name
+
+
+def test_model_modules_load_on_first_lookup_not_on_import() -> None:
+    """The card stays torch-free; the registry imports the model modules when first asked."""
+    code = (
+        "import sys\n"
+        "import port.models.card, port.models.registry as r\n"
+        "print('torch' in sys.modules, 'port.models.resnet' in sys.modules)\n"
+        "r.get_entry('resnet9')\n"
+        "print('port.models.resnet' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.split() == ["False", "False", "True"]
