@@ -54,10 +54,9 @@ def run_data(record: Record, override: str | None, purpose: str) -> str:
     """The data spec text to use: the flag when given, else the one the reference came with."""
     text = override or (record.params or {}).get("data")
     if not text:
-        raise UsageError(
-            f"no data set known for {purpose}: pass --data (synthetic, cifar10[:DIR] or an "
-            "ImageFolder DIR)"
-        )
+        from port.data.spec import VALID_FORMS
+
+        raise UsageError(f"no data set known for {purpose}: pass --data ({VALID_FORMS})")
     return str(text)
 
 

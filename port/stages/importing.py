@@ -14,8 +14,9 @@ from pathlib import Path
 
 from rich.console import Console
 
+from port.atomic import atomic_path
 from port.digest import sha256_file
-from port.errors import ModelError, UsageError
+from port.errors import ModelError, UsageError, first_line
 from port.manifest import Manifest
 from port.stages.common import REFERENCE_ID
 
@@ -122,7 +123,7 @@ def _import_onnx(run: Path, req: ImportRequest) -> tuple[Path, dict]:
     except (onnx.checker.ValidationError, onnx.onnx_cpp2py_export.checker.ValidationError,
             OSError, ValueError) as exc:
         raise ModelError(
-            f"{req.source} is not a valid ONNX model ({str(exc).splitlines()[0][:120]}): "
+            f"{req.source} is not a valid ONNX model ({first_line(exc, limit=120)}): "
             "re-export it"
         ) from None
     card = read_card(req.source)
@@ -137,9 +138,10 @@ def _import_onnx(run: Path, req: ImportRequest) -> tuple[Path, dict]:
         card.input_name = inputs[0].name
         card.output_name = outputs[0].name
     out = run / "model.onnx"
-    tmp = out.with_suffix(".onnx.tmp")
-    shutil.copyfile(req.source, tmp)
-    tmp.replace(out)
+    # Through port.atomic (fsync before the rename): the manifest must never register a copy
+    # that a crash could leave half on disk.
+    with atomic_path(out) as tmp:
+        shutil.copyfile(req.source, tmp)
     return out, card.to_dict()
 
 
