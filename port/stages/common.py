@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from port.data.spec import VALID_FORMS
 from port.errors import ManifestError, UsageError
 from port.manifest import Manifest
 
@@ -54,8 +55,6 @@ def run_data(record: Record, override: str | None, purpose: str) -> str:
     """The data spec text to use: the flag when given, else the one the reference came with."""
     text = override or (record.params or {}).get("data")
     if not text:
-        from port.data.spec import VALID_FORMS
-
         raise UsageError(f"no data set known for {purpose}: pass --data ({VALID_FORMS})")
     return str(text)
 
