@@ -18,7 +18,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from port.errors import PorterError, UsageError
+from port.errors import PorterError, UsageError, first_line
 
 try:  # typer >= 0.22 vendors click privately and exports its exceptions
     from typer import Abort, Exit
@@ -308,17 +308,19 @@ def doctor(
 # entry point
 # --------------------------------------------------------------------------------------------
 def _one_line(exc: BaseException) -> str:
-    """The user-facing line of an error.
+    """The user-facing line of an error: :func:`port.errors.first_line`, uncut.
 
     PyTorch re-raises errors from DataLoader workers with the worker's traceback folded into the
-    message; the original message is its last line, prefixed with the exception's qualified name.
+    message ("Caught ...\\nOriginal Traceback ..."); the original message is its last line,
+    prefixed with the exception's qualified name, so that line is the one shown.
     """
     text = str(exc).strip()
-    if "\n" in text:
+    if "\nOriginal Traceback" in text:
         last = text.splitlines()[-1].strip()
         _, sep, rest = last.partition(": ")
-        text = rest if sep and last.split(":", 1)[0].endswith("Error") else last
-    return text or type(exc).__name__
+        return rest if sep and last.split(":", 1)[0].endswith("Error") else last
+    # porter's messages are one line by contract: never cut off their "what to do" half.
+    return first_line(exc, limit=len(text))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from port.errors import ModelError, UsageError
+from port.errors import ModelError, UsageError, first_line
 from port.export.quantize import (
     PRECISION_KEY,
     check_images,
@@ -370,9 +370,8 @@ def convert_fp16(
         # full_check adds strict type inference: catches an FP16 tensor fed to an FP32 node.
         onnx.checker.check_model(model, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-        first = str(exc).strip().splitlines()[0][:200]
-        raise ModelError(f"the FP16 graph fails onnx.checker ({first}): try --keep-fp32 on the "
-                         "node it names, or report the model") from exc
+        raise ModelError(f"the FP16 graph fails onnx.checker ({first_line(exc)}): try "
+                         "--keep-fp32 on the node it names, or report the model") from exc
     size = save_onnx_atomic(model, out_path)
     metrics: dict[str, Any] = dict(settings)
     metrics.update({
@@ -411,7 +410,7 @@ def _ort_cpu_check(fp32_onnx: Path, fp16_onnx: Path, model: onnx.ModelProto,
             session = ort.InferenceSession(str(fp16_onnx), opts, providers=["CPUExecutionProvider"])
         except ort_errors as exc:
             return {"ran": False, "provider": "CPUExecutionProvider",
-                    "why": f"ONNX Runtime CPU cannot load the FP16 graph: {_first_line(exc)}"}
+                    "why": f"ONNX Runtime CPU cannot load the FP16 graph: {first_line(exc)}"}
         seen = onnx.load(opts.optimized_model_filepath)
     fallback = sorted(n.name for n in seen.graph.node if n.name in compute
                       and any(i.startswith(_CAST_PREFIX) for i in n.input))
@@ -448,8 +447,3 @@ def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
     out = onnx.ModelProto()
     out.CopyFrom(model)
     return out
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from port.atomic import atomic_path
-from port.errors import ModelError, UsageError
+from port.errors import ModelError, UsageError, first_line
 from port.export.metadata import card_metadata, read_card, set_metadata
 from port.models.card import ModelCard
 
@@ -106,8 +106,9 @@ def export_onnx(
         try:
             onnx.checker.check_model(str(tmp_file), full_check=True)
         except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as err:
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise ModelError(f"exported ONNX fails onnx.checker ({first}): {hint}") from None
+            raise ModelError(
+                f"exported ONNX fails onnx.checker ({first_line(err)}): {hint}"
+            ) from None
         parity = check_parity(tmp_file, reference, sample, atol=atol, rtol=rtol,
                               input_name=card.input_name, hint=hint)
 
@@ -150,7 +151,7 @@ def check_parity(
     try:
         session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
     except ort_errors as err:
-        raise ModelError(f"ONNX Runtime cannot load the exported model ({_first_line(err)}): "
+        raise ModelError(f"ONNX Runtime cannot load the exported model ({first_line(err)}): "
                          f"{hint}") from None
     name = input_name or session.get_inputs()[0].name
     n_images = len(sample)
@@ -165,7 +166,7 @@ def check_parity(
             outputs[n] = np.asarray(session.run(None, {name: sample[:n]})[0], dtype=np.float32)
         except ort_errors as err:
             raise ModelError(
-                f"exported ONNX does not run at batch size {n} ({_first_line(err)}): the batch "
+                f"exported ONNX does not run at batch size {n} ({first_line(err)}): the batch "
                 f"axis is not dynamic; {hint}"
             ) from None
 
@@ -261,7 +262,7 @@ def _run_exporter(net: Any, card: ModelCard, path: Path, sample: np.ndarray, *, 
     except torch.onnx.errors.OnnxExporterError as err:
         other = "torchscript" if exporter == "dynamo" else "dynamo"
         raise ModelError(
-            f"the {exporter} ONNX exporter failed on {card.arch} ({_first_line(err)}): "
+            f"the {exporter} ONNX exporter failed on {card.arch} ({first_line(err)}): "
             f"try --exporter {other} or another --opset"
         ) from None
     if not path.is_file():
@@ -299,8 +300,3 @@ def _margin(logits: np.ndarray) -> np.ndarray:
         return np.full(len(logits), np.inf, dtype=np.float32)
     top2 = np.partition(logits, -2, axis=1)[:, -2:]
     return top2[:, 1] - top2[:, 0]
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0][:200] if text else type(err).__name__
