@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 
 import pytest
@@ -25,3 +26,24 @@ def test_failure_inside_the_block_keeps_the_old_file(tmp_path: Path) -> None:
         raise RuntimeError("check failed")
     assert target.read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
+
+
+# Whole-file replacement by rename is port.atomic's job alone (DESIGN.md: one file-writing
+# routine). The one exception swaps a complete directory tree into place, which port.atomic's
+# single-file writer does not do.
+_RENAMES_A_DIRECTORY = {"port/data/archive.py"}
+
+
+def test_only_port_atomic_replaces_files_by_rename() -> None:
+    repo = Path(__file__).resolve().parents[1]
+    offenders = []
+    for path in sorted((repo / "port").rglob("*.py")):
+        rel = path.relative_to(repo).as_posix()
+        if rel == "port/atomic.py" or rel in _RENAMES_A_DIRECTORY:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+                    and (node.value.id, node.attr) in {("os", "replace"), ("os", "rename"),
+                                                       ("tempfile", "mkstemp")}):
+                offenders.append(f"{rel}:{node.lineno} {node.value.id}.{node.attr}")
+    assert offenders == [], "write through port.atomic instead: " + ", ".join(offenders)

@@ -19,6 +19,7 @@ import pytest
 
 from port.errors import ManifestError
 from port.manifest import LOCK_NAME, MANIFEST_NAME, Manifest, env_info, sha256_file
+from port.manifest_store import RecordStore
 
 REPO = Path(__file__).resolve().parents[1]
 FIELDS = ["id", "stage", "kind", "path", "sha256", "bytes", "parents", "created", "params", "env",
@@ -336,3 +337,33 @@ def test_byte_identical_remake_of_parent_still_makes_child_stale(chain: Manifest
     assert chain.get("model").sha256 == model.sha256
     state = chain.state("onnx-fp32")
     assert state.name == "stale" and "re-made" in state.reason
+
+
+# -- the modules under the facade ------------------------------------------------------------
+def test_store_writes_back_the_file_byte_for_byte(chain: Manifest, run: Path) -> None:
+    """The record store alone round-trips manifest.json unchanged (the format did not move)."""
+    before = (run / MANIFEST_NAME).read_bytes()
+    assert before.startswith(b'{\n  "version": 1,\n  "artifacts": [\n') and before.endswith(b"}\n")
+    store = RecordStore(run)
+    with store.locked():
+        store.save(store.load())
+    assert (run / MANIFEST_NAME).read_bytes() == before
+    assert [p.name for p in run.glob("*.tmp")] == []
+
+
+def test_statuses_hash_each_file_once(
+    chain: Manifest, run: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three records whose parents chain up: each file is still read once per call."""
+    import port.manifest_state
+
+    hashed: list[str] = []
+    real = port.manifest_state.sha256_file
+
+    def counting(path: str | os.PathLike[str]) -> str:
+        hashed.append(Path(path).name)
+        return real(path)
+
+    monkeypatch.setattr(port.manifest_state, "sha256_file", counting)
+    assert [s.name for _, s in chain.statuses()] == ["fresh"] * 3
+    assert sorted(hashed) == ["model.onnx", "model.pt", "model_fp16.engine"]
