@@ -12,20 +12,21 @@ pycuda is imported lazily; a missing pycuda or a machine without a usable GPU en
 API used (pycuda documentation, ``doc/driver.rst``): ``driver.init``, ``Device(i)``,
 ``Device.count``, ``Device.name``, ``Device.compute_capability``, ``Device.total_memory``,
 ``Device.retain_primary_context``, ``Device.make_context``, ``Context.push/pop/detach``,
-``pagelocked_empty``, ``mem_alloc``, ``DeviceAllocation.free``, ``Stream``, ``Event``.
+``pagelocked_empty``, ``mem_alloc``, ``DeviceAllocation.free``, ``Stream``,
+``Event.record/synchronize/time_till``.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
 from types import ModuleType
 from typing import Any
 
 import numpy as np
 
-from port.errors import BackendUnavailable, UsageError
+from port.errors import BackendUnavailable, UsageError, first_line
 
 PYCUDA_MISSING = (
     "pycuda is not installed: install the GPU extra (see README, GPU set-up) or export --to onnx"
@@ -46,14 +47,10 @@ def import_driver() -> ModuleType:
         cuda.init()  # cuInit: idempotent, and required before any other driver call
     except cuda.Error as exc:
         raise BackendUnavailable(
-            f"no usable CUDA driver or GPU ({_msg(exc)}): run `porter doctor` to see what this "
-            f"machine offers, or export --to onnx"
+            f"no usable CUDA driver or GPU ({first_line(exc)}): run `porter doctor` to see what "
+            f"this machine offers, or export --to onnx"
         ) from None
     return cuda
-
-
-def _msg(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 @contextlib.contextmanager
@@ -69,10 +66,11 @@ def checked(what: str) -> Iterator[None]:
         yield
     except cuda.MemoryError as exc:
         raise BackendUnavailable(
-            f"out of GPU memory during {what} ({_msg(exc)}): lower --max-batch or free the GPU"
+            f"out of GPU memory during {what} ({first_line(exc)}): lower --max-batch or free the "
+            f"GPU"
         ) from exc
     except cuda.Error as exc:
-        raise CudaError(f"CUDA call failed during {what}: {_msg(exc)}") from exc
+        raise CudaError(f"CUDA call failed during {what}: {first_line(exc)}") from exc
 
 
 @dataclass(frozen=True)
@@ -112,7 +110,9 @@ def device_info(index: int = 0) -> DeviceInfo:
     with checked(f"querying CUDA device {index}"):
         dev = cuda.Device(index)
         major, minor = dev.compute_capability()
-        return DeviceInfo(index, str(dev.name()), (int(major), int(minor)), int(dev.total_memory()))
+        return DeviceInfo(index=index, name=str(dev.name()),
+                          compute_capability=(int(major), int(minor)),
+                          total_memory=int(dev.total_memory()))
 
 
 class CudaContext:
@@ -242,3 +242,62 @@ def host_device_buffer(count: int, dtype: np.dtype | type) -> HostDeviceBuffer:
     dtype = np.dtype(dtype)
     host = pinned_empty((max(int(count), 1),), dtype)
     return HostDeviceBuffer(host=host, device=device_alloc(host.nbytes), nbytes=host.nbytes)
+
+
+@dataclass(frozen=True)
+class PhaseTimes:
+    """Milliseconds of one inference's phases on one stream, or their mean over runs."""
+
+    h2d_ms: float  # host-to-device copies of the inputs
+    compute_ms: float  # the engine's kernels
+    d2h_ms: float  # device-to-host copies of the outputs
+    total_ms: float  # first to last event: the three phases back to back
+
+    @classmethod
+    def mean(cls, samples: Sequence[PhaseTimes]) -> PhaseTimes:
+        """The per-phase mean of ``samples`` (at least one)."""
+        if not samples:
+            raise ValueError("PhaseTimes.mean needs at least one sample")
+        n = len(samples)
+        return cls(
+            h2d_ms=sum(s.h2d_ms for s in samples) / n,
+            compute_ms=sum(s.compute_ms for s in samples) / n,
+            d2h_ms=sum(s.d2h_ms for s in samples) / n,
+            total_ms=sum(s.total_ms for s in samples) / n,
+        )
+
+    def to_dict(self) -> dict[str, float]:
+        """``{"h2d_ms", "compute_ms", "d2h_ms", "total_ms"}`` as plain floats."""
+        return {k: float(v) for k, v in asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class PhaseEvents:
+    """Four CUDA events that cut one inference into H2D copy, compute and D2H copy.
+
+    Record them on the stream in field order around each phase, then :meth:`elapsed`.
+    """
+
+    start: Any
+    inputs_copied: Any
+    computed: Any
+    outputs_copied: Any
+
+    @classmethod
+    def create(cls) -> PhaseEvents:
+        """Four new events (the CUDA context must be current)."""
+        cuda = import_driver()
+        with checked("creating CUDA events"):
+            return cls(start=cuda.Event(), inputs_copied=cuda.Event(), computed=cuda.Event(),
+                       outputs_copied=cuda.Event())
+
+    def elapsed(self) -> PhaseTimes:
+        """Wait for the last event, then the milliseconds between the recorded events."""
+        with checked("reading CUDA event times"):
+            self.outputs_copied.synchronize()
+            return PhaseTimes(
+                h2d_ms=self.start.time_till(self.inputs_copied),
+                compute_ms=self.inputs_copied.time_till(self.computed),
+                d2h_ms=self.computed.time_till(self.outputs_copied),
+                total_ms=self.start.time_till(self.outputs_copied),
+            )

@@ -2,146 +2,50 @@
 
 ``activate`` imports tensorrt and pycuda lazily, opens its own CUDA context (the device's primary
 context, retained, pushed and popped around every call; no ``pycuda.autoinit``), refuses an
-engine its sidecar says was built for another TensorRT version or GPU, deserialises it, creates
-one execution context, allocates page-locked host and device buffers sized from the optimisation
-profile's *max* shape, and one stream. ``infer`` = ``set_input_shape`` + async H2D copies +
-``set_tensor_address`` + ``execute_async_v3`` + async D2H copies + stream synchronise. Every
-TensorRT call that reports failure by its return value is checked.
+engine its sidecar says was built for another TensorRT version or GPU, deserialises it with the
+same loaders the builder uses (``port.engines.trt_loaders``: ``make_logger``, ``EngineFromBytes``,
+``engine_io``), creates one execution context, allocates page-locked host and device buffers
+sized from the optimisation profile's *max* shape, and one stream. ``infer`` =
+``set_input_shape`` + async H2D copies + ``set_tensor_address`` + ``execute_async_v3`` + async
+D2H copies + stream synchronise. Every TensorRT call that reports failure by its return value is
+checked.
 
-TensorRT Python API used (TensorRT 10.x/11.x Python API reference: Runtime, ICudaEngine,
-IExecutionContext, Logger): ``Runtime(logger)``, ``Runtime.deserialize_cuda_engine``,
-``Runtime.engine_host_code_allowed`` (version-compatible plans embed a lean runtime),
-``ICudaEngine.num_io_tensors / get_tensor_name / get_tensor_mode / get_tensor_dtype /
-get_tensor_shape / get_tensor_profile_shape / create_execution_context``,
+TensorRT Python API used here (TensorRT 10.x/11.x Python API reference: ICudaEngine,
+IExecutionContext): ``ICudaEngine.create_execution_context``,
 ``IExecutionContext.set_input_shape / get_tensor_shape / set_tensor_address /
-execute_async_v3``, ``trt.nptype``, ``trt.ILogger``.
+execute_async_v3``.
 """
 
 from __future__ import annotations
 
-import hashlib
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import numpy as np
 
+from port.digest import sha256_bytes
 from port.engines.base import Loader, Runner, TensorMeta
-from port.engines.cuda import CudaContext, HostDeviceBuffer, checked, host_device_buffer
+from port.engines.cuda import (
+    CudaContext,
+    HostDeviceBuffer,
+    PhaseEvents,
+    PhaseTimes,
+    checked,
+    host_device_buffer,
+    import_driver,
+)
+from port.engines.trt_loaders import (
+    EngineFromBytes,
+    IOTensor,
+    LoadedEngine,
+    ProfileShapes,
+    engine_io,
+    import_tensorrt,
+    make_logger,
+)
 from port.engines.trt_sidecar import check_compatible, read_sidecar, sidecar_path
 from port.errors import BackendUnavailable, ModelError, UsageError
-
-TENSORRT_MISSING = (
-    "TensorRT is not installed: install the GPU extra (see README) or export --to onnx"
-)
-
-
-def import_tensorrt() -> ModuleType:
-    """The ``tensorrt`` module, or ``BackendUnavailable`` naming the fix."""
-    try:
-        import tensorrt as trt
-    except ImportError:
-        raise BackendUnavailable(TENSORRT_MISSING) from None
-    except OSError as exc:  # the wheel is there but libnvinfer/CUDA libraries are not
-        raise BackendUnavailable(
-            f"TensorRT is installed but cannot load its libraries ({exc}): check the CUDA/TensorRT "
-            f"install with `porter doctor`"
-        ) from None
-    return trt
-
-
-def make_logger(trt: ModuleType, log_path: Path | None = None, *, verbose: bool = False) -> Any:
-    """A ``trt.ILogger`` that appends to ``log_path`` and remembers errors for our messages.
-
-    TensorRT reports why a parse, build or deserialisation failed only through the logger; the
-    last error lines go into porter's one-line message, the whole story into the log file.
-    """
-
-    class PorterTrtLogger(trt.ILogger):  # type: ignore[misc, name-defined]
-        def __init__(self) -> None:
-            trt.ILogger.__init__(self)  # pybind11 base must be initialised explicitly
-            self.errors: list[str] = []
-            self.warnings: list[str] = []
-            self.path = log_path
-            self._file = open(log_path, "a", encoding="utf-8") if log_path else None  # noqa: SIM115
-            self._min = trt.ILogger.Severity.VERBOSE if verbose else trt.ILogger.Severity.INFO
-
-        def log(self, severity: Any, msg: str) -> None:
-            if severity in (trt.ILogger.Severity.ERROR, trt.ILogger.Severity.INTERNAL_ERROR):
-                self.errors.append(msg)
-            elif severity == trt.ILogger.Severity.WARNING:
-                self.warnings.append(msg)
-            # Severity values: INTERNAL_ERROR=0 < ERROR < WARNING < INFO < VERBOSE=4.
-            if self._file is not None and int(severity) <= int(self._min):
-                self._file.write(f"[{time.strftime('%H:%M:%S')}] [{severity.name}] {msg}\n")
-                self._file.flush()
-
-        def last_error(self) -> str:
-            return self.errors[-1].strip().splitlines()[0] if self.errors else "no error logged"
-
-        def close(self) -> None:
-            if self._file is not None:
-                self._file.close()
-                self._file = None
-
-    return PorterTrtLogger()
-
-
-@dataclass(frozen=True)
-class IOTensor:
-    """One engine I/O tensor as the sidecar and the runner see it."""
-
-    name: str
-    is_input: bool
-    dtype: np.dtype
-    shape: tuple[int, ...]  # -1 for dynamic axes
-    profile: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]] | None  # inputs: min/opt/max
-
-    def to_dict(self) -> dict[str, Any]:
-        """Sidecar form."""
-        d: dict[str, Any] = {"name": self.name, "dtype": self.dtype.name, "shape": list(self.shape)}
-        if self.profile is not None:
-            lo, opt, hi = self.profile
-            d["profile"] = {"min": list(lo), "opt": list(opt), "max": list(hi)}
-        return d
-
-
-def engine_io(trt: ModuleType, engine: Any, profile_index: int = 0) -> list[IOTensor]:
-    """The engine's I/O tensors in engine order, with profile shapes for inputs."""
-    tensors = []
-    for i in range(engine.num_io_tensors):
-        name = engine.get_tensor_name(i)
-        is_input = engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
-        profile = None
-        if is_input:
-            lo, opt, hi = engine.get_tensor_profile_shape(name, profile_index)
-            profile = (tuple(lo), tuple(opt), tuple(hi))
-        tensors.append(
-            IOTensor(
-                name=name,
-                is_input=is_input,
-                dtype=np.dtype(trt.nptype(engine.get_tensor_dtype(name))),
-                shape=tuple(int(d) for d in engine.get_tensor_shape(name)),
-                profile=profile,
-            )
-        )
-    return tensors
-
-
-def deserialize(
-    trt: ModuleType, runtime: Any, data: bytes | memoryview, what: str, logger: Any
-) -> Any:
-    """``runtime.deserialize_cuda_engine`` with its ``None`` turned into a ``ModelError``."""
-    engine = runtime.deserialize_cuda_engine(data)
-    if engine is None:
-        raise ModelError(
-            f"TensorRT {trt.__version__} could not load {what} ({logger.last_error()}): it was "
-            f"probably built by another TensorRT version or for another GPU; rebuild it here with "
-            f"`porter export --to trt`"
-        )
-    return engine
 
 
 class TensorRTRunner(Runner):
@@ -165,16 +69,14 @@ class TensorRTRunner(Runner):
         self.log_path = log_path
         self.sidecar: dict[str, Any] | None = None
         self._ctx: CudaContext | None = None
-        self._trt: ModuleType | None = None
         self._cuda: ModuleType | None = None
         self._logger: Any = None
-        self._runtime: Any = None
-        self._engine: Any = None
+        self._loaded: LoadedEngine | None = None  # runtime + engine, released together
         self._context: Any = None
         self._stream: Any = None
         self._io: list[IOTensor] = []
         self._buffers: dict[str, HostDeviceBuffer] = {}
-        self._events: list[Any] = []
+        self._events: PhaseEvents | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
     @property
@@ -184,15 +86,12 @@ class TensorRTRunner(Runner):
 
     def _activate(self) -> None:
         trt = import_tensorrt()
-        from port.engines.cuda import import_driver
-
-        cuda = import_driver()
-        self._trt, self._cuda = trt, cuda
+        self._cuda = import_driver()
         data, path = self._load_bytes()
         self._ctx = CudaContext(self.device_index).open()
         try:
             with self._ctx.active():
-                self._activate_in_context(trt, cuda, data, path)
+                self._activate_in_context(trt.__version__, data, path)
         except BaseException:
             self._release()
             raise
@@ -208,36 +107,29 @@ class TensorRTRunner(Runner):
             raise ModelError(f"engine {path} not found: build it with `porter export --to trt`")
         return path.read_bytes(), path
 
-    def _activate_in_context(
-        self, trt: ModuleType, cuda: ModuleType, data: bytes, path: Path | None
-    ) -> None:
-        assert self._ctx is not None and self._ctx.info is not None
+    def _activate_in_context(self, trt_version: str, data: bytes, path: Path | None) -> None:
+        assert self._ctx is not None and self._ctx.info is not None and self._cuda is not None
         info = self._ctx.info
         what = str(path) if path else "the engine"
         if path is not None and self.check_sidecar:
-            self.sidecar = _checked_sidecar(path, data, trt.__version__, info.compute_capability,
+            self.sidecar = _checked_sidecar(path, data, trt_version, info.compute_capability,
                                             info.name)
-        self._logger = make_logger(trt, self.log_path)
-        self._runtime = trt.Runtime(self._logger)
-        if self._runtime is None:
-            raise BackendUnavailable(
-                f"TensorRT could not create a runtime: {self._logger.last_error()}"
-            )
-        if self.sidecar is not None and self.sidecar.get("version_compatible"):
-            # Version-compatible plans carry a lean runtime (host code). Only allowed for engines
-            # whose sidecar sha256 matched above, i.e. ones porter built and recorded.
-            self._runtime.engine_host_code_allowed = True
-        self._engine = deserialize(trt, self._runtime, data, what, self._logger)
-        self._context = self._engine.create_execution_context()
+        self._logger = make_logger(self.log_path)
+        # Version-compatible plans carry a lean runtime (host code): allowed only for engines
+        # whose sidecar sha256 matched above, i.e. ones porter built and recorded.
+        host_code = bool(self.sidecar and self.sidecar.get("version_compatible"))
+        self._loaded = EngineFromBytes(data=data, logger=self._logger, what=what,
+                                       allow_host_code=host_code)()
+        self._context = self._loaded.engine.create_execution_context()
         if self._context is None:
             raise BackendUnavailable(
                 f"TensorRT could not create an execution context for {what} "
                 f"({self._logger.last_error()}): free GPU memory and retry"
             )
-        self._io = engine_io(trt, self._engine)
-        with checked("creating the CUDA stream and events"):
-            self._stream = cuda.Stream()
-            self._events = [cuda.Event() for _ in range(4)]
+        self._io = engine_io(self._loaded.engine)
+        with checked("creating the CUDA stream"):
+            self._stream = self._cuda.Stream()
+        self._events = PhaseEvents.create()
         self._allocate(what)
 
     def _allocate(self, what: str) -> None:
@@ -246,10 +138,10 @@ class TensorRTRunner(Runner):
         for t in self._io:
             if not t.is_input:
                 continue
-            assert t.profile is not None
-            _check(self._context.set_input_shape(t.name, t.profile[2]),
-                   f"set_input_shape({t.name}, {t.profile[2]})", self._logger)
-            self._buffers[t.name] = host_device_buffer(int(np.prod(t.profile[2])), t.dtype)
+            biggest = _profile(t).max
+            _check(self._context.set_input_shape(t.name, biggest),
+                   f"set_input_shape({t.name}, {biggest})", self._logger)
+            self._buffers[t.name] = host_device_buffer(int(np.prod(biggest)), t.dtype)
         for t in self._io:
             if t.is_input:
                 continue
@@ -275,12 +167,12 @@ class TensorRTRunner(Runner):
                 for buf in self._buffers.values():
                     buf.free()
                 self._buffers = {}
-                # TensorRT objects go before the context they allocated in: execution context,
-                # then engine, then runtime (TensorRT requires the engine to outlive contexts).
+                # TensorRT objects go before the context they allocated in: execution context
+                # first, then engine and runtime (TensorRT requires the engine to outlive its
+                # contexts and the runtime to outlive its engines).
                 self._context = None
-                self._engine = None
-                self._runtime = None
-                self._events = []
+                self._loaded = None
+                self._events = None
                 self._stream = None
             ctx.close()
         self._ctx = None
@@ -296,9 +188,9 @@ class TensorRTRunner(Runner):
         for t in self._io:
             if not t.is_input:
                 continue
-            assert t.profile is not None
-            lo, _, hi = t.profile
-            shape = tuple(None if a != b else int(a) for a, b in zip(lo, hi, strict=True))
+            shapes = _profile(t)
+            shape = tuple(None if lo != hi else int(lo)
+                          for lo, hi in zip(shapes.min, shapes.max, strict=True))
             metas.append(TensorMeta(t.name, t.dtype, shape))
         return metas
 
@@ -306,12 +198,12 @@ class TensorRTRunner(Runner):
         """Output tensor names in engine order."""
         return [t.name for t in self._io if not t.is_input]
 
-    def profile(self, name: str | None = None) -> tuple[tuple[int, ...], ...]:
-        """(min, opt, max) shapes of an input (the first one by default)."""
+    def profile(self, name: str | None = None) -> ProfileShapes:
+        """The optimisation profile's shapes (``.min``, ``.opt``, ``.max``) of an input, the first
+        one by default."""
         for t in self._io:
             if t.is_input and (name is None or t.name == name):
-                assert t.profile is not None
-                return t.profile
+                return _profile(t)
         raise KeyError(name)
 
     # -- inference -------------------------------------------------------------------------
@@ -319,9 +211,8 @@ class TensorRTRunner(Runner):
         for t in self._io:
             if not t.is_input:
                 continue
-            assert t.profile is not None
             shape = feed[t.name].shape
-            lo, _, hi = t.profile
+            lo, hi = _profile(t).min, _profile(t).max
             if any(s < a or s > b for s, a, b in zip(shape, lo, hi, strict=True)):
                 raise UsageError(
                     f"input '{t.name}' shape {tuple(shape)} is outside the engine's optimisation "
@@ -329,48 +220,49 @@ class TensorRTRunner(Runner):
                     f"images, or rebuild with --min-batch/--max-batch covering {shape[0]}"
                 )
 
-    def _enqueue(self, feed: dict[str, np.ndarray], events: bool) -> dict[str, np.ndarray]:
-        """Queue H2D, compute and D2H on the stream; returns pinned views filled after sync.
+    def _enqueue(self, feed: dict[str, np.ndarray], events: PhaseEvents | None
+                 ) -> dict[str, np.ndarray]:
+        """Queue H2D, compute and D2H on the stream, cut by ``events`` when timing phases;
+        returns pinned views filled after sync.
 
         Inputs are staged into the pinned buffers before the first event, so the H2D time is
         the transfer alone, as trtexec reports it.
         """
-        cuda, ctx = self._cuda, self._context
+        cuda, ctx, stream = self._cuda, self._context, self._stream
         assert cuda is not None and ctx is not None
-        ev = self._events
         staged = {}
         for name, arr in feed.items():
             _check(ctx.set_input_shape(name, arr.shape), f"set_input_shape({name}, {arr.shape})",
                    self._logger)
             staged[name] = self._buffers[name].view(arr.shape)
             np.copyto(staged[name], arr, casting="no")
-        if events:
-            ev[0].record(self._stream)
+        if events is not None:
+            events.start.record(stream)
         for name, host in staged.items():
-            cuda.memcpy_htod_async(self._buffers[name].device, host, self._stream)
-        if events:
-            ev[1].record(self._stream)
+            cuda.memcpy_htod_async(self._buffers[name].device, host, stream)
+        if events is not None:
+            events.inputs_copied.record(stream)
         for name, buf in self._buffers.items():
             _check(ctx.set_tensor_address(name, buf.ptr), f"set_tensor_address({name})",
                    self._logger)
-        _check(ctx.execute_async_v3(self._stream.handle), "execute_async_v3", self._logger)
-        if events:
-            ev[2].record(self._stream)
+        _check(ctx.execute_async_v3(stream.handle), "execute_async_v3", self._logger)
+        if events is not None:
+            events.computed.record(stream)
         outputs = {}
         for name in self.output_names():
             shape = tuple(int(d) for d in ctx.get_tensor_shape(name))
             host = self._buffers[name].view(shape)
-            cuda.memcpy_dtoh_async(host, self._buffers[name].device, self._stream)
+            cuda.memcpy_dtoh_async(host, self._buffers[name].device, stream)
             outputs[name] = host
-        if events:
-            ev[3].record(self._stream)
+        if events is not None:
+            events.outputs_copied.record(stream)
         return outputs
 
     def _infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self._check_profile(feed)
         assert self._ctx is not None
         with self._ctx.active(), checked("TensorRT inference"):
-            views = self._enqueue(feed, events=False)
+            views = self._enqueue(feed, events=None)
             self._stream.synchronize()
             # Copy out: the pinned buffers are reused by the next call.
             return {name: np.array(view, copy=True) for name, view in views.items()}
@@ -395,20 +287,22 @@ class TensorRTRunner(Runner):
             raise UsageError(f"time_phases needs at least one run, got {runs}")
         self.check_feed(feed)
         self._check_profile(feed)
-        assert self._ctx is not None
-        sums = np.zeros(4)
+        assert self._ctx is not None and self._events is not None
+        samples: list[PhaseTimes] = []
         with self._ctx.active(), checked("timing TensorRT inference"):
             for i in range(warmup + runs):
-                self._enqueue(feed, events=True)
-                self._events[3].synchronize()
-                if i < warmup:
-                    continue
-                e = self._events
-                sums += (e[0].time_till(e[1]), e[1].time_till(e[2]), e[2].time_till(e[3]),
-                         e[0].time_till(e[3]))
-        mean = sums / runs
-        return {"h2d_ms": float(mean[0]), "compute_ms": float(mean[1]), "d2h_ms": float(mean[2]),
-                "total_ms": float(mean[3]), "runs": runs}
+                self._enqueue(feed, events=self._events)
+                times = self._events.elapsed()  # waits for the last event
+                if i >= warmup:
+                    samples.append(times)
+        return {**PhaseTimes.mean(samples).to_dict(), "runs": runs}
+
+
+def _profile(t: IOTensor) -> ProfileShapes:
+    """An input's profile shapes (engine_io gives every input one)."""
+    if t.profile is None:
+        raise ValueError(f"'{t.name}' is an output: it has no optimisation profile")
+    return t.profile
 
 
 def _check(ok: bool, call: str, logger: Any) -> None:
@@ -427,7 +321,7 @@ def _checked_sidecar(
         return None
     sidecar = read_sidecar(side)
     recorded = sidecar.get("engine_sha256")
-    if recorded and hashlib.sha256(data).hexdigest() != recorded:
+    if recorded and sha256_bytes(data) != recorded:
         raise ModelError(
             f"{path} does not match its sidecar {side.name} (sha256 differs): rebuild the engine "
             f"with `porter export --to trt`, or delete the stale sidecar"

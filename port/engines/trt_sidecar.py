@@ -22,6 +22,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from port import hostinfo
 from port.errors import ModelError
 from port.models.card import ModelCard
 
@@ -126,18 +127,15 @@ def parse_cc(text: str | tuple[int, int], where: str = "compute capability") -> 
 
 
 def parse_version(text: str) -> tuple[int, ...]:
-    """``'10.3.0.26'`` -> ``(10, 3, 0, 26)``; ``'10.8.0.post1'`` -> ``(10, 8, 0)``."""
-    parts: list[int] = []
-    for piece in str(text).strip().split("."):
-        match = re.match(r"^(\d+)", piece)
-        if not match:
-            break
-        parts.append(int(match.group(1)))
-        if match.group(1) != piece:
-            break
+    """``'10.3.0.26'`` -> ``(10, 3, 0, 26)``; ``'10.8.0.post1'`` -> ``(10, 8, 0)``.
+
+    :func:`port.hostinfo.parse_version`, strict: a recorded TensorRT version without digits is a
+    broken sidecar (``ModelError``), not "version ()".
+    """
+    parts = hostinfo.parse_version(text)
     if not parts:
         raise ModelError(f"TensorRT version '{text}' is not a version number")
-    return tuple(parts)
+    return parts
 
 
 def _same_version(a: tuple[int, ...], b: tuple[int, ...]) -> bool:

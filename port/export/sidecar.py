@@ -6,9 +6,9 @@ preprocessing and class names (the ModelCard), the quantizer that made its INT8 
 the engine is tied to: TensorRT version, GPU name and compute capability, hardware and version
 compatibility, the source ONNX's and the engine's sha256.
 
-This module builds and writes sidecars. Reading and the compatibility rules live in
-``port.engines.trt_sidecar`` (the runner needs them and sits below export) and are re-exported
-here.
+This module builds and writes sidecars. Reading, validation and the compatibility rules live in
+``port.engines.trt_sidecar`` (the runner needs them and sits below export); import them from
+there.
 """
 
 from __future__ import annotations
@@ -18,30 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from port.atomic import atomic_write_text
-from port.engines.trt_sidecar import (
-    SIDECAR_FORMAT,
-    card_from_sidecar,
-    check_compatible,
-    parse_cc,
-    parse_version,
-    read_sidecar,
-    sidecar_path,
-    validate_sidecar,
-)
+from port.engines.trt_sidecar import SIDECAR_FORMAT, validate_sidecar
 from port.models.card import ModelCard
-
-__all__ = [
-    "SIDECAR_FORMAT",
-    "build_sidecar",
-    "card_from_sidecar",
-    "check_compatible",
-    "parse_cc",
-    "parse_version",
-    "read_sidecar",
-    "sidecar_path",
-    "validate_sidecar",
-    "write_sidecar",
-]
 
 
 def build_sidecar(

@@ -1,71 +1,63 @@
 """Build a TensorRT engine from an ONNX file (``porter export --to trt``).
 
-The decisions are made first, in pure Python (``trt_options.validate`` / ``plan_build``); this
-module then drives TensorRT through its documented Python API (TensorRT 10.x and 11.x
-references: Builder, NetworkDefinitionCreationFlag, OnnxParser, IOptimizationProfile,
-IBuilderConfig, ITimingCache, Runtime):
+The decisions are made first, in pure Python: the options were checked when they were made and
+``trt_options.plan_build`` decides the build path for the installed TensorRT and this ONNX. The
+build itself is a composition of the loaders next to the runner (``port.engines.trt_loaders``,
+Polygraphy's ``backend/trt/loader.py`` shape): network from ONNX (with the optimisation
+profile), build config, serialised build (timing cache read and merged under its file lock),
+engine from bytes to read the I/O back. This module adds what only a build needs: the build log,
+the atomic write of the raw plan and its JSON sidecar (``port.export.sidecar``), and the
+metrics for the manifest.
 
-* ``trt.Builder(logger)``; ``builder.create_network(flags)`` with ``STRONGLY_TYPED`` on
-  TensorRT 10's strongly typed path (TensorRT 11 networks are always strongly typed and the flag
-  is deprecated there; explicit batch has been implicit since TensorRT 10);
-* ``trt.OnnxParser(network, logger).parse_from_file`` with every parser error reported;
-* one optimisation profile over the batch axis (``create_optimization_profile`` /
-  ``set_shape`` / ``add_optimization_profile``);
-* ``config.set_memory_pool_limit(MemoryPoolType.WORKSPACE, ...)``,
-  ``config.builder_optimization_level``, ``BuilderFlag.VERSION_COMPATIBLE``,
-  ``config.hardware_compatibility_level`` (``AMPERE_PLUS`` / ``SAME_COMPUTE_CAPABILITY``);
-* the timing cache: ``config.create_timing_cache(bytes)`` + ``set_timing_cache`` before the
-  build, ``get_timing_cache().combine(...)`` with what is on disk + ``serialize()`` after, under
-  a file lock, so concurrent builds reuse and extend one cache file;
-* TensorRT 10's classic path: ``BuilderFlag.FP16/INT8`` and ``config.int8_calibrator`` with
-  ``set_calibration_profile`` (port/export/trt_calibrator.py);
-* ``builder.build_serialized_network`` checked for ``None``; the plan written raw and atomically,
-  deserialised once with ``trt.Runtime`` to read back its I/O, and described in the sidecar.
-
-INT8 scales come from a QDQ ONNX: NVIDIA Model Optimizer's ONNX quantizer
-(``modelopt.onnx.quantization.quantize``) when installed, since it places Q/DQ nodes where
-TensorRT fuses them, otherwise the ONNX Runtime QDQ model; :func:`quantize_for_tensorrt`
-chooses and says which ran.
+INT8 scales come from a QDQ ONNX. :func:`choose_quantizer` decides, once, which quantizer makes
+it and says why: NVIDIA Model Optimizer's ONNX quantizer (``modelopt.onnx.quantization.quantize``)
+when installed, since it places Q/DQ nodes where TensorRT fuses them, otherwise ONNX Runtime's.
 """
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import importlib.util
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
 
 from port.atomic import atomic_write_bytes
-from port.engines.cuda import PYCUDA_MISSING, CudaContext, device_count, import_driver
-from port.engines.tensorrt import (
+from port.digest import sha256_bytes, sha256_file
+from port.engines.cuda import PYCUDA_MISSING, CudaContext, DeviceInfo, device_count
+from port.engines.trt_loaders import (
     TENSORRT_MISSING,
-    deserialize,
+    BatchRange,
+    CreateConfig,
+    EngineBytesFromNetwork,
+    EngineFromBytes,
+    NetworkFromOnnx,
     engine_io,
     import_tensorrt,
     make_logger,
 )
-from port.errors import BackendUnavailable, ModelError, UsageError
-from port.export.sidecar import build_sidecar, sidecar_path, write_sidecar
+from port.engines.trt_sidecar import sidecar_path
+from port.errors import BackendUnavailable, ModelError, UsageError, first_line
+from port.export.sidecar import build_sidecar, write_sidecar
 from port.export.trt_options import (
+    HARDWARE_LEVELS,
     BuildPlan,
     TrtBuildOptions,
+    check_build_gpu,
     plan_build,
-    trt_major_of,
-    validate,
 )
+from port.hostinfo import TENSORRT_DISTRIBUTIONS, dist_version, parse_version
 from port.models.card import ModelCard
 
 QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
-_HW_LEVELS = {"ampere+": "AMPERE_PLUS", "same-cc": "SAME_COMPUTE_CAPABILITY"}
 _MODELOPT_METHODS = {"entropy": "entropy", "minmax": "max"}  # porter name -> modelopt name
 
 
 # --------------------------------------------------------------------------------------------
-# What an ONNX file carries (CPU only)
+# What an ONNX file carries, and what this machine has (CPU only)
 # --------------------------------------------------------------------------------------------
 def onnx_precision(path: Path | str) -> str:
     """``"int8"`` for a QDQ graph, ``"fp16"`` for an FP16 graph, else ``"fp32"``.
@@ -95,35 +87,14 @@ def onnx_precision(path: Path | str) -> str:
     return "fp32"
 
 
-def file_sha256(path: Path | str) -> str:
-    """sha256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def installed_trt_version() -> str | None:
-    """The installed TensorRT version without importing it (None when absent)."""
-    if importlib.util.find_spec("tensorrt") is None:
-        return None
-    from importlib import metadata
-
-    for dist in ("tensorrt", "tensorrt-cu13", "tensorrt-cu12", "tensorrt-cu11"):
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            continue
-    return None
-
-
 def installed_trt_major() -> int:
     """The installed TensorRT major version, checking everything a build needs first.
 
     ``BackendUnavailable`` names the first thing missing: TensorRT, pycuda, or a CUDA GPU.
     """
-    version = installed_trt_version()
+    version = None
+    if importlib.util.find_spec("tensorrt") is not None:
+        version = dist_version(*TENSORRT_DISTRIBUTIONS)
     if version is None:
         raise BackendUnavailable(TENSORRT_MISSING)
     if importlib.util.find_spec("pycuda") is None:
@@ -132,72 +103,76 @@ def installed_trt_major() -> int:
         raise BackendUnavailable(
             "no CUDA GPU found: TensorRT needs one; run `porter doctor`, or export --to onnx"
         )
-    major = trt_major_of(version)
-    assert major is not None
-    return major
+    parts = parse_version(version)
+    if not parts:
+        raise BackendUnavailable(
+            f"the installed TensorRT reports version '{version}': reinstall TensorRT 10 or 11 "
+            f"(see README, GPU set-up)"
+        )
+    return parts[0]
 
 
 # --------------------------------------------------------------------------------------------
 # INT8: which quantizer makes the QDQ ONNX
 # --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class QuantizerChoice:
+    """Which quantizer makes the QDQ ONNX of a TensorRT INT8 engine, and why."""
+
+    name: str  # "modelopt" | "onnxruntime"
+    why: str
+
+
 def modelopt_available() -> bool:
-    """Whether NVIDIA Model Optimizer is importable (checked without importing it)."""
+    """Whether NVIDIA Model Optimizer is installed (checked without importing it)."""
     return importlib.util.find_spec("modelopt") is not None
 
 
-def choose_quantizer(method: str, *, have_modelopt: bool | None = None) -> tuple[str, str]:
-    """(``"modelopt"`` | ``"onnxruntime"``, why) for an INT8 TensorRT build.
+def choose_quantizer(method: str, *, have_modelopt: bool | None = None) -> QuantizerChoice:
+    """The one place that decides who quantizes for TensorRT INT8, with the reason.
 
     modelopt places Q/DQ nodes the way TensorRT fuses them, so it wins when installed, unless
-    the calibration method is one only ONNX Runtime implements (percentile).
+    the calibration method is one only ONNX Runtime implements (percentile). Nothing falls back
+    after this: what it returns is what runs (a broken modelopt install is refused by
+    :func:`quantize_with_modelopt`, never silently replaced).
     """
     if have_modelopt is None:
         have_modelopt = modelopt_available()
     if not have_modelopt:
-        return "onnxruntime", "NVIDIA modelopt is not installed: using ONNX Runtime's QDQ model"
-    if method not in _MODELOPT_METHODS:
-        return "onnxruntime", (
-            f"modelopt has no '{method}' calibration: using ONNX Runtime's QDQ model"
+        return QuantizerChoice(
+            name="onnxruntime",
+            why="NVIDIA modelopt is not installed: using ONNX Runtime's QDQ model",
         )
-    return "modelopt", "modelopt places Q/DQ nodes where TensorRT fuses them"
+    if method not in _MODELOPT_METHODS:
+        return QuantizerChoice(
+            name="onnxruntime",
+            why=f"modelopt has no '{method}' calibration: using ONNX Runtime's QDQ model",
+        )
+    return QuantizerChoice(name="modelopt",
+                           why="modelopt places Q/DQ nodes where TensorRT fuses them")
 
 
-def quantize_for_tensorrt(
-    fp32_onnx: Path,
-    out_path: Path,
-    calib_images: np.ndarray,
-    *,
-    method: str = "entropy",
-    ort_qdq_onnx: Path | None = None,
-) -> tuple[Path, str, str]:
-    """Make (or pick) the QDQ ONNX a TensorRT INT8 engine is built from.
+def quantize_with_modelopt(
+    fp32_onnx: Path, out_path: Path, calib_images: np.ndarray, *, method: str
+) -> Path:
+    """Quantize ``fp32_onnx`` into ``out_path`` with ``modelopt.onnx.quantization.quantize``.
 
-    Returns ``(qdq_onnx_path, quantizer, why)``. With modelopt installed, quantizes
-    ``fp32_onnx`` with ``modelopt.onnx.quantization.quantize`` into ``out_path``; otherwise uses
-    ``ort_qdq_onnx`` (the ONNX Runtime QDQ export) or, if none was given, makes one with
-    ``port.export.quantize.quantize_int8``.
+    ``method`` is porter's calibration name (``entropy``/``minmax``; :func:`choose_quantizer`
+    only picks modelopt for those). ``BackendUnavailable`` when modelopt's ONNX quantizer cannot
+    be imported.
     """
-    quantizer, why = choose_quantizer(method)
-    if quantizer == "onnxruntime":
-        if ort_qdq_onnx is not None:
-            return Path(ort_qdq_onnx), quantizer, why
-        from port.export.quantize import quantize_int8
-
-        quantize_int8(fp32_onnx, out_path, calib_images, method=method)
-        return Path(out_path), quantizer, why
-
     import onnx
 
     try:
         from modelopt.onnx.quantization import quantize
     except ImportError as exc:
+        state = ("is installed but its ONNX quantizer cannot be imported" if modelopt_available()
+                 else "is not installed")
         raise BackendUnavailable(
-            f"NVIDIA modelopt is installed but its ONNX quantizer cannot be imported ({exc}): "
-            f"install `nvidia-modelopt[onnx]` (see README, GPU set-up)"
+            f"NVIDIA modelopt {state} ({first_line(exc)}): install `nvidia-modelopt[onnx]` (see "
+            f"README, GPU set-up)"
         ) from None
-
-    graph_inputs = onnx.load(str(fp32_onnx), load_external_data=False).graph.input
-    input_name = graph_inputs[0].name
+    input_name = onnx.load(str(fp32_onnx), load_external_data=False).graph.input[0].name
     out_path.parent.mkdir(parents=True, exist_ok=True)
     quantize(
         onnx_path=str(fp32_onnx),
@@ -212,7 +187,7 @@ def quantize_for_tensorrt(
     )
     if not out_path.is_file():
         raise ModelError(f"modelopt did not write {out_path}: see its log above")
-    return Path(out_path), quantizer, why
+    return out_path
 
 
 def _modelopt_eps() -> list[str]:
@@ -224,7 +199,7 @@ def _modelopt_eps() -> list[str]:
 
 
 # --------------------------------------------------------------------------------------------
-# The build
+# The build: loaders composed, then the plan, its sidecar and the metrics
 # --------------------------------------------------------------------------------------------
 def build_engine(
     onnx_path: Path | str,
@@ -246,135 +221,105 @@ def build_engine(
     quantizer, plan, GPU, timing-cache use, log and sidecar paths.
 
     Raises ``BackendUnavailable`` when TensorRT, pycuda or a CUDA GPU is missing, ``UsageError``
-    for options the installed TensorRT cannot honour, ``ModelError`` when TensorRT cannot parse
-    the ONNX or build it.
+    for options the installed TensorRT or this GPU cannot honour, ``ModelError`` when TensorRT
+    cannot parse the ONNX or build it.
     """
     onnx_path, out_path = Path(onnx_path), Path(out_path)
-    # Cheap refusals first, before touching TensorRT or the GPU.
-    validate(options, trt_major_of(installed_trt_version()))
+    log_path = Path(log_path) if log_path else out_path.with_name(out_path.name + ".log")
     onnx_prec = onnx_precision(onnx_path)
     trt = import_tensorrt()
-    import_driver()
-    trt_major = trt_major_of(trt.__version__)
-    if log_path is None:
-        log_path = out_path.with_name(out_path.name + ".log")
-    log_path = Path(log_path)
-    ctx = CudaContext(device_index).open()
-    logger = None
-    try:
-        assert ctx.info is not None
-        validate(options, trt_major, gpu_cc=ctx.info.compute_capability)
-        plan = plan_build(options, trt_major, onnx_prec)
-        if plan.calibrator is not None and calib_images is None:
-            raise UsageError(
-                "--calibrator needs calibration images: the export stage passes the run's "
-                "training split (or --calib-data)"
-            )
+    # Every refusal that needs no GPU comes before the CUDA context is opened.
+    plan = plan_build(options, parse_version(trt.__version__)[0], onnx_prec)
+    if plan.needs_calibrator and calib_images is None:
+        raise UsageError(
+            "--calibrator needs calibration images: the export stage passes the run's "
+            "training split (or --calib-data)"
+        )
+    with CudaContext(device_index) as ctx:
+        gpu = ctx.info
+        assert gpu is not None
+        check_build_gpu(options, gpu.compute_capability)
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log_path.write_text(
             f"porter TensorRT build {time.strftime('%Y-%m-%dT%H:%M:%S')}\n"
-            f"onnx: {onnx_path} ({onnx_prec})\nTensorRT {trt.__version__} on {ctx.info.name} "
-            f"(sm {ctx.info.cc_text})\nplan: {plan.reason}\noptions: {options.to_dict()}\n",
+            f"onnx: {onnx_path} ({onnx_prec})\nTensorRT {trt.__version__} on {gpu.name} "
+            f"(sm {gpu.cc_text})\nplan: {plan.reason}\noptions: {options.to_dict()}\n",
             encoding="utf-8",
         )
-        logger = make_logger(trt, log_path)
-        with ctx.active():
-            return _build(trt, ctx, logger, onnx_path, out_path, options, card, plan,
-                          calib_images, quantizer, log_path)
-    finally:
-        if logger is not None:
-            logger.close()
-        ctx.close()
+        with contextlib.closing(make_logger(log_path)) as logger, ctx.active():
+            return _build(onnx_path, out_path, options=options, plan=plan, card=card,
+                          calib_images=calib_images, quantizer=quantizer, gpu=gpu,
+                          logger=logger, log_path=log_path, trt_version=trt.__version__)
 
 
 def _build(
-    trt: ModuleType,
-    ctx: CudaContext,
-    logger: Any,
     onnx_path: Path,
     out_path: Path,
+    *,
     options: TrtBuildOptions,
-    card: ModelCard,
     plan: BuildPlan,
+    card: ModelCard,
     calib_images: np.ndarray | None,
     quantizer: str | None,
+    gpu: DeviceInfo,
+    logger: Any,
     log_path: Path,
+    trt_version: str,
 ) -> dict[str, Any]:
-    assert ctx.info is not None
-    trt_major = trt_major_of(trt.__version__)
+    """The loaders composed (CUDA context current), then the plan and its sidecar written."""
     started = time.perf_counter()
-    builder = trt.Builder(logger)
-    if builder is None:
-        raise BackendUnavailable(f"TensorRT could not create a builder: {logger.last_error()}")
-    network = builder.create_network(_network_flags(trt, plan, trt_major))
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
-        errors = [str(parser.get_error(i)).strip() for i in range(parser.num_errors)]
-        first = errors[0].splitlines()[0] if errors else logger.last_error()
-        raise ModelError(
-            f"TensorRT {trt.__version__} could not parse {onnx_path.name}: {first} "
-            f"({len(errors)} error(s), full log in {log_path}): export the ONNX with a "
-            f"supported opset or check the operator against TensorRT's ONNX support matrix"
-        )
-
-    config = builder.create_builder_config()
-    profile = builder.create_optimization_profile()
-    _set_profile(profile, network, options)
-    if config.add_optimization_profile(profile) < 0:
-        raise ModelError(f"TensorRT rejected the optimisation profile: {logger.last_error()}")
-    _configure(trt, config, options, plan)
-    cache_info = _load_timing_cache(config, options.timing_cache)
-
-    calibrator = None
+    network = NetworkFromOnnx(
+        path=onnx_path, logger=logger, flags=plan.network_flags, log_path=log_path,
+        batches=BatchRange(min=options.min_batch, opt=options.opt_batch, max=options.max_batch),
+    )()
+    calibrator, calib_batch = None, None
     if plan.calibrator is not None:
         from port.export.trt_calibrator import make_calibrator
 
         assert calib_images is not None
         calib_batch = min(options.opt_batch, int(calib_images.shape[0]))
-        input_name = network.get_input(0).name
-        calibrator = make_calibrator(trt, plan.calibrator, calib_images, input_name, calib_batch,
-                                     options.calib_cache)
-        config.int8_calibrator = calibrator
-        calib_profile = builder.create_optimization_profile()
-        _set_profile(calib_profile, network, options, fixed_batch=calib_batch)
-        config.set_calibration_profile(calib_profile)
-
+        calibrator = make_calibrator(kind=plan.calibrator, images=calib_images,
+                                     input_name=network.input_names[0], batch_size=calib_batch,
+                                     cache_path=options.calib_cache)
     try:
-        serialized = builder.build_serialized_network(network, config)
+        config = CreateConfig(
+            logger=logger,
+            workspace_bytes=options.workspace_bytes,
+            builder_opt_level=options.builder_opt_level,
+            version_compatible=options.version_compatible,
+            hardware_level=HARDWARE_LEVELS.get(options.hardware_compatibility or ""),
+            set_flags=plan.builder_flags,
+            clear_flags=plan.cleared_flags,
+            calibrator=calibrator,
+            calibration_batch=calib_batch,
+        )(network)
+        built = EngineBytesFromNetwork(network=network, config=config, logger=logger,
+                                       timing_cache=options.timing_cache, what=out_path.name,
+                                       log_path=log_path)()
     finally:
         if calibrator is not None:
             calibrator.free()
-    if serialized is None:
-        raise ModelError(
-            f"TensorRT {trt.__version__} failed to build {out_path.name}: {logger.last_error()} "
-            f"(full log in {log_path}); try a larger --workspace or another --precision"
-        )
     build_seconds = time.perf_counter() - started
-    cache_info.update(_save_timing_cache(config, options.timing_cache))
+    engine_sha = sha256_bytes(built.data)
+    atomic_write_bytes(out_path, built.data)
 
-    plan_bytes = memoryview(serialized).tobytes()
-    engine_sha = hashlib.sha256(plan_bytes).hexdigest()
-    atomic_write_bytes(out_path, plan_bytes)
-
-    # Read the I/O back from the engine itself: the sidecar describes what was built.
-    runtime = trt.Runtime(logger)
-    if options.version_compatible:
-        runtime.engine_host_code_allowed = True  # our own plan, just built: trusted
-    engine = deserialize(trt, runtime, plan_bytes, str(out_path), logger)
-    io = engine_io(trt, engine)
-    del engine, runtime
-
+    # Read the I/O back from the engine itself: the sidecar describes what was built. A
+    # version-compatible plan embeds host code; this one was just built here, so it is trusted.
+    loaded = EngineFromBytes(data=built.data, logger=logger, what=str(out_path),
+                             allow_host_code=options.version_compatible)()
+    io = engine_io(loaded.engine)
+    del loaded
     sidecar = build_sidecar(
         engine_name=out_path.name,
         inputs=[t.to_dict() for t in io if t.is_input],
         outputs=[t.to_dict() for t in io if not t.is_input],
         precision=options.precision,
-        tensorrt_version=trt.__version__,
-        gpu_name=ctx.info.name,
-        gpu_cc=ctx.info.compute_capability,
+        tensorrt_version=trt_version,
+        gpu_name=gpu.name,
+        gpu_cc=gpu.compute_capability,
         hardware_compatibility=options.hardware_compatibility,
         version_compatible=options.version_compatible,
-        source_onnx_sha256=file_sha256(onnx_path),
+        source_onnx_sha256=sha256_file(onnx_path),
         card=card,
         quantizer=_quantizer_name(plan, quantizer),
         engine_sha256=engine_sha,
@@ -386,15 +331,15 @@ def _build(
         calib_info = {"batches": calibrator.batches_served, "cache_used": calibrator.cache_used}
     return {
         "build_seconds": round(build_seconds, 3),
-        "engine_bytes": len(plan_bytes),
+        "engine_bytes": len(built.data),
         "engine_sha256": engine_sha,
-        "tensorrt_version": trt.__version__,
+        "tensorrt_version": trt_version,
         "precision": options.precision,
         "quantizer": sidecar["quantizer"],
         "plan": plan.to_dict(),
-        "gpu": ctx.info.name,
-        "compute_capability": ctx.info.cc_text,
-        "timing_cache": cache_info,
+        "gpu": gpu.name,
+        "compute_capability": gpu.cc_text,
+        "timing_cache": built.timing_cache,
         "calibration": calib_info,
         "warnings": len(logger.warnings),
         "log": str(log_path),
@@ -403,104 +348,10 @@ def _build(
 
 
 def _quantizer_name(plan: BuildPlan, quantizer: str | None) -> str | None:
+    """Who computed the INT8 scales, for the sidecar: TensorRT's classic calibrator, the
+    quantizer that made the QDQ ONNX, or nobody (FP32/FP16)."""
     if plan.calibrator is not None:
-        return "tensorrt"  # TensorRT's own calibrator computed the scales
+        return "tensorrt"
     if plan.onnx_precision == "int8":
         return quantizer or "onnxruntime"
     return None
-
-
-def _network_flags(trt: ModuleType, plan: BuildPlan, trt_major: int | None) -> int:
-    """STRONGLY_TYPED on TensorRT 10's strongly typed path; 0 otherwise.
-
-    TensorRT 11 networks are strongly typed whatever the flags (the flag is kept there only for
-    API compatibility), and EXPLICIT_BATCH has been implied since TensorRT 10.
-    """
-    if plan.strongly_typed and trt_major == 10:
-        return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
-    return 0
-
-
-def _set_profile(
-    profile: Any, network: Any, options: TrtBuildOptions, fixed_batch: int | None = None
-) -> None:
-    """min/opt/max over the batch axis of every input; other axes must be static."""
-    for i in range(network.num_inputs):
-        tensor = network.get_input(i)
-        shape = tuple(int(d) for d in tensor.shape)
-        if not shape:
-            raise ModelError(f"input '{tensor.name}' is a scalar: porter builds image classifiers")
-        if any(d < 0 for d in shape[1:]):
-            raise ModelError(
-                f"input '{tensor.name}' has dynamic axes beyond the batch {shape}: export the ONNX "
-                f"with a fixed image size"
-            )
-        rest = shape[1:]
-        lo, opt, hi = (options.min_batch, options.opt_batch, options.max_batch)
-        if fixed_batch is not None:
-            lo = opt = hi = fixed_batch
-        if shape[0] >= 0 and not lo == opt == hi == shape[0]:
-            raise UsageError(
-                f"the ONNX input '{tensor.name}' has a fixed batch of {shape[0]}: export it with a "
-                f"dynamic batch axis, or pass --min-batch/--opt-batch/--max-batch {shape[0]}"
-            )
-        profile.set_shape(tensor.name, (lo, *rest), (opt, *rest), (hi, *rest))
-
-
-def _configure(trt: ModuleType, config: Any, options: TrtBuildOptions, plan: BuildPlan) -> None:
-    if options.workspace_bytes is not None:
-        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace_bytes)
-    if options.builder_opt_level is not None:
-        config.builder_optimization_level = options.builder_opt_level
-    if options.version_compatible:
-        config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
-    if options.hardware_compatibility is not None:
-        # AMPERE_PLUS exists since TensorRT 8.6; SAME_COMPUTE_CAPABILITY was added in 10.9.
-        level = getattr(trt.HardwareCompatibilityLevel,
-                        _HW_LEVELS[options.hardware_compatibility], None)
-        if level is None:
-            raise UsageError(
-                f"--hardware-compatibility {options.hardware_compatibility} needs TensorRT 10.9 "
-                f"or newer (this is {trt.__version__}): upgrade TensorRT or use ampere+"
-            )
-        config.hardware_compatibility_level = level
-    for name in plan.builder_flags:  # classic path only (TensorRT 10); plan_build refused on 11
-        config.set_flag(getattr(trt.BuilderFlag, name))
-    for name in plan.cleared_flags:
-        flag = getattr(trt.BuilderFlag, name, None)
-        if flag is not None:  # TF32 may not exist in a future major; nothing to clear then
-            config.clear_flag(flag)
-
-
-def _load_timing_cache(config: Any, path: Path | None) -> dict[str, Any]:
-    """Attach a timing cache: the file's content when it exists, an empty one otherwise."""
-    data = b""
-    if path is not None and path.is_file():
-        data = path.read_bytes()
-    cache = config.create_timing_cache(data)
-    if cache is None or not config.set_timing_cache(cache, False):
-        raise UsageError(
-            f"timing cache {path} was made by another TensorRT version or GPU and cannot be "
-            f"reused: delete it or pass another --timing-cache path"
-        )
-    return {"path": str(path) if path else None, "loaded_bytes": len(data), "reused": bool(data)}
-
-
-def _save_timing_cache(config: Any, path: Path | None) -> dict[str, Any]:
-    """Merge this build's timings with what is on disk now (another build may have added
-    some), then write the file atomically, all under a lock."""
-    if path is None:
-        return {"saved_bytes": 0}
-    from filelock import FileLock
-
-    cache = config.get_timing_cache()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path) + ".lock", timeout=600):
-        if path.is_file():
-            on_disk = config.create_timing_cache(path.read_bytes())
-            # Entries already in our cache win; the others are appended (ITimingCache.combine).
-            if on_disk is not None:
-                cache.combine(on_disk, False)
-        data = memoryview(cache.serialize()).tobytes()
-        atomic_write_bytes(path, data)
-    return {"saved_bytes": len(data)}

@@ -15,13 +15,13 @@ explicit quantization) but still present in every 10.x release.
 from __future__ import annotations
 
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
 
 from port.atomic import atomic_write_bytes
 from port.engines.cuda import host_device_buffer
+from port.engines.trt_loaders import import_tensorrt
 from port.errors import DataError, UsageError
 
 
@@ -40,7 +40,7 @@ def calibration_batches(images: np.ndarray, batch_size: int) -> int:
 
 
 def make_calibrator(
-    trt: ModuleType,
+    *,
     kind: str,
     images: np.ndarray,
     input_name: str,
@@ -55,6 +55,7 @@ def make_calibrator(
     """
     import pycuda.driver as cuda  # import_driver() already succeeded in the builder
 
+    trt = import_tensorrt()
     bases = {"entropy": "IInt8EntropyCalibrator2", "minmax": "IInt8MinMaxCalibrator"}
     if kind not in bases:
         raise UsageError(f"--calibrator {kind!r} is unknown: choose entropy or minmax")

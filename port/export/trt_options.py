@@ -1,8 +1,10 @@
 """TensorRT build options and the build plan: pure Python, decided before TensorRT is imported.
 
-Everything here runs (and is tested) on a CPU. ``validate`` rejects conflicting or out-of-range
-flags; ``plan_build`` decides, from the installed TensorRT major version and the precision the
-ONNX file already carries, *how* the engine is built:
+Everything here runs (and is tested) on a CPU. Each check lives in one place: a
+:class:`TrtBuildOptions` refuses conflicting or out-of-range flags when it is made (so every
+instance is valid); :func:`plan_build` refuses what the installed TensorRT major version or the
+ONNX file cannot do and decides *how* the engine is built; :func:`check_build_gpu` refuses what
+the build GPU cannot do:
 
 * **strongly typed** (TensorRT 11 always, TensorRT 10 by default): the network takes its types
   from the ONNX graph, so FP16 comes from an FP16 ONNX and INT8 from a QDQ ONNX. TensorRT 11
@@ -25,7 +27,9 @@ from typing import Any
 from port.errors import BackendUnavailable, UsageError
 
 PRECISIONS = ("fp32", "fp16", "int8")
-HARDWARE_COMPATIBILITY = ("ampere+", "same-cc")
+# --hardware-compatibility value -> TensorRT's HardwareCompatibilityLevel name.
+HARDWARE_LEVELS = {"ampere+": "AMPERE_PLUS", "same-cc": "SAME_COMPUTE_CAPABILITY"}
+HARDWARE_COMPATIBILITY = tuple(HARDWARE_LEVELS)
 CALIBRATORS = ("entropy", "minmax")
 OPT_LEVELS = range(0, 6)  # IBuilderConfig.builder_optimization_level accepts 0..5 (default 3)
 SUPPORTED_MAJORS = (10, 11)  # newer majors are treated like 11: strongly typed only
@@ -83,7 +87,11 @@ def format_size(nbytes: int) -> str:
 
 @dataclass(frozen=True)
 class TrtBuildOptions:
-    """What the user asked for with ``porter export --to trt``; checked by :func:`validate`."""
+    """What the user asked for with ``porter export --to trt``.
+
+    Checked when made (``UsageError`` naming the first bad flag), so every instance is valid;
+    ``dataclasses.replace`` checks again.
+    """
 
     precision: str = "fp16"
     # One optimisation profile over the batch axis. The defaults cover `porter evaluate`'s
@@ -99,33 +107,8 @@ class TrtBuildOptions:
     calibrator: str | None = None  # classic INT8 on TensorRT 10: "entropy" | "minmax"
     calib_cache: Path | None = None  # calibration cache read/written by the classic calibrator
 
-    @classmethod
-    def from_options(cls, precision: str | None, options: Mapping[str, Any]) -> TrtBuildOptions:
-        """Build from the CLI's option dict (``workspace`` as text). Keys outside
-        :data:`TRT_OPTION_KEYS` are not read here: the export stage decides what they mean."""
-        kwargs: dict[str, Any] = {}
-        if precision is not None:
-            kwargs["precision"] = precision
-        for key in ("min_batch", "opt_batch", "max_batch", "builder_opt_level"):
-            if options.get(key) is not None:
-                kwargs[key] = _as_int(options[key], key)
-        # Only --min-batch/--max-batch given: keep opt inside the range instead of failing on
-        # the default opt (16) with e.g. --max-batch 8.
-        if "opt_batch" not in kwargs and ("min_batch" in kwargs or "max_batch" in kwargs):
-            lo = kwargs.get("min_batch", cls.min_batch)
-            hi = kwargs.get("max_batch", cls.max_batch)
-            kwargs["opt_batch"] = min(max(cls.opt_batch, lo), hi)
-        if options.get("workspace") is not None:
-            kwargs["workspace_bytes"] = parse_size(options["workspace"])
-        for key in ("timing_cache", "calib_cache"):
-            if options.get(key) is not None:
-                kwargs[key] = Path(options[key])
-        if options.get("version_compatible") is not None:
-            kwargs["version_compatible"] = bool(options["version_compatible"])
-        for key in ("hardware_compatibility", "calibrator"):
-            if options.get(key) is not None:
-                kwargs[key] = str(options[key]).lower()
-        return cls(**kwargs)
+    def __post_init__(self) -> None:
+        _check_flags(self)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly form for manifest ``params`` and the sidecar."""
@@ -146,32 +129,36 @@ def _as_int(value: Any, key: str) -> int:
 
 
 def options_from_flags(precision: str | None, options: Mapping[str, Any]) -> TrtBuildOptions:
-    """``TrtBuildOptions`` from ``porter export --to trt`` flags, validated without TensorRT."""
-    built = TrtBuildOptions.from_options(precision, options)
-    validate(built, None)
-    return built
+    """``TrtBuildOptions`` from ``porter export --to trt``'s option dict (``workspace`` as text),
+    checked on the way. Keys outside :data:`TRT_OPTION_KEYS` are not read here: the export
+    stage decides what they mean."""
+    kwargs: dict[str, Any] = {}
+    if precision is not None:
+        kwargs["precision"] = precision
+    for key in ("min_batch", "opt_batch", "max_batch", "builder_opt_level"):
+        if options.get(key) is not None:
+            kwargs[key] = _as_int(options[key], key)
+    # Only --min-batch/--max-batch given: keep opt inside the range instead of failing on
+    # the default opt (16) with e.g. --max-batch 8.
+    if "opt_batch" not in kwargs and ("min_batch" in kwargs or "max_batch" in kwargs):
+        lo = kwargs.get("min_batch", TrtBuildOptions.min_batch)
+        hi = kwargs.get("max_batch", TrtBuildOptions.max_batch)
+        kwargs["opt_batch"] = min(max(TrtBuildOptions.opt_batch, lo), hi)
+    if options.get("workspace") is not None:
+        kwargs["workspace_bytes"] = parse_size(options["workspace"])
+    for key in ("timing_cache", "calib_cache"):
+        if options.get(key) is not None:
+            kwargs[key] = Path(options[key])
+    if options.get("version_compatible") is not None:
+        kwargs["version_compatible"] = bool(options["version_compatible"])
+    for key in ("hardware_compatibility", "calibrator"):
+        if options.get(key) is not None:
+            kwargs[key] = str(options[key]).lower()
+    return TrtBuildOptions(**kwargs)
 
 
-def trt_major_of(version: str | None) -> int | None:
-    """``'10.3.0.26'`` -> 10; ``None`` stays ``None``."""
-    if not version:
-        return None
-    match = re.match(r"^\s*(\d+)", version)
-    return int(match.group(1)) if match else None
-
-
-def validate(
-    options: TrtBuildOptions,
-    trt_major: int | None,
-    *,
-    gpu_cc: tuple[int, int] | None = None,
-) -> None:
-    """Raise ``UsageError`` for the first conflicting or out-of-range option.
-
-    ``trt_major`` is the installed TensorRT major version, or ``None`` when it is not known yet
-    (the checks that need it are skipped then). ``gpu_cc`` is the build GPU's compute capability
-    when known; ``--hardware-compatibility ampere+`` needs an Ampere or newer GPU to build on.
-    """
+def _check_flags(options: TrtBuildOptions) -> None:
+    """Raise ``UsageError`` for the first conflicting or out-of-range flag (no TensorRT needed)."""
     if options.precision not in PRECISIONS:
         raise UsageError(
             f"--precision {options.precision!r} is not a TensorRT precision: choose one of "
@@ -215,18 +202,12 @@ def validate(
             "--calib-cache is the classic calibrator's cache: pass --calibrator entropy|minmax "
             "with it, or drop it"
         )
-    if trt_major is not None:
-        if trt_major < SUPPORTED_MAJORS[0]:
-            raise UsageError(
-                f"TensorRT {trt_major}.x is not supported: install TensorRT 10 or 11 "
-                f"(see README, GPU set-up)"
-            )
-        if options.calibrator is not None and trt_major >= 11:
-            raise UsageError(
-                "TensorRT 11 removed implicit INT8 calibration (IInt8*Calibrator): omit "
-                "--calibrator to build from the QDQ ONNX"
-            )
-    if options.hardware_compatibility == "ampere+" and gpu_cc is not None and gpu_cc < (8, 0):
+
+
+def check_build_gpu(options: TrtBuildOptions, gpu_cc: tuple[int, int]) -> None:
+    """Refuse options the build GPU (compute capability ``gpu_cc``) cannot honour:
+    ``--hardware-compatibility ampere+`` must be built on an Ampere or newer GPU."""
+    if options.hardware_compatibility == "ampere+" and gpu_cc < (8, 0):
         raise UsageError(
             f"--hardware-compatibility ampere+ can only be built on an Ampere or newer GPU "
             f"(compute capability >= 8.0); this GPU is {gpu_cc[0]}.{gpu_cc[1]}: build on a newer "
@@ -239,8 +220,9 @@ class BuildPlan:
     """How the engine will be built; recorded in the manifest and the sidecar."""
 
     path: str  # "strongly-typed" | "classic"
-    strongly_typed: bool  # create the network with NetworkDefinitionCreationFlag.STRONGLY_TYPED
+    strongly_typed: bool  # the network takes its types from the ONNX graph
     onnx_precision: str  # what the ONNX it is built from carries: fp32 | fp16 | int8 (QDQ)
+    network_flags: tuple[str, ...] = ()  # NetworkDefinitionCreationFlag names to set
     builder_flags: tuple[str, ...] = ()  # BuilderFlag names to set (classic path only)
     cleared_flags: tuple[str, ...] = ()  # BuilderFlag names to clear
     calibrator: str | None = None  # classic INT8 calibrator, if any
@@ -254,8 +236,8 @@ class BuildPlan:
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly form."""
         d = {f.name: getattr(self, f.name) for f in fields(self)}
-        d["builder_flags"] = list(self.builder_flags)
-        d["cleared_flags"] = list(self.cleared_flags)
+        for key in ("network_flags", "builder_flags", "cleared_flags"):
+            d[key] = list(d[key])
         return d
 
 
@@ -277,42 +259,53 @@ def plan_build(
 
     ``onnx_precision`` is what the ONNX already carries: ``fp32``, ``fp16`` (FP16 graph) or
     ``int8`` (QDQ nodes). ``None`` means "not chosen yet": the plan then names the ONNX the
-    export stage should build from (:func:`required_onnx_precision`). Runs :func:`validate`.
+    export stage should build from (:func:`required_onnx_precision`). ``options`` were checked
+    when they were made; this adds what depends on the TensorRT version and the ONNX.
     """
-    validate(options, trt_major)
-    if onnx_precision is None and trt_major is not None:
-        onnx_precision = required_onnx_precision(options, trt_major)
     if trt_major is None:
         raise BackendUnavailable(
             "TensorRT is not installed: install the GPU extra (see README) or export --to onnx"
         )
     if trt_major < SUPPORTED_MAJORS[0]:
-        raise UsageError(f"TensorRT {trt_major}.x is not supported: install TensorRT 10 or 11")
+        raise UsageError(
+            f"TensorRT {trt_major}.x is not supported: install TensorRT 10 or 11 "
+            f"(see README, GPU set-up)"
+        )
+    if options.calibrator is not None and trt_major >= 11:
+        raise UsageError(
+            "TensorRT 11 removed implicit INT8 calibration (IInt8*Calibrator): omit "
+            "--calibrator to build from the QDQ ONNX"
+        )
+    if onnx_precision is None:
+        onnx_precision = required_onnx_precision(options, trt_major)
     if onnx_precision not in PRECISIONS:
         raise ValueError(f"onnx_precision must be one of {PRECISIONS}, got {onnx_precision!r}")
     want = options.precision
     # FP32 means IEEE FP32 here, like the ONNX Runtime CPU reference it is compared with; TF32
     # (on by default on Ampere+) would move the logits by ~1e-3 for no reason the user asked.
     cleared = ("TF32",) if want == "fp32" else ()
-    strongly_typed_reason = (
-        f"strongly typed network from the {onnx_precision.upper()}"
-        f"{' (QDQ)' if onnx_precision == 'int8' else ''} ONNX: the graph carries the precision"
+    strongly_typed = BuildPlan(
+        path="strongly-typed",
+        strongly_typed=True,
+        onnx_precision=onnx_precision,
+        # TensorRT 10 needs the flag; TensorRT 11 networks are strongly typed whatever the flags
+        # (the flag is deprecated and ignored there). EXPLICIT_BATCH is implied since 10.
+        network_flags=("STRONGLY_TYPED",) if trt_major < 11 else (),
+        cleared_flags=cleared,
+        reason=(
+            f"strongly typed network from the {onnx_precision.upper()}"
+            f"{' (QDQ)' if onnx_precision == 'int8' else ''} ONNX: the graph carries the precision"
+        ),
     )
 
     if trt_major >= 11:
-        if options.calibrator is not None:
-            raise UsageError(
-                "TensorRT 11 removed implicit INT8 calibration (IInt8*Calibrator): omit "
-                "--calibrator to build from the QDQ ONNX"
-            )
         if onnx_precision != want:
             raise UsageError(
                 f"TensorRT {trt_major} builds strongly typed networks only, so --precision {want} "
                 f"needs the {_onnx_name(want)} ONNX, not the {_onnx_name(onnx_precision)} one: "
                 f"run `porter export --to onnx --precision {want}` first"
             )
-        return BuildPlan("strongly-typed", True, onnx_precision, (), cleared, None,
-                         strongly_typed_reason)
+        return strongly_typed
 
     # TensorRT 10: strongly typed by default, the classic weakly typed path when asked for.
     if options.calibrator is not None:
@@ -322,17 +315,28 @@ def plan_build(
                 f"{_onnx_name(onnx_precision)}: build from the FP32 ONNX, or omit --calibrator"
             )
         return BuildPlan(
-            "classic", False, "fp32", ("INT8",), cleared, options.calibrator,
-            f"classic INT8: BuilderFlag.INT8 with the {options.calibrator} calibrator on the FP32 "
-            f"ONNX (TensorRT 10)",
+            path="classic",
+            strongly_typed=False,
+            onnx_precision="fp32",
+            builder_flags=("INT8",),
+            cleared_flags=cleared,
+            calibrator=options.calibrator,
+            reason=(
+                f"classic INT8: BuilderFlag.INT8 with the {options.calibrator} calibrator on the "
+                f"FP32 ONNX (TensorRT 10)"
+            ),
         )
     if onnx_precision == want:
-        return BuildPlan("strongly-typed", True, onnx_precision, (), cleared, None,
-                         strongly_typed_reason)
+        return strongly_typed
     if want == "fp16" and onnx_precision == "fp32":
         return BuildPlan(
-            "classic", False, "fp32", ("FP16",), cleared, None,
-            "classic FP16: BuilderFlag.FP16 on the FP32 ONNX lets TensorRT 10 pick FP16 kernels",
+            path="classic",
+            strongly_typed=False,
+            onnx_precision="fp32",
+            builder_flags=("FP16",),
+            cleared_flags=cleared,
+            reason="classic FP16: BuilderFlag.FP16 on the FP32 ONNX lets TensorRT 10 pick FP16 "
+                   "kernels",
         )
     if want == "int8" and onnx_precision == "fp32":
         raise UsageError(

@@ -197,25 +197,28 @@ def _trt_int8_source(manifest: Manifest, ref: Record, card: Any, options: dict[s
                      console: Console) -> tuple[Record, str]:
     """The QDQ ONNX a TensorRT INT8 engine is built from, and which quantizer made it.
 
-    With NVIDIA modelopt installed its ONNX quantizer places QDQ nodes where TensorRT fuses
-    them (recorded as its own ONNX artifact, so evaluate checks that exact graph on the CPU);
-    otherwise the run's ONNX Runtime QDQ model (symmetric int8 activations) is used.
+    ``choose_quantizer`` decides once and says why (printed here); the artifact is named after
+    the quantizer that ran. modelopt's graph is its own ONNX artifact (``onnx-int8-modelopt``,
+    so evaluate checks that exact graph on the CPU); ONNX Runtime's is the run's INT8 ONNX
+    (symmetric int8 activations), or a symmetric copy of it.
     """
-    from port.export.tensorrt import modelopt_available, quantize_for_tensorrt
+    from port.export.tensorrt import choose_quantizer, quantize_with_modelopt
 
     method = options.get("calib_method", "minmax")
-    if modelopt_available():
+    choice = choose_quantizer(method)
+    console.print(f"INT8 scales for TensorRT from {choice.name}: {choice.why}")
+    if choice.name == "modelopt":
         fp32 = _ensure_fp32_onnx(manifest, ref, card, options, console)
         images, calib = _calibration(manifest, ref, card, options)
-        art_id, out = "onnx-int8-modelopt", manifest.run_dir / "model.int8-modelopt.onnx"
-        path, quantizer, why = quantize_for_tensorrt(manifest.run_dir / fp32.path, out, images,
-                                                     method=method)
+        art_id = f"onnx-int8-{choice.name}"
+        out = manifest.run_dir / f"model.int8-{choice.name}.onnx"
+        quantize_with_modelopt(manifest.run_dir / fp32.path, out, images, method=method)
         params = {"to": "onnx", "precision": "int8", "card": card.to_dict(),
-                  "calibration": calib, "calib_method": method, "quantizer": quantizer,
-                  "why": why}
-        record = manifest.record("export", "onnx", path, id=art_id, parents=[fp32.id],
+                  "calibration": calib, "calib_method": method, "quantizer": choice.name,
+                  "why": choice.why}
+        record = manifest.record("export", "onnx", out, id=art_id, parents=[fp32.id],
                                  params=params)
-        return record, quantizer
+        return record, choice.name
     existing = _fresh(manifest, "onnx-int8")
     lowp = {k: v for k, v in options.items() if k in ONNX_OPTIONS}
     if existing is None:
@@ -229,17 +232,18 @@ def _trt_int8_source(manifest: Manifest, ref: Record, card: Any, options: dict[s
         existing = _fresh(manifest, "onnx-int8-sym") or _export_onnx_lowp(
             manifest, ref, card, "int8", {**lowp, "int8_activations": "int8"}, console,
             art_id="onnx-int8-sym")
-    return existing, "onnxruntime"
+    return existing, choice.name
 
 
 def _export_trt(manifest: Manifest, ref: Record, card: Any, precision: str,
                 options: dict[str, Any], console: Console) -> Record:
     """A TensorRT engine (plus JSON sidecar) from the matching ONNX graph."""
     from port.export.tensorrt import build_engine, installed_trt_major
-    from port.export.trt_options import options_from_flags, plan_build, validate
+    from port.export.trt_options import options_from_flags, plan_build
 
+    # The options are checked as they are made: flag conflicts come first, before "TensorRT is
+    # not installed"; plan_build adds what the installed TensorRT cannot do.
     build_options = options_from_flags(precision, options)
-    validate(build_options, None)  # flag conflicts first, before "TensorRT is not installed"
     trt_major = installed_trt_major()  # BackendUnavailable when TensorRT/pycuda/GPU are missing
     plan = plan_build(build_options, trt_major)
     quantizer = None

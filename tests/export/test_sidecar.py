@@ -1,4 +1,8 @@
-"""Engine sidecars: build, write, read back, and the TensorRT/GPU compatibility rules."""
+"""Writing engine sidecars (port/export/sidecar.py): what a build records next to its engine.
+
+Reading them back and the compatibility rules are port/engines/trt_sidecar.py's, tested in
+tests/engines/test_trt_sidecar.py.
+"""
 
 from __future__ import annotations
 
@@ -9,21 +13,12 @@ from typing import Any
 import pytest
 
 from port.data.preprocess import CIFAR10_MEAN, CIFAR10_STD, Preprocess
+from port.engines.trt_sidecar import card_from_sidecar, read_sidecar, sidecar_path
 from port.errors import ModelError
-from port.export.sidecar import (
-    build_sidecar,
-    card_from_sidecar,
-    check_compatible,
-    parse_version,
-    read_sidecar,
-    sidecar_path,
-    write_sidecar,
-)
+from port.export.sidecar import build_sidecar, write_sidecar
 from port.models.card import ModelCard
 
 A100 = ("NVIDIA A100-SXM4-80GB", (8, 0))
-L4 = ("NVIDIA L4", (8, 9))
-T4 = ("Tesla T4", (7, 5))
 
 
 def _card() -> ModelCard:
@@ -56,10 +51,6 @@ def _sidecar(**change: Any) -> dict[str, Any]:
     return build_sidecar(**kwargs)
 
 
-def test_sidecar_path_appends_json_to_the_engine_name() -> None:
-    assert sidecar_path(Path("runs/r/model_fp16.engine")) == Path("runs/r/model_fp16.engine.json")
-
-
 def test_sidecar_carries_what_an_app_needs_without_porter(tmp_path: Path) -> None:
     side = _sidecar(precision="int8", quantizer="modelopt")
     path = write_sidecar(sidecar_path(tmp_path / "model_int8.engine"), side)
@@ -79,107 +70,25 @@ def test_sidecar_carries_what_an_app_needs_without_porter(tmp_path: Path) -> Non
     assert not list(tmp_path.glob(".*"))  # no temp file left behind by the atomic write
 
 
-def test_read_sidecar_refuses_missing_broken_and_incomplete_files(tmp_path: Path) -> None:
-    with pytest.raises(ModelError, match="not found"):
-        read_sidecar(tmp_path / "none.engine.json")
-    bad = tmp_path / "bad.engine.json"
-    bad.write_text("{not json")
-    with pytest.raises(ModelError, match="not valid JSON"):
-        read_sidecar(bad)
+def test_profiles_are_kept_for_inputs_only_and_shapes_become_ints() -> None:
+    side = _sidecar(
+        inputs=[{"name": "input", "dtype": "float32", "shape": (-1, 3, 32, 32),
+                 "profile": {"min": (1, 3, 32, 32), "opt": (16, 3, 32, 32),
+                             "max": (32, 3, 32, 32)}}],
+        outputs=[{"name": "logits", "dtype": "float32", "shape": (-1, 3),
+                  "profile": {"min": (1, 3), "opt": (16, 3), "max": (32, 3)}}],
+    )
+    assert side["inputs"][0]["profile"]["opt"] == [16, 3, 32, 32]
+    assert "profile" not in side["outputs"][0]
+    assert json.loads(json.dumps(side)) == side
+
+
+def test_an_incomplete_sidecar_is_never_written(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="lists no inputs or no outputs"):
+        _sidecar(outputs=[])
     side = _sidecar()
     del side["tensorrt_version"]
-    bad.write_text(json.dumps(side))
+    target = tmp_path / "m.engine.json"
     with pytest.raises(ModelError, match="has no 'tensorrt_version'"):
-        read_sidecar(bad)
-    side = _sidecar()
-    side["gpu"]["compute_capability"] = "eight"
-    bad.write_text(json.dumps(side))
-    with pytest.raises(ModelError, match=r"MAJOR\.MINOR"):
-        read_sidecar(bad)
-    side = _sidecar()
-    side["format"] = 99
-    bad.write_text(json.dumps(side))
-    with pytest.raises(ModelError, match="upgrade porter"):
-        read_sidecar(bad)
-
-
-def test_parse_version() -> None:
-    assert parse_version("10.3.0.26") == (10, 3, 0, 26)
-    assert parse_version("10.8.0.post1") == (10, 8, 0)
-    assert parse_version("11.0.0") == (11, 0, 0)
-
-
-# -- compatibility ---------------------------------------------------------------------------
-def test_same_version_and_gpu_loads() -> None:
-    check_compatible(_sidecar(), "10.3.0", A100[1], A100[0])
-    check_compatible(_sidecar(), "10.3.0.26", A100[1], A100[0])  # build number on one side only
-    # Another board with the same compute capability: TensorRT loads it (and may warn).
-    check_compatible(_sidecar(), "10.3.0", (8, 0), "NVIDIA A100-PCIE-40GB")
-
-
-def test_another_tensorrt_version_is_refused_naming_both_sides_and_the_fix() -> None:
-    with pytest.raises(ModelError) as info:
-        check_compatible(_sidecar(), "10.8.0", A100[1], A100[0])
-    msg = str(info.value)
-    assert "another TensorRT version" in msg
-    assert "TensorRT 10.3.0" in msg and "TensorRT 10.8.0" in msg
-    assert "rebuild it here" in msg and "--version-compatible" in msg
-    assert "\n" not in msg
-
-
-def test_an_older_runtime_is_refused_and_no_flag_is_offered() -> None:
-    with pytest.raises(ModelError) as info:
-        check_compatible(_sidecar(tensorrt_version="10.8.0"), "10.3.0", A100[1], A100[0])
-    assert "--version-compatible" not in str(info.value)
-    with pytest.raises(ModelError):
-        check_compatible(_sidecar(tensorrt_version="10.8.0", version_compatible=True), "10.3.0",
-                         A100[1], A100[0])
-
-
-def test_version_compatible_engines_load_in_newer_runtimes_of_documented_majors() -> None:
-    vc = _sidecar(version_compatible=True)
-    check_compatible(vc, "10.8.0", A100[1], A100[0])
-    check_compatible(vc, "11.1.0", A100[1], A100[0])  # TensorRT 10 VC plans run on 11
-    with pytest.raises(ModelError, match="another TensorRT version"):
-        check_compatible(_sidecar(version_compatible=True, tensorrt_version="10.3.0"), "12.0.0",
-                         A100[1], A100[0])
-
-
-def test_another_gpu_is_refused_and_ampere_plus_is_offered_between_ampere_gpus() -> None:
-    with pytest.raises(ModelError) as info:
-        check_compatible(_sidecar(), "10.3.0", L4[1], L4[0])
-    msg = str(info.value)
-    assert "another GPU" in msg and A100[0] in msg and L4[0] in msg
-    assert "compute capability 8.0" in msg and "compute capability 8.9" in msg
-    assert "--hardware-compatibility ampere+" in msg
-
-
-def test_ampere_plus_engines_run_on_any_ampere_or_newer_gpu_only() -> None:
-    hc = _sidecar(hardware_compatibility="ampere+")
-    check_compatible(hc, "10.3.0", L4[1], L4[0])
-    check_compatible(hc, "10.3.0", (9, 0), "NVIDIA H100")
-    with pytest.raises(ModelError) as info:
-        check_compatible(hc, "10.3.0", T4[1], T4[0])
-    assert "--hardware-compatibility" not in str(info.value)  # nothing makes it run on Turing
-
-
-def test_same_cc_engines_need_the_same_compute_capability() -> None:
-    sc = _sidecar(hardware_compatibility="same-cc", gpu_name=L4[0], gpu_cc=L4[1])
-    check_compatible(sc, "10.3.0", (8, 9), "NVIDIA GeForce RTX 4090")
-    with pytest.raises(ModelError, match="another GPU"):
-        check_compatible(sc, "10.3.0", A100[1], A100[0])
-
-
-def test_both_mismatches_are_named_together() -> None:
-    with pytest.raises(ModelError) as info:
-        check_compatible(_sidecar(), "10.8.0", L4[1], L4[0])
-    msg = str(info.value)
-    assert "another TensorRT version and another GPU" in msg
-    assert "--version-compatible" in msg and "--hardware-compatibility ampere+" in msg
-
-
-def test_flags_are_offered_only_when_they_fix_every_mismatch() -> None:
-    # Older runtime (no flag helps) on another Ampere GPU (a flag would help): rebuild only.
-    with pytest.raises(ModelError) as info:
-        check_compatible(_sidecar(tensorrt_version="10.8.0"), "10.3.0", L4[1], L4[0])
-    assert str(info.value).endswith("rebuild it here with `porter export --to trt`")
+        write_sidecar(target, side)
+    assert not target.exists()

@@ -1,5 +1,6 @@
-"""The TensorRT builder and runner where no TensorRT/GPU is needed: ONNX precision detection,
-quantizer choice, and clear refusals on a machine without TensorRT."""
+"""The TensorRT builder where no TensorRT/GPU is needed: ONNX precision detection, the INT8
+quantizer choice, and clear refusals on a machine without TensorRT (the runner's are in
+tests/engines)."""
 
 from __future__ import annotations
 
@@ -12,13 +13,14 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from port.data.preprocess import CIFAR10_MEAN, CIFAR10_STD, Preprocess
-from port.errors import BackendUnavailable, DataError, ModelError, UsageError
+from port.errors import BackendUnavailable, DataError, ModelError
 from port.export.tensorrt import (
+    QuantizerChoice,
     build_engine,
     choose_quantizer,
     installed_trt_major,
     onnx_precision,
-    quantize_for_tensorrt,
+    quantize_with_modelopt,
 )
 from port.export.trt_calibrator import calibration_batches
 from port.export.trt_options import TrtBuildOptions
@@ -93,22 +95,30 @@ def test_onnx_precision_refuses_missing_and_garbage_files(tmp_path: Path) -> Non
 
 
 def test_quantizer_choice_prefers_modelopt_and_says_why() -> None:
-    assert choose_quantizer("entropy", have_modelopt=True)[0] == "modelopt"
-    assert choose_quantizer("minmax", have_modelopt=True)[0] == "modelopt"
-    name, why = choose_quantizer("percentile", have_modelopt=True)
-    assert name == "onnxruntime" and "percentile" in why
-    name, why = choose_quantizer("entropy", have_modelopt=False)
-    assert name == "onnxruntime" and "not installed" in why
+    for method in ("entropy", "minmax"):
+        choice = choose_quantizer(method, have_modelopt=True)
+        assert choice == QuantizerChoice(
+            name="modelopt", why="modelopt places Q/DQ nodes where TensorRT fuses them"
+        )
+    choice = choose_quantizer("percentile", have_modelopt=True)
+    assert choice.name == "onnxruntime" and "no 'percentile' calibration" in choice.why
+    choice = choose_quantizer("entropy", have_modelopt=False)
+    assert choice.name == "onnxruntime" and "not installed" in choice.why
+
+
+def test_quantizer_choice_probes_this_machine_when_not_told() -> None:
+    have = importlib.util.find_spec("modelopt") is not None
+    assert choose_quantizer("minmax") == choose_quantizer("minmax", have_modelopt=have)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("modelopt") is not None,
-                    reason="modelopt is installed: it would quantize instead")
-def test_without_modelopt_the_onnxruntime_qdq_model_is_used(fp32_onnx: Path, qdq_onnx: Path,
-                                                            tmp_path: Path) -> None:
+                    reason="modelopt is installed: it would quantize")
+def test_modelopt_quantizer_without_modelopt_is_backend_unavailable(fp32_onnx: Path,
+                                                                    tmp_path: Path) -> None:
     images = np.zeros((4, 3, 8, 8), np.float32)
-    path, quantizer, why = quantize_for_tensorrt(fp32_onnx, tmp_path / "q.onnx", images,
-                                                 ort_qdq_onnx=qdq_onnx)
-    assert (path, quantizer) == (qdq_onnx, "onnxruntime") and why
+    with pytest.raises(BackendUnavailable, match=r"nvidia-modelopt\[onnx\]"):
+        quantize_with_modelopt(fp32_onnx, tmp_path / "q.onnx", images, method="minmax")
+    assert not (tmp_path / "q.onnx").exists()
 
 
 def test_calibration_batches_drop_the_partial_batch() -> None:
@@ -117,11 +127,10 @@ def test_calibration_batches_drop_the_partial_batch() -> None:
         calibration_batches(np.zeros((10, 3, 8, 8), np.float32), 32)
 
 
-def test_bad_options_are_refused_before_tensorrt_is_needed(fp32_onnx: Path, tmp_path: Path) -> None:
-    opts = TrtBuildOptions(precision="fp16", min_batch=8, opt_batch=4, max_batch=16)
-    with pytest.raises(UsageError, match="--min-batch <= --opt-batch"):
-        build_engine(fp32_onnx, tmp_path / "m.engine", opts, _card())
-    assert not (tmp_path / "m.engine").exists()
+def test_a_missing_onnx_is_refused_before_tensorrt_is_needed(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="not found"):
+        build_engine(tmp_path / "nope.onnx", tmp_path / "m.engine", TrtBuildOptions(), _card())
+    assert not list(tmp_path.glob("m.engine*"))
 
 
 @no_trt_only
@@ -135,15 +144,3 @@ def test_build_without_tensorrt_exits_with_one_line_naming_it(fp16_onnx: Path,
     assert not list(tmp_path.glob("m.engine*"))
     with pytest.raises(BackendUnavailable, match="TensorRT is not installed"):
         installed_trt_major()
-
-
-@no_trt_only
-def test_runner_without_tensorrt_is_backend_unavailable(tmp_path: Path) -> None:
-    from port.engines.tensorrt import TensorRTRunner
-
-    engine = tmp_path / "m.engine"
-    engine.write_bytes(b"not really a plan")
-    runner = TensorRTRunner(engine)
-    with pytest.raises(BackendUnavailable, match="TensorRT is not installed"):
-        runner.activate()
-    assert not runner.is_active

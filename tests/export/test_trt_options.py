@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -10,13 +11,12 @@ from port.errors import BackendUnavailable, UsageError
 from port.export.trt_options import (
     TRT_OPTION_KEYS,
     TrtBuildOptions,
+    check_build_gpu,
     format_size,
     options_from_flags,
     parse_size,
     plan_build,
     required_onnx_precision,
-    trt_major_of,
-    validate,
 )
 
 
@@ -50,8 +50,9 @@ def test_format_size_round_trips_binary_units() -> None:
 
 def test_defaults_are_valid_everywhere_and_cover_evaluates_batch_sizes() -> None:
     opts = TrtBuildOptions()
-    for major in (None, 10, 11):
-        validate(opts, major)
+    for major in (10, 11):
+        assert plan_build(opts, major).onnx_precision == opts.precision
+    check_build_gpu(opts, (7, 5))
     assert opts.min_batch <= 1 and opts.max_batch >= 32
 
 
@@ -94,20 +95,29 @@ def test_only_max_batch_given_keeps_opt_inside_the_range() -> None:
         ({"workspace_bytes": 0}, "--workspace must be larger than 0"),
     ],
 )
-def test_validate_refuses_conflicts_with_one_line_naming_the_flag(
+def test_options_refuse_conflicts_when_made_with_one_line_naming_the_flag(
     change: dict, message: str
 ) -> None:
-    opts = TrtBuildOptions(**change)
     with pytest.raises(UsageError, match=message) as info:
-        validate(opts, 10)
+        TrtBuildOptions(**change)
     assert "\n" not in str(info.value)
+    # A valid instance cannot be turned into an invalid one either.
+    with pytest.raises(UsageError, match=message):
+        dataclasses.replace(TrtBuildOptions(), **change)
+
+
+def test_flags_from_the_cli_are_checked_once_on_the_way_in() -> None:
+    with pytest.raises(UsageError, match="--min-batch <= --opt-batch <= --max-batch"):
+        options_from_flags("fp16", {"min_batch": 8, "opt_batch": 4, "max_batch": 16})
+    with pytest.raises(UsageError, match="--min-batch needs an integer"):
+        options_from_flags("fp16", {"min_batch": "eight"})
 
 
 def test_calibrator_is_refused_on_tensorrt_11_with_the_reason() -> None:
     opts = TrtBuildOptions(precision="int8", calibrator="entropy")
-    validate(opts, 10)  # fine on TensorRT 10
+    assert plan_build(opts, 10).needs_calibrator  # fine on TensorRT 10
     with pytest.raises(UsageError) as info:
-        validate(opts, 11)
+        plan_build(opts, 11)
     assert str(info.value) == (
         "TensorRT 11 removed implicit INT8 calibration (IInt8*Calibrator): omit --calibrator to "
         "build from the QDQ ONNX"
@@ -115,21 +125,16 @@ def test_calibrator_is_refused_on_tensorrt_11_with_the_reason() -> None:
 
 
 def test_old_tensorrt_is_refused() -> None:
-    with pytest.raises(UsageError, match=r"TensorRT 8\.x is not supported"):
-        validate(TrtBuildOptions(), 8)
+    with pytest.raises(UsageError, match=r"TensorRT 8\.x is not supported: install TensorRT 10"):
+        plan_build(TrtBuildOptions(), 8)
 
 
 def test_ampere_plus_needs_an_ampere_build_gpu() -> None:
     opts = TrtBuildOptions(hardware_compatibility="ampere+")
-    validate(opts, 10, gpu_cc=(8, 6))
+    check_build_gpu(opts, (8, 6))
     with pytest.raises(UsageError, match=r"Ampere or newer GPU .* 7\.5"):
-        validate(opts, 10, gpu_cc=(7, 5))
-
-
-def test_trt_major_of() -> None:
-    assert trt_major_of("10.3.0.26") == 10
-    assert trt_major_of("11.0.0") == 11
-    assert trt_major_of(None) is None
+        check_build_gpu(opts, (7, 5))
+    check_build_gpu(TrtBuildOptions(hardware_compatibility="same-cc"), (7, 5))
 
 
 # -- plan_build ------------------------------------------------------------------------------
@@ -140,6 +145,15 @@ def test_matching_onnx_builds_strongly_typed_on_10_and_11(major: int, precision:
     assert plan.path == "strongly-typed" and plan.strongly_typed
     assert plan.builder_flags == () and plan.calibrator is None and not plan.needs_calibrator
     assert plan.onnx_precision == precision
+
+
+def test_only_tensorrt_10_needs_the_strongly_typed_network_flag() -> None:
+    # TensorRT 11 networks are strongly typed whatever the flags (the flag is deprecated there).
+    assert plan_build(TrtBuildOptions(), 10, "fp16").network_flags == ("STRONGLY_TYPED",)
+    assert plan_build(TrtBuildOptions(), 11, "fp16").network_flags == ()
+    assert plan_build(TrtBuildOptions(), 12, "fp16").network_flags == ()
+    classic = plan_build(TrtBuildOptions(precision="fp16"), 10, "fp32")
+    assert classic.network_flags == () and not classic.strongly_typed
 
 
 def test_fp32_clears_tf32_so_fp32_means_ieee_fp32() -> None:
@@ -214,4 +228,4 @@ def test_plan_to_dict_is_json_friendly() -> None:
 
     d = plan_build(TrtBuildOptions(precision="fp16"), 10, "fp32").to_dict()
     assert json.loads(json.dumps(d))["builder_flags"] == ["FP16"]
-    assert d["reason"]
+    assert d["network_flags"] == [] and d["reason"]

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from port.engines.trt_sidecar import read_sidecar, sidecar_path
 from port.errors import UsageError
-from port.export.sidecar import read_sidecar, sidecar_path
 from port.export.tensorrt import build_engine
 from port.export.trt_options import TrtBuildOptions
 from tests.gpu.conftest import Trained

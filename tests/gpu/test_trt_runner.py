@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from port.engines.tensorrt import TensorRTRunner
+from port.engines.trt_sidecar import sidecar_path
 from port.errors import ModelError, UsageError
-from port.export.sidecar import sidecar_path
 from port.export.tensorrt import build_engine
 from port.export.trt_options import TrtBuildOptions
 from tests.gpu.conftest import Trained
@@ -34,7 +34,7 @@ def test_batches_outside_the_profile_are_refused_naming_its_limits(small_engine:
     with TensorRTRunner(small_engine) as runner:
         name = runner.input_metadata()[0].name
         assert runner.input_metadata()[0].shape == (None, 3, 32, 32)
-        assert runner.profile()[2] == (8, 3, 32, 32)
+        assert runner.profile().max == (8, 3, 32, 32) and runner.profile().min == (2, 3, 32, 32)
         runner.infer({name: trained.images[:8]})  # the max batch fits
         with pytest.raises(UsageError, match=r"outside the engine's optimisation profile.*max "
                                              r"\(8, 3, 32, 32\).*--max-batch"):
