@@ -132,19 +132,34 @@ def _probe_onnxruntime() -> dict[str, Any]:
     return info
 
 
+def _probe_cpu(ort_ok: bool) -> dict[str, Any]:
+    """The CPU (model, int8 flags) and, with ONNX Runtime, whether its int8 kernels saturate."""
+    from port.cpu import cpu_info
+
+    info: dict[str, Any] = dict(cpu_info())
+    info["ort_int8_saturates"] = None
+    if ort_ok:
+        from port.engines.int8_cpu import ort_u8s8_saturates
+
+        info["ort_int8_saturates"] = ort_u8s8_saturates()
+    return info
+
+
 def probe() -> dict[str, Any]:
     """What this machine offers; plain data (JSON-serialisable), never raises."""
     pycuda_ok = _has("pycuda")
+    ort_info = _probe_onnxruntime()
     return {
         "python": platform.python_version(),
         "platform": platform.platform(),
         "executable": sys.executable,
+        "cpu": _probe_cpu(bool(ort_info.get("version"))),
         "torch": _probe_torch(),
         "driver": _probe_driver(pycuda_ok),
         "tensorrt": _probe_tensorrt(),
         "pycuda": {"installed": pycuda_ok, "version": dist_version("pycuda")},
         "onnx": {"installed": _has("onnx"), "version": dist_version("onnx")},
-        "onnxruntime": _probe_onnxruntime(),
+        "onnxruntime": ort_info,
         "modelopt": {"installed": _has("modelopt"), "version": dist_version("nvidia-modelopt")},
     }
 
@@ -203,6 +218,9 @@ def targets(found: dict[str, Any]) -> list[Target]:
             why = "exported on the CPU; ONNX Runtime is missing, so it cannot be checked here"
         elif precision == "int8":
             why = "QDQ model from ONNX Runtime's static quantizer; checked on CPUExecutionProvider"
+            if found.get("cpu", {}).get("ort_int8_saturates"):
+                why += (" with its exact U8U8 kernels (this CPU has no VNNI: the default ones "
+                        "saturate)")
         elif precision == "fp16":
             why = "FP16 graph with FP32 I/O, pre-flight on the CPU; " + (
                 "runs on CUDAExecutionProvider" if gpu_ep
@@ -248,6 +266,15 @@ def render(found: dict[str, Any], usable: list[Target]) -> Group:
     torch_info = found.get("torch", {})
     devices = torch_info.get("devices", [])
     machine.add_row("python", f"{found.get('python')} ({found.get('platform')})")
+    cpu = found.get("cpu") or {}
+    if cpu:
+        from port.cpu import describe
+
+        saturates = cpu.get("ort_int8_saturates")
+        machine.add_row("CPU", describe(cpu) + (
+            "" if saturates is None else "; ONNX Runtime int8 kernels measured: "
+            + ("saturating (porter evaluates INT8 with the exact U8U8 kernels)" if saturates
+               else "exact")))
     machine.add_row(
         "torch",
         f"{_yes(torch_info.get('version'))}, CUDA build {_yes(torch_info.get('cuda'))}, "

@@ -23,6 +23,13 @@ def cifar_archive() -> Path:
     return Path(os.environ.get("PORTER_CIFAR_ARCHIVE", DEFAULT_ARCHIVE))
 
 
+def pytest_report_header() -> str:
+    """The CPU, first: INT8 expectations depend on it (tests/engines/test_int8_cpu.py)."""
+    from port.cpu import describe
+
+    return f"cpu: {describe()}"
+
+
 @pytest.fixture(scope="session")
 def cifar_subset_dir() -> Path:
     """Real CIFAR-10 as an ImageFolder: 100 train + 50 test JPEGs per class (1,500 files).

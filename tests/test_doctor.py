@@ -117,3 +117,19 @@ def test_render_shows_machine_and_targets(here: dict[str, Any]) -> None:
         assert "This machine" in text and "Export targets" in text
         assert "onnxruntime" in text and "trt" in text
     assert "NVIDIA RTX A6000, compute capability 8.6" in text
+
+
+def test_cpu_and_its_measured_int8_kernels_are_reported(here: dict[str, Any]) -> None:
+    from port.cpu import cpu_info
+
+    cpu = here["cpu"]
+    assert cpu["flags"] == cpu_info()["flags"] and cpu["model"]
+    # Measured by ONNX Runtime, predicted from the flags: the same answer.
+    assert cpu["ort_int8_saturates"] == cpu_info()["int8_u8s8_saturates"]
+    saturating = copy.deepcopy(here)
+    saturating["cpu"]["ort_int8_saturates"] = True
+    int8 = next(t for t in targets(saturating) if (t.to, t.precision) == ("onnx", "int8"))
+    assert "exact U8U8 kernels" in int8.why
+    console = Console(record=True, width=300)
+    console.print(render(saturating, targets(saturating)))
+    assert "saturating" in console.export_text()

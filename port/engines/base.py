@@ -95,6 +95,11 @@ class Runner(abc.ABC):
                     f"model expects {shown}: resize/crop the images to the model's input size"
                 )
 
+    def details(self) -> dict[str, Any]:
+        """How the artifact really ran, beyond :attr:`device` (e.g. which INT8 kernels and why);
+        empty when there is nothing to add. Valid after activate; goes into report rows."""
+        return {}
+
     def synchronize(self) -> None:  # noqa: B027 - optional hook, a no-op for synchronous backends
         """Wait for queued device work (no-op for synchronous backends); used by latency timing."""
 

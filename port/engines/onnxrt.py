@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 
 from port.engines.base import Loader, Runner, TensorMeta
+from port.engines.int8_cpu import Int8Kernels
+from port.engines.ort_session import create_session
 from port.errors import BackendUnavailable, ModelError
 
 ProviderSpec = str | tuple[str, dict[str, Any]]
@@ -44,7 +46,10 @@ class OnnxRuntimeRunner(Runner):
 
     ``providers``: names or ``(name, options)`` pairs, in preference order; ``None`` picks
     TensorRT > CUDA > CPU among the available ones. ``threads``: intra-op threads (``None`` lets
-    ORT use every core).
+    ORT use every core). ``int8_kernels``: for an INT8 graph on the CPU provider, ``auto`` runs
+    ONNX Runtime's exact U8U8 kernels where this CPU's default ones saturate (no VNNI) and the
+    graph's weights can make them; ``exact``/``fast`` force a choice (see
+    :mod:`port.engines.int8_cpu`). What ran and why is in :meth:`details`.
     """
 
     backend = "onnxruntime"
@@ -54,10 +59,13 @@ class OnnxRuntimeRunner(Runner):
         loader: Loader,
         providers: Sequence[ProviderSpec] | None = None,
         threads: int | None = None,
+        int8_kernels: str = "auto",
     ) -> None:
         super().__init__(loader)
         self.providers = list(providers) if providers is not None else None
         self.threads = threads
+        self.int8_kernels = int8_kernels
+        self.int8: Int8Kernels | None = None  # the choice made for an INT8 graph on the CPU
         self._session: Any = None
         self._inputs: list[TensorMeta] = []
         self._outputs: list[str] = []
@@ -91,11 +99,10 @@ class OnnxRuntimeRunner(Runner):
         model, path = self._resolve_loader()
         what = str(path) if path is not None else "the in-memory ONNX model"
         providers = self._pick_providers(ort, path)
-        options = ort.SessionOptions()
-        if self.threads is not None:
-            options.intra_op_num_threads = int(self.threads)
-        options.log_severity_level = 3  # errors only: provider fallbacks are reported via device
-        session = _create_session(ort, model, options, providers, what)
+        on_cpu = CPU_EP in [p if isinstance(p, str) else p[0] for p in providers]
+        self.int8 = _int8_choice(self.int8_kernels, model, path) if on_cpu else None
+        session = create_session(model, what=what, providers=providers, threads=self.threads,
+                                 config=self.int8.session_config() if self.int8 else None)
         self._inputs = [_tensor_meta(i, what) for i in session.get_inputs()]
         self._outputs = [o.name for o in session.get_outputs()]
         self._session = session
@@ -150,6 +157,12 @@ class OnnxRuntimeRunner(Runner):
                 chosen.append(name)
         return chosen
 
+    def details(self) -> dict[str, Any]:
+        """``{"int8_cpu": ...}`` for an INT8 graph on the CPU provider (kernels and why)."""
+        if self.int8 is None or self._device != CPU_EP:
+            return {}
+        return {"int8_cpu": self.int8.to_dict()}
+
     def _deactivate(self) -> None:
         self._session = None  # ORT frees the session (and device memory) with the last reference
 
@@ -164,32 +177,29 @@ class OnnxRuntimeRunner(Runner):
         return self._session
 
 
-def _create_session(
-    ort: Any, model: str | bytes, options: Any, providers: list[ProviderSpec], what: str
-) -> Any:
-    """``InferenceSession``, with ORT's load failures turned into one-line ``ModelError``s."""
-    from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
-
-    try:
-        return ort.InferenceSession(model, sess_options=options, providers=providers)
-    except ort_errors.InvalidProtobuf:
-        raise ModelError(f"{what} is not a valid ONNX model (truncated?): re-export it") from None
-    except (ort_errors.InvalidArgument, ort_errors.InvalidGraph, ort_errors.NoModel,
-            ort_errors.NotImplemented, ort_errors.Fail) as exc:
-        why = _one_line(exc)
-        if "No graph was found" in why or "Protobuf parsing failed" in why:
-            raise ModelError(
-                f"{what} is not a valid ONNX model (truncated?): re-export it"
-            ) from None
-        raise ModelError(
-            f"ONNX Runtime cannot load {what} ({why}): re-export it with a supported opset"
-        ) from None
+# op_type strings only an integer-quantized graph holds (protobuf stores them as plain bytes).
+_INT8_OPS = (b"QuantizeLinear", b"DequantizeLinear", b"QLinearConv", b"QLinearMatMul",
+             b"MatMulInteger", b"ConvInteger")
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    text = text.replace("[ONNXRuntimeError] : ", "")
-    return text[:200]
+def _int8_choice(requested: str, model: str | bytes, path: Path | None) -> Int8Kernels | None:
+    """The INT8 kernel choice for ``model`` on the CPU provider; ``None`` for a float graph.
+
+    The op names are found in the serialised bytes, which costs a scan, not a parse. Whether
+    the CPU saturates is measured once per process; the weights' bit width is read from the
+    file only where it matters (a CPU whose default kernels saturate).
+    """
+    from port.engines.int8_cpu import int8_weight_bits, ort_u8s8_saturates, resolve_int8_kernels
+
+    data = path.read_bytes() if path is not None else model
+    assert isinstance(data, bytes)
+    if not any(op in data for op in _INT8_OPS):
+        return None
+    saturates = ort_u8s8_saturates()
+    bits = None
+    if saturates and path is not None:  # only there do the weights decide anything
+        bits = int8_weight_bits(path)
+    return resolve_int8_kernels(requested, cpu_saturates=saturates, weight_bits=bits)
 
 
 def _tensor_meta(arg: Any, what: str) -> TensorMeta:

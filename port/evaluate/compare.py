@@ -25,6 +25,7 @@ from port.evaluate.accuracy import accuracy
 from port.evaluate.gates import Gates, check
 from port.evaluate.latency import measure_latency
 from port.evaluate.parity import parity
+from port.hostinfo import env_info
 
 # Backend shown on a skipped row whose runner never started, by artifact kind.
 _BACKEND_BY_KIND = {"checkpoint": "torch", "onnx": "onnxruntime", "engine": "tensorrt"}
@@ -32,7 +33,7 @@ _BACKEND_BY_KIND = {"checkpoint": "torch", "onnx": "onnxruntime", "engine": "ten
 ROW_FIELDS = (
     "artifact", "kind", "backend", "device", "precision", "top1", "top5", "top1_drop_pp",
     "agreement", "max_abs_diff", "mean_abs_diff", "latency_ms", "throughput", "size_bytes",
-    "passed", "why", "note", "phases_ms",
+    "passed", "why", "note", "phases_ms", "int8_cpu",
 )
 
 
@@ -69,6 +70,7 @@ class _Measured:
     # Per batch size, transfer and compute apart (H2D / compute / D2H ms), as trtexec reports
     # them; only runners that can time device phases (TensorRT) fill it.
     phases_ms: dict[str, dict[str, float]] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)  # Runner.details(): what really ran
 
 
 def evaluate(
@@ -117,7 +119,7 @@ def evaluate(
                 continue
             row = _row(cand, got, accuracy(got.logits, labels), ref_acc["top1"],
                        parity(got.logits, ref.logits))
-            row["passed"], row["why"] = check(row, gates, reference_top1=ref_acc["top1"])
+            row["passed"], row["why"] = _verdict(row, gates, ref_acc["top1"])
             rows.append(row)
 
     ran = [r for r in rows if r["passed"] is not None]
@@ -130,6 +132,7 @@ def evaluate(
         "gates": gates.to_dict(),
         "batch_sizes": sizes,
         "latency_settings": settings,
+        "env": env_info(),  # versions, device and the CPU (int8 flags) the rows ran on
         "rows": rows,
     }
 
@@ -167,7 +170,8 @@ def _measure(cand: Candidate, images: np.ndarray, sizes: list[int], bar: Any, *,
                 phases[str(size)] = time_phases(feed, runs=min_runs)
         if bar:
             bar.update(task, description=label)
-        return _Measured(runner.backend, runner.device, np.concatenate(chunks), latency, phases)
+        return _Measured(runner.backend, runner.device, np.concatenate(chunks), latency, phases,
+                         details=runner.details())
 
 
 def _logits(outputs: dict[str, np.ndarray], artifact: str) -> np.ndarray:
@@ -183,6 +187,30 @@ def _logits(outputs: dict[str, np.ndarray], artifact: str) -> np.ndarray:
 
 
 # -- rows --------------------------------------------------------------------------------------
+def _verdict(row: dict[str, Any], gates: Gates, ref_top1: float) -> tuple[bool | None, str | None]:
+    """The gate's verdict, except where the row measured the CPU rather than the model.
+
+    An INT8 graph run on saturating int8 kernels (an x86 CPU without VNNI, forced onto ONNX
+    Runtime's fast U8S8 kernels) understates what the same file computes on TensorRT or a VNNI
+    CPU: failing the model for that would blame it for the CPU, passing it would prove nothing.
+    """
+    int8 = row.get("int8_cpu") or {}
+    if int8.get("saturating"):
+        return None, ("not gated: saturating int8 kernels on this CPU (rerun with "
+                      "--int8-cpu-kernels auto, or export --int8-weights 7bit)")
+    return check(row, gates, reference_top1=ref_top1)
+
+
+def _note(cand: Candidate, got: _Measured) -> str | None:
+    """The candidate's note for this device, plus how an INT8 graph ran on the CPU and why."""
+    parts = [cand.notes.get(got.device)]
+    int8 = got.details.get("int8_cpu")
+    if int8:
+        parts.append(f"{int8['kernels']}: {int8['why']}")
+    text = "; ".join(p for p in parts if p)
+    return text or None
+
+
 def _row(cand: Candidate, got: _Measured, acc: dict[str, float], ref_top1: float,
          par: dict[str, float]) -> dict[str, Any]:
     return {
@@ -202,8 +230,9 @@ def _row(cand: Candidate, got: _Measured, acc: dict[str, float], ref_top1: float
         "size_bytes": cand.artifact_bytes(),
         "passed": None,
         "why": None,
-        "note": cand.notes.get(got.device),
+        "note": _note(cand, got),
         "phases_ms": got.phases_ms or None,
+        "int8_cpu": got.details.get("int8_cpu"),
     }
 
 

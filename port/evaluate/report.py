@@ -47,6 +47,17 @@ def notes_lines(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _machine_lines(report: dict[str, Any]) -> list[str]:
+    """Where the rows ran: device and CPU with its int8 arithmetic (INT8 rows depend on it)."""
+    env = report.get("env") or {}
+    cpu = env.get("cpu") or {}
+    if not cpu:
+        return []
+    flags = " ".join(cpu.get("flags") or []) or "none detected"
+    return [f"Machine: {_md(env.get('device'))}; CPU {_md(cpu.get('model'))} ({_md(flags)}), "
+            f"int8 {_md(cpu.get('int8'))}.", ""]
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     """The report as Markdown: verdict, dataset, results table, latency detail, gate settings."""
     sizes = [str(b) for b in report.get("batch_sizes", [])] or _batch_keys(report)
@@ -65,6 +76,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"Reference: `{ref['artifact']}` on {ref['backend']} ({ref['device']}), "
         f"top-1 {_pct(ref['top1'])}.",
         "",
+        *_machine_lines(report),
         "## Results",
         "",
     ]
@@ -215,7 +227,9 @@ def _finite(value: Any) -> Any:
 
 
 def _ran(report: dict[str, Any]) -> list[dict[str, Any]]:
-    return [r for r in report["rows"] if r["passed"] is not None and r.get("latency_ms")]
+    # Rows that measured something (a skipped row has no latency; a row that ran but was not
+    # gated, e.g. saturating int8 kernels, still has its timings).
+    return [r for r in report["rows"] if r.get("latency_ms")]
 
 
 def _batch_keys(report: dict[str, Any]) -> list[str]:

@@ -20,8 +20,12 @@ Choices, and why:
   type's minimum), so it runs as its own op between Q/DQ. ``bench/int8_vs_fp32.py`` measures
   both forms; ``activation_type="uint8"`` writes the asymmetric, ORT-CPU-only form (ReLU folded,
   the fastest on this CPU) for users who never build a TensorRT engine from it.
-- ``reduce_range=False``: 7-bit weights only help CPUs without VNNI; this project targets VNNI
-  CPUs and GPUs, and TensorRT expects the full [-127, 127] range.
+- Weights use the full [-127, 127] range by default: that is what TensorRT expects and what a
+  GPU or a VNNI CPU computes exactly. ``weight_range="7bit"`` (ORT's ``reduce_range``) writes
+  |w| <= 64 instead, for apps that run the file on ONNX Runtime's fast kernels on an x86 CPU
+  without VNNI, where full-range weights saturate 16-bit pair sums (``port.engines.int8_cpu``;
+  porter's own checks run such a CPU's exact kernels instead, so the default graph is judged
+  as TensorRT will compute it).
 - ``quant_pre_process`` first (symbolic shape inference + ORT basic optimisations), as the ORT docs
   recommend: a tensor whose shape is unknown cannot be quantized.
 - Calibration runs one batch at a time (``CalibStridedMinMax`` = 1 batch, which ORT applies to every
@@ -52,6 +56,8 @@ from port.errors import DataError, ModelError, UsageError
 CALIBRATION_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
 # --activation-type choices: int8 is symmetric (TensorRT), uint8 asymmetric (ORT CPU only).
 ACTIVATION_TYPES = ("int8", "uint8")
+# --int8-weights choices: full = [-127, 127] (TensorRT, GPUs, VNNI CPUs), 7bit = [-64, 64].
+WEIGHT_RANGES = ("full", "7bit")
 PRECISION_KEY = "porter.precision"  # metadata_props key written by port/export/onnx.py
 QUANTIZATION_KEY = "porter.quantization"  # JSON: how this INT8 graph was made
 
@@ -187,6 +193,7 @@ def quantize_int8(
     method: str = "minmax",
     per_channel: bool = True,
     activation_type: str = "int8",
+    weight_range: str = "full",
     batch_size: int = 16,
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -195,8 +202,10 @@ def quantize_int8(
     ``calib_images`` are preprocessed float32 NCHW images (the evaluation preprocessing). The
     output keeps the input's ``metadata_props``, with ``porter.precision`` set to ``int8`` and
     ``porter.quantization`` describing how it was made; it is written atomically. Returns metrics
-    for the manifest: method, per_channel, activation type, QDQ node counts, seconds, bytes, and a
-    check of the INT8 graph against FP32 on the first calibration images (ORT CPU).
+    for the manifest: method, per_channel, activation type, weight range (and the bits the
+    written weights need), QDQ node counts, seconds, bytes, and a check of the INT8 graph
+    against FP32 on the first calibration images (ORT CPU, on the kernels ``porter evaluate``
+    would choose on this CPU).
     """
     from onnxruntime.quantization import (
         CalibrationMethod,
@@ -212,6 +221,9 @@ def quantize_int8(
     if activation_type not in ACTIVATION_TYPES:
         raise UsageError(f"unknown activation type {activation_type!r}: choose one of "
                          f"{', '.join(ACTIVATION_TYPES)}")
+    if weight_range not in WEIGHT_RANGES:
+        raise UsageError(f"unknown INT8 weight range {weight_range!r}: choose one of "
+                         f"{', '.join(WEIGHT_RANGES)}")
     if batch_size < 1:
         raise UsageError(f"calibration batch size must be at least 1 (got {batch_size})")
     fp32_onnx, out_path = Path(fp32_onnx), Path(out_path)
@@ -262,7 +274,7 @@ def quantize_int8(
                 str(pre), str(quantized), reader,
                 quant_format=QuantFormat.QDQ,
                 per_channel=per_channel,
-                reduce_range=False,
+                reduce_range=weight_range == "7bit",
                 activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
                 calibrate_method=getattr(CalibrationMethod, CALIBRATION_METHODS[method]),
@@ -280,10 +292,11 @@ def quantize_int8(
         "format": "QDQ",
         "method": method,
         "per_channel": per_channel,
-        "weights": "int8 symmetric",
+        "weights": "int8 symmetric" + (" 7-bit" if weight_range == "7bit" else ""),
         "activations": "int8 symmetric" if symmetric else "uint8 asymmetric",
         "bias": "fp32" if symmetric else "int32",
-        "reduce_range": False,
+        "reduce_range": weight_range == "7bit",
+        "weight_range": weight_range,
         "calibration_images": len(images),
     }
     props[PRECISION_KEY] = "int8"
@@ -300,6 +313,9 @@ def quantize_int8(
         "bytes": size,
         "fp32_bytes": fp32_onnx.stat().st_size,
     })
+    from port.engines.int8_cpu import int8_weight_bits
+
+    metrics["weight_bits"] = int8_weight_bits(out_path)
     metrics.update(_spot_check(fp32_onnx, out_path, images[:8], input_name))
     return metrics
 
@@ -343,18 +359,22 @@ def _spot_check(fp32_onnx: Path, int8_onnx: Path, images: np.ndarray,
                 input_name: str) -> dict[str, Any]:
     """Run FP32 and INT8 on a few images with ORT CPU: proves the INT8 graph loads and runs.
 
+    The INT8 graph runs through porter's ONNX Runtime runner, so on a CPU without VNNI it uses
+    the same exact kernels ``porter evaluate`` would (``check_int8_kernels`` says which).
     Accuracy is judged by ``porter evaluate`` on the evaluation split; this is only a smoke check
     that catches a broken graph at export time.
     """
-    import onnxruntime as ort
+    from port.engines.onnxrt import OnnxRuntimeRunner
 
-    outs = []
+    outs, int8 = [], None
     for path in (fp32_onnx, int8_onnx):
-        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        outs.append(sess.run(None, {input_name: images})[0])
+        with OnnxRuntimeRunner(path, providers=["CPUExecutionProvider"]) as runner:
+            outs.append(runner.infer({input_name: images})[runner.output_names()[0]])
+            int8 = runner.int8 or int8
     ref, q = outs
     return {
         "check_images": len(images),
         "check_top1_agreement": float(np.mean(ref.argmax(1) == q.argmax(1))),
         "check_max_abs_diff": float(np.max(np.abs(ref - q))),
+        "check_int8_kernels": int8.kernels if int8 else None,
     }

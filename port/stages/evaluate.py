@@ -8,7 +8,7 @@ from typing import Any
 
 from rich.console import Console
 
-from port.errors import ManifestError
+from port.errors import ManifestError, UsageError
 from port.manifest import Manifest, Record
 from port.stages.common import check_classes, open_run, reference, reference_card, run_data
 
@@ -30,6 +30,8 @@ class EvaluateRequest:
     fp16_min_ratio: float | None = None
     int8_min_ratio: float | None = None
     download: bool = False
+    # INT8 graphs on ONNX Runtime's CPU provider: auto | exact | fast (port.engines.int8_cpu).
+    int8_cpu_kernels: str = "auto"
 
 
 def _gates(req: EvaluateRequest) -> Any:
@@ -44,7 +46,8 @@ def _gates(req: EvaluateRequest) -> Any:
     )
 
 
-def _candidate(manifest: Manifest, record: Record, precision: str) -> Any:
+def _candidate(manifest: Manifest, record: Record, precision: str,
+               req: EvaluateRequest) -> Any:
     """An evaluate Candidate whose runner is made from the artifact's file when needed."""
     from port import engines
     from port.evaluate.compare import Candidate
@@ -54,9 +57,11 @@ def _candidate(manifest: Manifest, record: Record, precision: str) -> Any:
     how = ((record.metrics or {}).get("ort_cpu") or {}).get("how")
     if how:  # the FP16 exporter measured how ONNX Runtime's CPU provider runs this graph
         notes["CPUExecutionProvider"] = how
+    # The INT8 kernel choice only concerns ONNX Runtime, i.e. .onnx files.
+    kwargs = {"int8_kernels": req.int8_cpu_kernels} if record.kind == "onnx" else {}
     return Candidate(
         artifact_id=record.id, precision=precision, kind=record.kind, path=path,
-        size_bytes=record.bytes, make_runner=lambda: engines.load(path), notes=notes,
+        size_bytes=record.bytes, make_runner=lambda: engines.load(path, **kwargs), notes=notes,
     )
 
 
@@ -82,9 +87,13 @@ def run_evaluate(run: Path, req: EvaluateRequest, *, console: Console) -> bool:
     """Evaluate, write ``RUN/report/`` and record it; returns whether every gate passed."""
     from port.data.datasets import load_split, materialize
     from port.data.spec import parse_data_spec
+    from port.engines.int8_cpu import INT8_KERNEL_MODES
     from port.evaluate.compare import evaluate
     from port.evaluate.report import notes_lines, render_table, write_report
 
+    if req.int8_cpu_kernels not in INT8_KERNEL_MODES:
+        raise UsageError(f"--int8-cpu-kernels {req.int8_cpu_kernels} is not known: choose one of "
+                         f"{', '.join(INT8_KERNEL_MODES)}")
     manifest = open_run(run)
     ref = reference(manifest)
     card = reference_card(manifest, ref)
@@ -94,10 +103,10 @@ def run_evaluate(run: Path, req: EvaluateRequest, *, console: Console) -> bool:
     check_classes(card, split.classes, spec_text)
     images, labels = materialize(split)  # preprocessing happens once, for every row
 
-    reference_candidate = _candidate(manifest, ref, "fp32")
+    reference_candidate = _candidate(manifest, ref, "fp32", req)
     candidates = []
     if req.compare:
-        candidates = [_candidate(manifest, r, r.params.get("precision", "fp32"))
+        candidates = [_candidate(manifest, r, r.params.get("precision", "fp32"), req)
                       for r in _exports(manifest, ref)]
         if not candidates:
             console.print("[yellow]no exports in this run yet: only the reference is evaluated "

@@ -28,7 +28,7 @@ from port.stages.common import (
 
 # Which flags each format understands; anything else given with --to X is refused.
 ONNX_OPTIONS = {"opset", "exporter", "data", "calib_data", "calib_images", "calib_method",
-                "calib_seed", "keep_fp32", "int8_activations"}
+                "calib_seed", "keep_fp32", "int8_activations", "int8_weights"}
 TRT_OPTIONS = {"data", "calib_data", "calib_images", "calib_method", "calib_seed", "min_batch",
                "opt_batch", "max_batch", "workspace", "timing_cache", "builder_opt_level",
                "version_compatible", "hardware_compatibility", "calibrator", "calib_cache",
@@ -38,7 +38,7 @@ FORMAT_OPTIONS = {"onnx": ONNX_OPTIONS, "trt": TRT_OPTIONS}
 PRECISION_OPTIONS = {
     "calib_data": {"int8"}, "calib_images": {"int8"}, "calib_method": {"int8"},
     "calib_seed": {"int8"}, "calibrator": {"int8"}, "calib_cache": {"int8"},
-    "int8_activations": {"int8"}, "keep_fp32": {"fp16"},
+    "int8_activations": {"int8"}, "int8_weights": {"int8"}, "keep_fp32": {"fp16"},
 }
 DEFAULT_CALIB_IMAGES = 500  # a few hundred images settle min/max and histogram ranges
 PARITY_BATCH = 32  # images in the post-export parity check
@@ -171,9 +171,13 @@ def _export_onnx_lowp(manifest: Manifest, ref: Record, card: Any, precision: str
         # Symmetric int8 activations by default: the graph TensorRT builds is the graph ONNX
         # Runtime checks here. uint8 runs faster on ORT's CPU kernels but TensorRT refuses it.
         activations = options.get("int8_activations", "int8")
-        metrics = quantize_int8(src, out, images, method=method, activation_type=activations)
+        # Full-range weights by default: the graph TensorRT builds. 7-bit weights are for apps
+        # on ONNX Runtime's fast kernels on x86 CPUs without VNNI (see port.engines.int8_cpu).
+        weights = options.get("int8_weights", "full")
+        metrics = quantize_int8(src, out, images, method=method, activation_type=activations,
+                                weight_range=weights)
         params.update(calib_method=method, calibration=calib, quantizer="onnxruntime",
-                      int8_activations=activations)
+                      int8_activations=activations, int8_weights=weights)
     else:
         from port.export.fp16 import convert_fp16
 

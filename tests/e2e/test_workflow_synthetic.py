@@ -84,6 +84,38 @@ def test_flags_that_do_not_apply_are_refused(run: Path) -> None:
                        "--workspace", "trt")
     assert_usage_error(porter("export", "--run", run, "--to", "trt", "--precision", "fp16"),
                        "tensorrt")
+    assert_usage_error(porter("export", "--run", run, "--to", "onnx", "--int8-weights", "7bit"),
+                       "--int8-weights", "int8")
+    assert_usage_error(porter("evaluate", "--run", run, "--int8-cpu-kernels", "turbo"),
+                       "--int8-cpu-kernels", "auto, exact, fast")
+
+
+def test_7bit_int8_export_and_forced_fast_kernels(run: Path, tmp_path: Path) -> None:
+    """--int8-weights 7bit writes |w| <= 64; forcing fast kernels is gated only where safe."""
+    import shutil
+
+    from port.cpu import cpu_info
+    from port.engines.int8_cpu import int8_weight_bits
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    result = porter("export", "--run", copy, "--to", "onnx", "--precision", "int8",
+                    "--int8-weights", "7bit", "--calib-images", "64")
+    assert result.code == 0, result.err[-3000:]
+    records = {a["id"]: a for a in json.loads((copy / "manifest.json").read_text())["artifacts"]}
+    assert records["onnx-int8"]["params"]["int8_weights"] == "7bit"
+    assert records["onnx-int8"]["metrics"]["weight_bits"] == int8_weight_bits(
+        copy / "model.int8.onnx") == 7
+    result = porter("evaluate", "--run", copy, "--compare", "--batch-sizes", "1", "--limit",
+                    "200", "--int8-cpu-kernels", "fast")
+    assert result.code == 0, (result.out[-3000:], result.err[-3000:])
+    rows = {r["artifact"]: r for r in
+            json.loads((copy / "report" / "report.json").read_text())["rows"]}
+    int8 = rows["onnx-int8"]
+    # 7-bit weights cannot saturate, so even the fast kernels give a gated verdict on any CPU.
+    assert int8["int8_cpu"]["requested"] == "fast" and not int8["int8_cpu"]["saturating"]
+    assert int8["passed"] is True and int8["int8_cpu"]["weight_bits"] in (None, 7)
+    assert int8["int8_cpu"]["cpu_saturates"] == cpu_info()["int8_u8s8_saturates"]
 
 
 def test_evaluate_compare_passes_and_writes_report(run: Path) -> None:
@@ -106,6 +138,17 @@ def test_evaluate_compare_passes_and_writes_report(run: Path) -> None:
     assert rows["onnx-int8"]["precision"] == "int8" and rows["onnx-int8"]["passed"] is True
     assert rows["onnx-int8"]["size_bytes"] < rows["onnx-fp32"]["size_bytes"] / 2
     assert "FP32 arithmetic" in rows["onnx-fp16"]["note"]  # how FP16 ran on ORT's CPU provider
+    # The CPU the rows ran on, and how the INT8 row ran on it (exact kernels where it would
+    # saturate), are in the report: the INT8 verdict depends on them.
+    from port.cpu import cpu_info
+
+    assert report["env"]["cpu"]["flags"] == cpu_info()["flags"]
+    int8_cpu = rows["onnx-int8"]["int8_cpu"]
+    assert int8_cpu["cpu_saturates"] == cpu_info()["int8_u8s8_saturates"]
+    assert int8_cpu["exact_kernels"] == int8_cpu["cpu_saturates"] and not int8_cpu["saturating"]
+    assert int8_cpu["why"] in rows["onnx-int8"]["note"]
+    assert rows["onnx-fp32"]["int8_cpu"] is None
+    assert "int8" in (run / "report" / "report.md").read_text().split("## Results")[0]
     for name in ("report.md", "latency.png", "accuracy_vs_latency.png"):
         assert (run / "report" / name).is_file(), name
     assert manifest_states(run)["report"] == "fresh"

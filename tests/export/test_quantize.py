@@ -13,9 +13,12 @@ import pytest
 import torch
 from torch import nn
 
+from port.cpu import cpu_info, describe
 from port.data.datasets import load_split, materialize
 from port.data.preprocess import CIFAR10_MEAN, CIFAR10_STD, Preprocess
 from port.data.spec import parse_data_spec
+from port.engines.int8_cpu import int8_weight_bits, ort_u8s8_saturates
+from port.engines.onnxrt import OnnxRuntimeRunner
 from port.errors import DataError, ModelError, UsageError
 from port.export.calibration import select_calibration
 from port.export.onnx import export_onnx
@@ -115,11 +118,16 @@ def fp32_onnx(cifar: dict, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def _top1(path: Path, images: np.ndarray, labels: np.ndarray) -> float:
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    logits = np.concatenate([sess.run(None, {"input": images[i:i + 100]})[0]
-                             for i in range(0, len(images), 100)])
-    return float(np.mean(logits.argmax(1) == labels))
+def _logits(path: Path, images: np.ndarray, kernels: str = "auto") -> np.ndarray:
+    """Logits through porter's ONNX Runtime runner: on a CPU without VNNI, ``auto`` runs the
+    exact int8 kernels (what the model computes), ``fast`` the saturating ones."""
+    with OnnxRuntimeRunner(path, providers=["CPUExecutionProvider"], int8_kernels=kernels) as r:
+        return np.concatenate([r.infer({"input": images[i:i + 100]})[r.output_names()[0]]
+                               for i in range(0, len(images), 100)])
+
+
+def _top1(path: Path, images: np.ndarray, labels: np.ndarray, kernels: str = "auto") -> float:
+    return float(np.mean(_logits(path, images, kernels).argmax(1) == labels))
 
 
 def _calibration_images(cifar: dict, count: int = CALIB_IMAGES, seed: int = 0) -> np.ndarray:
@@ -195,8 +203,46 @@ def test_int8_graph_is_symmetric_qdq_with_metadata(fp32_onnx: Path,
     info = json.loads(props["porter.quantization"])
     assert info["method"] == "minmax" and info["per_channel"] is True
     assert info["activations"] == "int8 symmetric"
+    assert info["weight_range"] == "full" and info["reduce_range"] is False
+    assert metrics["weight_bits"] == 8 and metrics["check_int8_kernels"]
     assert metrics["check_top1_agreement"] >= 0.75
     assert metrics["bytes"] == path.stat().st_size < metrics["fp32_bytes"]
+
+
+@pytest.mark.slow
+def test_full_and_7bit_weights_on_this_cpu(fp32_onnx: Path, int8_onnx: tuple[Path, dict],
+                                           cifar: dict, tmp_path: Path) -> None:
+    """The documented INT8 behaviour, checked for the kind of CPU this runs on.
+
+    Needs: an x86 CPU (with or without VNNI) or ARM; the expectation follows the CPU's flags.
+    - Without VNNI (saturating U8S8 kernels): the full-range graph on ORT's fast kernels differs
+      from the same graph on the exact kernels; 7-bit weights make the fast kernels exact.
+    - With VNNI, or on ARM: fast and exact kernels agree for both graphs.
+    Either way the graph porter gates (full range, exact kernels) keeps 99% of FP32 top-1.
+    """
+    full, _ = int8_onnx
+    seven = tmp_path / "model.int8-7bit.onnx"
+    metrics = quantize_int8(fp32_onnx, seven, _calibration_images(cifar), weight_range="7bit",
+                            progress=False)
+    assert metrics["weight_bits"] == int8_weight_bits(seven) == 7
+    assert int8_weight_bits(full) == 8
+    saturates = bool(cpu_info()["int8_u8s8_saturates"])
+    assert ort_u8s8_saturates() == saturates, f"flags and ONNX Runtime disagree: {describe()}"
+    x, y = cifar["x_test"], cifar["y_test"]
+    full_fast, full_exact = _logits(full, x, "fast"), _logits(full, x, "exact")
+    seven_fast, seven_exact = _logits(seven, x, "fast"), _logits(seven, x, "exact")
+    ref = _top1(fp32_onnx, x, y)
+    top1 = {name: float(np.mean(v.argmax(1) == y)) for name, v in (
+        ("full fast", full_fast), ("full exact", full_exact), ("7bit fast", seven_fast))}
+    print(f"\n{describe()}\nFP32 {ref:.4f}; INT8 " + ", ".join(
+        f"{k} {v:.4f}" for k, v in top1.items()))
+    np.testing.assert_allclose(seven_fast, seven_exact, atol=1e-5)
+    if saturates:
+        assert np.max(np.abs(full_fast - full_exact)) > 1e-3, "expected saturation on this CPU"
+    else:
+        np.testing.assert_allclose(full_fast, full_exact, atol=1e-5)
+    assert top1["full exact"] >= 0.99 * ref
+    assert top1["7bit fast"] >= 0.98 * ref  # one bit less weight precision
 
 
 @pytest.mark.slow
