@@ -35,6 +35,7 @@ from port.engines.trt_loaders import (
     EngineBytesFromNetwork,
     EngineFromBytes,
     NetworkFromOnnx,
+    SerializedEngine,
     engine_io,
     import_tensorrt,
     make_logger,
@@ -266,8 +267,47 @@ def _build(
     log_path: Path,
     trt_version: str,
 ) -> dict[str, Any]:
-    """The loaders composed (CUDA context current), then the plan and its sidecar written."""
+    """Serialise, write the plan atomically, describe it in its sidecar; the metrics."""
     started = time.perf_counter()
+    built, calib_info = _serialize(onnx_path, out_path.name, options=options, plan=plan,
+                                   calib_images=calib_images, logger=logger, log_path=log_path)
+    build_seconds = time.perf_counter() - started
+    engine_sha = sha256_bytes(built.data)
+    atomic_write_bytes(out_path, built.data)
+    sidecar = _sidecar(built.data, engine_name=out_path.name, engine_sha=engine_sha,
+                       onnx_path=onnx_path, options=options, plan=plan, card=card,
+                       quantizer=quantizer, gpu=gpu, logger=logger, trt_version=trt_version)
+    side = write_sidecar(sidecar_path(out_path), sidecar)
+    return {
+        "build_seconds": round(build_seconds, 3),
+        "engine_bytes": len(built.data),
+        "engine_sha256": engine_sha,
+        "tensorrt_version": trt_version,
+        "precision": options.precision,
+        "quantizer": sidecar["quantizer"],
+        "plan": plan.to_dict(),
+        "gpu": gpu.name,
+        "compute_capability": gpu.cc_text,
+        "timing_cache": built.timing_cache,
+        "calibration": calib_info,
+        "warnings": len(logger.warnings),
+        "log": str(log_path),
+        "sidecar": str(side),
+    }
+
+
+def _serialize(
+    onnx_path: Path,
+    engine_name: str,
+    *,
+    options: TrtBuildOptions,
+    plan: BuildPlan,
+    calib_images: np.ndarray | None,
+    logger: Any,
+    log_path: Path,
+) -> tuple[SerializedEngine, dict[str, Any] | None]:
+    """Network from ONNX -> build config -> serialised build (the loaders, composed), and what
+    the classic calibrator did (``None`` without one)."""
     network = NetworkFromOnnx(
         path=onnx_path, logger=logger, flags=plan.network_flags, log_path=log_path,
         batches=BatchRange(min=options.min_batch, opt=options.opt_batch, max=options.max_batch),
@@ -294,23 +334,39 @@ def _build(
             calibration_batch=calib_batch,
         )(network)
         built = EngineBytesFromNetwork(network=network, config=config, logger=logger,
-                                       timing_cache=options.timing_cache, what=out_path.name,
+                                       timing_cache=options.timing_cache, what=engine_name,
                                        log_path=log_path)()
     finally:
         if calibrator is not None:
             calibrator.free()
-    build_seconds = time.perf_counter() - started
-    engine_sha = sha256_bytes(built.data)
-    atomic_write_bytes(out_path, built.data)
+    if calibrator is None:
+        return built, None
+    return built, {"batches": calibrator.batches_served, "cache_used": calibrator.cache_used}
 
-    # Read the I/O back from the engine itself: the sidecar describes what was built. A
-    # version-compatible plan embeds host code; this one was just built here, so it is trusted.
-    loaded = EngineFromBytes(data=built.data, logger=logger, what=str(out_path),
+
+def _sidecar(
+    plan_bytes: bytes,
+    *,
+    engine_name: str,
+    engine_sha: str,
+    onnx_path: Path,
+    options: TrtBuildOptions,
+    plan: BuildPlan,
+    card: ModelCard,
+    quantizer: str | None,
+    gpu: DeviceInfo,
+    logger: Any,
+    trt_version: str,
+) -> dict[str, Any]:
+    """The sidecar of a plan, with its I/O read back from the engine itself: it describes what
+    was built, not what was asked for."""
+    # A version-compatible plan embeds host code; this one was just built here: trusted.
+    loaded = EngineFromBytes(data=plan_bytes, logger=logger, what=engine_name,
                              allow_host_code=options.version_compatible)()
     io = engine_io(loaded.engine)
-    del loaded
-    sidecar = build_sidecar(
-        engine_name=out_path.name,
+    del loaded  # free the engine before the context is popped
+    return build_sidecar(
+        engine_name=engine_name,
         inputs=[t.to_dict() for t in io if t.is_input],
         outputs=[t.to_dict() for t in io if not t.is_input],
         precision=options.precision,
@@ -325,26 +381,6 @@ def _build(
         engine_sha256=engine_sha,
         build={"plan": plan.to_dict(), "options": options.to_dict()},
     )
-    side = write_sidecar(sidecar_path(out_path), sidecar)
-    calib_info = None
-    if calibrator is not None:
-        calib_info = {"batches": calibrator.batches_served, "cache_used": calibrator.cache_used}
-    return {
-        "build_seconds": round(build_seconds, 3),
-        "engine_bytes": len(built.data),
-        "engine_sha256": engine_sha,
-        "tensorrt_version": trt_version,
-        "precision": options.precision,
-        "quantizer": sidecar["quantizer"],
-        "plan": plan.to_dict(),
-        "gpu": gpu.name,
-        "compute_capability": gpu.cc_text,
-        "timing_cache": built.timing_cache,
-        "calibration": calib_info,
-        "warnings": len(logger.warnings),
-        "log": str(log_path),
-        "sidecar": str(side),
-    }
 
 
 def _quantizer_name(plan: BuildPlan, quantizer: str | None) -> str | None:
