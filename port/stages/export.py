@@ -227,14 +227,19 @@ def _trt_int8_source(manifest: Manifest, ref: Record, card: Any, options: dict[s
     lowp = {k: v for k, v in options.items() if k in ONNX_OPTIONS}
     if existing is None:
         existing = _export_onnx_lowp(manifest, ref, card, "int8", lowp, console)
+    cpu_forms = []  # what makes the run's INT8 ONNX an ONNX Runtime CPU form, not TensorRT's
     if existing.params.get("int8_activations", "int8") != "int8":
-        # The run's INT8 ONNX was made for ONNX Runtime's CPU (uint8 activations), which
-        # TensorRT cannot build: make the symmetric QDQ graph as an artifact of its own, so
-        # `evaluate --compare` checks exactly what the engine is built from.
-        console.print("the run's INT8 ONNX has uint8 activations (ONNX Runtime CPU only): "
-                      "quantizing a symmetric int8 copy for TensorRT")
+        cpu_forms.append("uint8 activations")  # TensorRT cannot build them
+    if existing.params.get("int8_weights", "full") != "full":
+        cpu_forms.append("7-bit weights")  # a bit of weight precision lost for no GPU reason
+    if cpu_forms:
+        # Make the symmetric, full-range QDQ graph as an artifact of its own, so `evaluate
+        # --compare` checks exactly what the engine is built from.
+        console.print(f"the run's INT8 ONNX has {' and '.join(cpu_forms)} (an ONNX Runtime CPU "
+                      f"form): quantizing a symmetric full-range int8 copy for TensorRT")
         existing = _fresh(manifest, "onnx-int8-sym") or _export_onnx_lowp(
-            manifest, ref, card, "int8", {**lowp, "int8_activations": "int8"}, console,
+            manifest, ref, card, "int8",
+            {**lowp, "int8_activations": "int8", "int8_weights": "full"}, console,
             art_id="onnx-int8-sym")
     return existing, choice.name
 

@@ -22,7 +22,7 @@ import port.export.tensorrt as trt_export
 from port.errors import BackendUnavailable
 from port.manifest import Manifest
 from port.stages.common import reference_card
-from port.stages.export import _trt_int8_source
+from port.stages.export import _trt_int8_source, run_export
 from port.stages.importing import ImportRequest, run_import
 
 HAVE_MODELOPT = importlib.util.find_spec("modelopt") is not None
@@ -53,13 +53,12 @@ def _tiny_onnx(path: Path) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A run whose reference is an imported ONNX classifier on synthetic data (an imported ONNX
-    is the FP32 graph itself, so nothing is exported before quantizing)."""
-    root = tmp_path_factory.mktemp("export-trt-quantizer")
-    run = root / "run"
-    run_import(run, ImportRequest(source=_tiny_onnx(root / "tiny.onnx"), data="synthetic"),
+@pytest.fixture()
+def run(tmp_path: Path) -> Path:
+    """A new run whose reference is an imported ONNX classifier on synthetic data (an imported
+    ONNX is the FP32 graph itself, so nothing is exported before quantizing)."""
+    run = tmp_path / "run"
+    run_import(run, ImportRequest(source=_tiny_onnx(tmp_path / "tiny.onnx"), data="synthetic"),
                console=Console(quiet=True))
     return run
 
@@ -104,3 +103,16 @@ def test_modelopt_chosen_but_not_importable_is_refused_and_nothing_is_named_afte
         _source(run, {"calib_method": "minmax"})
     assert Manifest(run).get("onnx-int8-modelopt") is None
     assert not (run / "model.int8-modelopt.onnx").exists()
+
+
+@pytest.mark.skipif(HAVE_MODELOPT, reason="modelopt is installed: it would quantize")
+def test_a_7bit_weight_run_gets_a_full_range_copy_for_tensorrt(run: Path) -> None:
+    run_export(run, to="onnx", precision="int8",
+               options={"calib_images": 64, "int8_weights": "7bit"}, console=Console(quiet=True))
+    assert Manifest(run).get("onnx-int8").params["int8_weights"] == "7bit"
+    art_id, quantizer, printed, manifest = _source(run, {})
+    assert (art_id, quantizer) == ("onnx-int8-sym", "onnxruntime")
+    assert "7-bit weights" in printed
+    params = manifest.get(art_id).params
+    assert (params["int8_weights"], params["int8_activations"]) == ("full", "int8")
+    assert (run / "model.int8-sym.onnx").is_file()
