@@ -13,8 +13,8 @@ on a VNNI CPU. Two remedies exist, both measured in ``tests/engines/test_int8_cp
   only where it measured saturation.
 - **7-bit weights** (``porter export --int8-weights 7bit``, ORT's ``reduce_range``, which writes
   |w| <= 64): every pair sum stays within 2 * 255 * 64 = 32,640 <= 32,767, so the fast kernels
-  are exact; the graph loses one bit of weight precision, so it is an ORT-CPU deployment form, not the graph
-  meant for TensorRT.
+  are exact; the graph loses one bit of weight precision, so it is an ORT-CPU deployment form,
+  not the graph meant for TensorRT.
 
 Whether this CPU saturates is *measured*, not guessed from flags: :func:`ort_u8s8_saturates` runs
 a one-convolution QDQ graph whose exact answer is known and whose pair sums overflow 16 bits.
@@ -162,8 +162,9 @@ def ort_u8s8_saturates() -> bool:
 def int8_weight_bits(model_path: str | Path) -> int | None:
     """7 or 8: the width of the graph's int8 weights (largest |q| of the int8 initializers that
     feed a DequantizeLinear). 7 means |q| <= 64, ORT's ``reduce_range`` form, the widest for
-    which 2 * 255 * |q| fits a signed 16-bit lane; ``None`` when it has none (not a QDQ INT8 graph) or when the
-    ``onnx`` package is absent (an app's light install: the caller then assumes 8 bits)."""
+    which 2 * 255 * |q| fits a signed 16-bit lane. ``None`` when it has none (not a QDQ INT8
+    graph) or when the ``onnx`` package is absent (an app's light install: the caller then
+    assumes 8 bits)."""
     try:
         import onnx
         from onnx import numpy_helper
