@@ -26,14 +26,8 @@ import numpy as np
 import onnx
 
 from port.errors import ModelError, UsageError, first_line
-from port.export.quantize import (
-    PRECISION_KEY,
-    check_images,
-    load_onnx,
-    metadata,
-    save_onnx_atomic,
-    set_metadata,
-)
+from port.export.metadata import PRECISION_KEY, set_metadata
+from port.export.onnx_files import check_images, load_onnx, read_props, save_onnx_atomic
 
 FP16_MAX = 65504.0  # largest finite float16
 FP16_MIN_SUBNORMAL = 2.0**-24  # ~5.96e-8: non-zero values below this flush to 0 (or round up)
@@ -334,7 +328,7 @@ def convert_fp16(
 
     fp32_onnx, out_path = Path(fp32_onnx), Path(out_path)
     source = load_onnx(fp32_onnx)
-    props = metadata(source)
+    props = read_props(source)
     if props.get(PRECISION_KEY, "fp32") != "fp32":
         raise UsageError(f"{fp32_onnx} is a {props[PRECISION_KEY]} model: convert the FP32 ONNX "
                          "to FP16")

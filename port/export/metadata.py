@@ -18,6 +18,7 @@ from port.models.card import ModelCard
 
 PREFIX = "porter."
 CARD_KEY = "porter.card"
+PRECISION_KEY = "porter.precision"  # fp32 | fp16 | int8: what the graph carries
 
 
 def card_metadata(
@@ -63,13 +64,19 @@ def card_metadata(
 
 
 def set_metadata(proto: Any, meta: dict[str, str]) -> None:
-    """Put ``meta`` into an ``onnx.ModelProto``'s ``metadata_props``, replacing any ``porter.*``
-    entries and keeping entries other tools wrote (FP16/INT8 converters call this too)."""
-    kept = [(p.key, p.value) for p in proto.metadata_props if not p.key.startswith(PREFIX)]
+    """Set ``meta`` in an ``onnx.ModelProto``'s ``metadata_props`` (the one writer of them).
+
+    Keys in ``meta`` are replaced; other tools' keys are kept; ``porter.*`` keys absent from
+    ``meta`` are dropped (they described an earlier form of the graph). Entries are sorted, so
+    equal inputs give equal bytes.
+    """
+    props = {p.key: p.value for p in proto.metadata_props
+             if p.key not in meta and not p.key.startswith(PREFIX)}
+    props.update({key: str(value) for key, value in meta.items()})
     del proto.metadata_props[:]
-    for key, value in [*kept, *meta.items()]:
+    for key in sorted(props):
         entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
+        entry.key, entry.value = key, props[key]
 
 
 def card_from_metadata(meta: dict[str, str], *, source: str = "metadata") -> ModelCard | None:

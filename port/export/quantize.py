@@ -47,10 +47,16 @@ from typing import Any
 
 import numpy as np
 import onnx
-from google.protobuf.message import DecodeError
 
-from port.atomic import atomic_write_bytes
-from port.errors import DataError, ModelError, UsageError
+from port.errors import UsageError
+from port.export.metadata import PRECISION_KEY, set_metadata
+from port.export.onnx_files import (
+    check_images,
+    count_qdq,
+    load_onnx,
+    read_props,
+    save_onnx_atomic,
+)
 
 # --calib-method choices -> onnxruntime.quantization.CalibrationMethod member names.
 CALIBRATION_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
@@ -58,82 +64,7 @@ CALIBRATION_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "
 ACTIVATION_TYPES = ("int8", "uint8")
 # --int8-weights choices: full = [-127, 127] (TensorRT, GPUs, VNNI CPUs), 7bit = [-64, 64].
 WEIGHT_RANGES = ("full", "7bit")
-PRECISION_KEY = "porter.precision"  # metadata_props key written by port/export/onnx.py
 QUANTIZATION_KEY = "porter.quantization"  # JSON: how this INT8 graph was made
-
-
-def load_onnx(path: Path) -> onnx.ModelProto:
-    """Load and check an ONNX file; a missing, truncated or invalid file is a ``ModelError``."""
-    path = Path(path)
-    if not path.is_file():
-        raise ModelError(f"ONNX file not found: {path}: export it first with "
-                         "`porter export --to onnx`")
-    try:
-        model = onnx.load(str(path))
-    except (DecodeError, ValueError, OSError) as exc:
-        raise ModelError(f"{path} is not a readable ONNX file (truncated or corrupt): re-export "
-                         "it with `porter export --to onnx`") from exc
-    try:
-        onnx.checker.check_model(model)
-    except onnx.checker.ValidationError as exc:
-        raise ModelError(f"{path} is not a valid ONNX model ({_first_line(exc)}): re-export it "
-                         "with `porter export --to onnx`") from exc
-    if len(model.graph.input) != 1 or len(model.graph.output) < 1:
-        raise ModelError(f"{path} must have exactly one image input (has "
-                         f"{len(model.graph.input)}): porter exports classifiers with one input")
-    return model
-
-
-def save_onnx_atomic(model: onnx.ModelProto, out_path: Path) -> int:
-    """Write ``model`` to ``out_path`` via a temporary file, fsync and rename; return its size.
-
-    A crash leaves either the old file or the new one, never half of one that the manifest might
-    then register.
-    """
-    return atomic_write_bytes(out_path, model.SerializeToString())
-
-
-def metadata(model: onnx.ModelProto) -> dict[str, str]:
-    """``metadata_props`` as a dict."""
-    return {p.key: p.value for p in model.metadata_props}
-
-
-def set_metadata(model: onnx.ModelProto, props: dict[str, str]) -> None:
-    """Replace ``metadata_props`` with ``props``, sorted so equal inputs give equal bytes."""
-    del model.metadata_props[:]
-    for key in sorted(props):
-        model.metadata_props.add(key=key, value=str(props[key]))
-
-
-def check_images(images: Any, model: onnx.ModelProto, what: str) -> np.ndarray:
-    """Validate preprocessed NCHW float images against the model's input; return float32 array."""
-    if not isinstance(images, np.ndarray) or images.ndim != 4:
-        shape = getattr(images, "shape", None)
-        raise UsageError(f"{what} must be a float32 NCHW array of preprocessed images "
-                         f"(got shape {shape}): preprocess them with the model's Preprocess")
-    if len(images) == 0:
-        raise UsageError(f"{what} holds no images: pass at least one (--calib-images N)")
-    if not np.issubdtype(images.dtype, np.floating):
-        raise UsageError(f"{what} must be preprocessed float images, got dtype {images.dtype}: "
-                         "apply the model's Preprocess (mean/std) first")
-    dims = [d.dim_value if d.HasField("dim_value") else None
-            for d in model.graph.input[0].type.tensor_type.shape.dim]
-    if len(dims) == 4 and any(d is not None and d != s for d, s in zip(dims[1:], images.shape[1:],
-                                                                        strict=True)):
-        raise DataError(f"{what} have shape {tuple(images.shape[1:])} per image but the model "
-                        f"takes {tuple(dims[1:])}: preprocess with the model's image size")
-    return np.ascontiguousarray(images, dtype=np.float32)
-
-
-def count_qdq(model: onnx.ModelProto) -> tuple[int, int]:
-    """Number of QuantizeLinear and DequantizeLinear nodes in the main graph."""
-    ops = [n.op_type for n in model.graph.node]
-    return ops.count("QuantizeLinear"), ops.count("DequantizeLinear")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__
 
 
 def _make_reader(images: np.ndarray, input_name: str, batch_size: int,
@@ -228,7 +159,7 @@ def quantize_int8(
         raise UsageError(f"calibration batch size must be at least 1 (got {batch_size})")
     fp32_onnx, out_path = Path(fp32_onnx), Path(out_path)
     source = load_onnx(fp32_onnx)
-    props = metadata(source)
+    props = read_props(source)
     if props.get(PRECISION_KEY, "fp32") != "fp32" or any(
             n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in source.graph.node):
         raise UsageError(f"{fp32_onnx} is not an FP32 model (precision "

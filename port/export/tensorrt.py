@@ -42,6 +42,7 @@ from port.engines.trt_loaders import (
 )
 from port.engines.trt_sidecar import sidecar_path
 from port.errors import BackendUnavailable, ModelError, UsageError, first_line
+from port.export.onnx_files import onnx_precision
 from port.export.sidecar import build_sidecar, write_sidecar
 from port.export.trt_options import (
     HARDWARE_LEVELS,
@@ -53,41 +54,12 @@ from port.export.trt_options import (
 from port.hostinfo import TENSORRT_DISTRIBUTIONS, dist_version, parse_version
 from port.models.card import ModelCard
 
-QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
 _MODELOPT_METHODS = {"entropy": "entropy", "minmax": "max"}  # porter name -> modelopt name
 
 
 # --------------------------------------------------------------------------------------------
 # What an ONNX file carries, and what this machine has (CPU only)
 # --------------------------------------------------------------------------------------------
-def onnx_precision(path: Path | str) -> str:
-    """``"int8"`` for a QDQ graph, ``"fp16"`` for an FP16 graph, else ``"fp32"``.
-
-    Reads the graph only (external weight files are not loaded).
-    """
-    import onnx
-    from google.protobuf.message import DecodeError
-
-    if not Path(path).is_file():
-        raise ModelError(f"ONNX file {path} not found: export it with `porter export --to onnx`")
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except (DecodeError, ValueError, OSError) as exc:
-        raise ModelError(f"{path} is not a readable ONNX file ({exc}): export it again") from None
-    graph = model.graph
-    if any(node.op_type in QDQ_OPS for node in graph.node):
-        return "int8"
-    fp16 = onnx.TensorProto.FLOAT16
-    if any(init.data_type == fp16 for init in graph.initializer):
-        return "fp16"
-    if any(v.type.tensor_type.elem_type == fp16 for v in graph.value_info):
-        return "fp16"
-    for node in graph.node:
-        if node.op_type == "Cast" and any(a.name == "to" and a.i == fp16 for a in node.attribute):
-            return "fp16"
-    return "fp32"
-
-
 def installed_trt_major() -> int:
     """The installed TensorRT major version, checking everything a build needs first.
 

@@ -1,0 +1,107 @@
+"""ONNX file helpers shared by the exporters: load and check, write atomically, read metadata,
+validate calibration/check images against the input, count QDQ nodes, and read the precision a
+graph really carries (what the manifest's record of it must say)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from google.protobuf.message import DecodeError
+
+from port.atomic import atomic_write_bytes
+from port.errors import DataError, ModelError, UsageError, first_line
+
+QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
+
+
+def load_onnx(path: Path) -> onnx.ModelProto:
+    """Load and check an ONNX file; a missing, truncated or invalid file is a ``ModelError``."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"ONNX file not found: {path}: export it first with "
+                         "`porter export --to onnx`")
+    try:
+        model = onnx.load(str(path))
+    except (DecodeError, ValueError, OSError) as exc:
+        raise ModelError(f"{path} is not a readable ONNX file (truncated or corrupt): re-export "
+                         "it with `porter export --to onnx`") from exc
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as exc:
+        raise ModelError(f"{path} is not a valid ONNX model ({first_line(exc)}): re-export it "
+                         "with `porter export --to onnx`") from exc
+    if len(model.graph.input) != 1 or len(model.graph.output) < 1:
+        raise ModelError(f"{path} must have exactly one image input (has "
+                         f"{len(model.graph.input)}): porter exports classifiers with one input")
+    return model
+
+
+def save_onnx_atomic(model: onnx.ModelProto, out_path: Path) -> int:
+    """Write ``model`` to ``out_path`` via a temporary file, fsync and rename; return its size.
+
+    A crash leaves either the old file or the new one, never half of one that the manifest might
+    then register.
+    """
+    return atomic_write_bytes(out_path, model.SerializeToString())
+
+
+def read_props(model: onnx.ModelProto) -> dict[str, str]:
+    """``metadata_props`` as a dict."""
+    return {p.key: p.value for p in model.metadata_props}
+
+
+def check_images(images: Any, model: onnx.ModelProto, what: str) -> np.ndarray:
+    """Validate preprocessed NCHW float images against the model's input; return float32 array."""
+    if not isinstance(images, np.ndarray) or images.ndim != 4:
+        shape = getattr(images, "shape", None)
+        raise UsageError(f"{what} must be a float32 NCHW array of preprocessed images "
+                         f"(got shape {shape}): preprocess them with the model's Preprocess")
+    if len(images) == 0:
+        raise UsageError(f"{what} holds no images: pass at least one (--calib-images N)")
+    if not np.issubdtype(images.dtype, np.floating):
+        raise UsageError(f"{what} must be preprocessed float images, got dtype {images.dtype}: "
+                         "apply the model's Preprocess (mean/std) first")
+    dims = [d.dim_value if d.HasField("dim_value") else None
+            for d in model.graph.input[0].type.tensor_type.shape.dim]
+    if len(dims) == 4 and any(d is not None and d != s for d, s in zip(dims[1:], images.shape[1:],
+                                                                        strict=True)):
+        raise DataError(f"{what} have shape {tuple(images.shape[1:])} per image but the model "
+                        f"takes {tuple(dims[1:])}: preprocess with the model's image size")
+    return np.ascontiguousarray(images, dtype=np.float32)
+
+
+def count_qdq(model: onnx.ModelProto) -> tuple[int, int]:
+    """Number of QuantizeLinear and DequantizeLinear nodes in the main graph."""
+    ops = [n.op_type for n in model.graph.node]
+    return ops.count("QuantizeLinear"), ops.count("DequantizeLinear")
+
+
+def onnx_precision(path: Path | str) -> str:
+    """``"int8"`` for a QDQ graph, ``"fp16"`` for an FP16 graph, else ``"fp32"``.
+
+    Reads the graph only (external weight files are not loaded).
+    """
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    if not Path(path).is_file():
+        raise ModelError(f"ONNX file {path} not found: export it with `porter export --to onnx`")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except (DecodeError, ValueError, OSError) as exc:
+        raise ModelError(f"{path} is not a readable ONNX file ({exc}): export it again") from None
+    graph = model.graph
+    if any(node.op_type in QDQ_OPS for node in graph.node):
+        return "int8"
+    fp16 = onnx.TensorProto.FLOAT16
+    if any(init.data_type == fp16 for init in graph.initializer):
+        return "fp16"
+    if any(v.type.tensor_type.elem_type == fp16 for v in graph.value_info):
+        return "fp16"
+    for node in graph.node:
+        if node.op_type == "Cast" and any(a.name == "to" and a.i == fp16 for a in node.attribute):
+            return "fp16"
+    return "fp32"
