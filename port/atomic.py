@@ -20,7 +20,10 @@ def fsync_dir(directory: str | os.PathLike[str]) -> None:
     except OSError:
         return
     try:
-        os.fsync(fd)
+        # Some filesystems (FUSE, network mounts) refuse fsync on a directory: the rename has
+        # still happened, so the write must not fail after the fact.
+        with contextlib.suppress(OSError):
+            os.fsync(fd)
     finally:
         os.close(fd)
 
