@@ -61,7 +61,6 @@ class TrainConfig:
     # Zero the last BN gamma of each residual branch so every block starts as the identity
     # (Goyal et al. 2017); helps large-batch training, costs nothing.
     zero_init_residual: bool = False
-    # Network input size; None = the data set's native size.
     image_size: int | None = _flag(None, "Input size (default: from the data).")
     # Class-balanced seeded subsets of the train / val split (None = all): quick experiments,
     # faster per-epoch evaluation.
@@ -101,17 +100,15 @@ class TrainConfig:
 
     # -- augmentation -------------------------------------------------------------------------
     augment: bool = True  # data set's training preset: random crop (+resize) and flip
-    # Side in px of a random square zeroed after normalisation (0 = off).
-    cutout: int = _flag(0, "Cutout square size in px (0 = off).")
+    cutout: int = _flag(0, "Cutout: side in px of a random square zeroed after normalisation "
+                           "(0 = off).")
 
     # -- how to run ---------------------------------------------------------------------------
-    # Seeds init, shuffling and augmentation: same seed + CPU = same weights.
-    seed: int = _flag(0, "Seeds init, shuffling and augmentation.")
+    seed: int = _flag(0, "Seeds init, shuffling and augmentation: same seed + CPU = same weights.")
     device: str = _flag("auto", "auto | cpu | cuda | cuda:N")  # auto: CUDA when present
     amp: bool | Auto = "auto"  # fp16 autocast + GradScaler; auto = on for CUDA, off on CPU
     channels_last: bool | Auto = "auto"  # NHWC tensors (faster convs on tensor cores); auto = CUDA
-    # DataLoader worker processes (0 = load in the training process).
-    workers: int = _flag(2, "DataLoader worker processes.")
+    workers: int = _flag(2, "DataLoader worker processes (0 = load in the training process).")
     # torch intra-op CPU threads for this run (None = torch's default, one per core). On a busy
     # machine fewer threads than cores avoids OpenMP threads spinning against other processes.
     # Bit-identical resume needs the same value (it changes the order of float reductions).
