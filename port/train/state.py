@@ -16,8 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from port.atomic import atomic_path
-from port.models.checkpoint import plain_state_dict, safe_load
+from port.models.checkpoint import atomic_save, plain_state_dict, safe_load
 
 TRAIN_FORMAT = "porter-train/1"
 
@@ -91,7 +90,8 @@ def save_train_state(
     ema: dict[str, Any] | None = None,
 ) -> None:
     """Write everything needed to continue after ``epoch`` completed epochs, atomically
-    (:func:`port.atomic.atomic_path`: a kill mid-write leaves the previous epoch's file).
+    (:func:`port.models.checkpoint.atomic_save`, through :mod:`port.atomic`: a kill mid-write
+    leaves the previous epoch's file).
 
     ``ema``: the weight average's state (:meth:`port.train.ema.ModelEma.state_dict`), if any.
     """
@@ -108,8 +108,7 @@ def save_train_state(
         "runtime": runtime,
         "ema": ema,
     }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    atomic_save(payload, path)
 
 
 def load_train_state(path: Path) -> dict[str, Any]:
