@@ -38,6 +38,10 @@ def atomic_path(path: str | os.PathLike[str], suffix: str = ".tmp") -> Iterator[
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
+    # mkstemp makes 0600 files; an artifact gets the mode a plain open() would give it (the
+    # target's current mode, else 0666 minus the umask) so a service running as another user
+    # can read the model, as with any file the user writes.
+    os.fchmod(fd, _file_mode(target))
     os.close(fd)
     tmp = Path(name)
     try:
@@ -48,6 +52,25 @@ def atomic_path(path: str | os.PathLike[str], suffix: str = ".tmp") -> Iterator[
     finally:
         tmp.unlink(missing_ok=True)
     fsync_dir(target.parent)
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where Linux exposes it."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)  # elsewhere: the classic read-by-setting, restored at once
+    os.umask(mask)
+    return mask
+
+
+def _file_mode(target: Path) -> int:
+    """Permission bits for a new version of ``target``."""
+    try:
+        return target.stat().st_mode & 0o777
+    except OSError:
+        return 0o666 & ~_umask()
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> int:

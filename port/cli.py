@@ -179,50 +179,64 @@ def import_(
 # --------------------------------------------------------------------------------------------
 # export
 # --------------------------------------------------------------------------------------------
+def _with_export_flags(command: Callable[..., None]) -> Callable[..., None]:
+    """Give ``command`` one option per export option of the format registry (port.formats).
+
+    The registry is the one place an export flag is written down (type, help, choices, which
+    formats and precisions use it); ``command`` receives them as ``**options``.
+    """
+    from port.formats import all_options, export_formats
+
+    sig = inspect.signature(command, eval_str=True)
+    keyword_only = inspect.Parameter.KEYWORD_ONLY
+    own = [p.replace(kind=keyword_only) for p in sig.parameters.values()
+           if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    flags = []
+    for option in all_options().values():
+        users = [f.name for f in export_formats() if option in f.options]
+        where = ", ".join(users) + (f"; {'/'.join(sorted(option.precisions))}"
+                                    if option.precisions else "")
+        choices = f" One of {' | '.join(option.choices)}." if option.choices else ""
+        # Comma-separated lists arrive as text; a bool is a plain switch (absent = not given).
+        kind = str if option.type == list[str] else option.type
+        flags.append(inspect.Parameter(option.name, keyword_only, default=None, annotation=Annotated[
+            kind | None, typer.Option(option.flag, help=f"{option.help}{choices} ({where})")]))
+    command.__signature__ = sig.replace(parameters=[*own, *flags])  # type: ignore[attr-defined]
+    return command
+
+
+def _export_help() -> tuple[str, str]:
+    """--to and --precision help, from the registry."""
+    from port.formats import export_formats
+
+    formats = export_formats()
+    to = " | ".join(f"{f.name} ({f.description})" for f in formats)
+    precisions = " | ".join(dict.fromkeys(p for f in formats for p in f.precisions))
+    return to, f"{precisions} (default fp32; any letter case)"
+
+
+_TO_HELP, _PRECISION_HELP = _export_help()
+
+
 @app.command()
+@_with_export_flags
 def export(
     run: RunOpt,
-    to: Annotated[str, typer.Option("--to", help="onnx | trt")],
-    precision: Annotated[str | None, typer.Option(help="fp32 | fp16 | int8 (default: fp32 for onnx)")] = None,
-    opset: Annotated[int | None, typer.Option(help="ONNX opset (onnx).")] = None,
-    exporter: Annotated[str | None, typer.Option(help="dynamo | torchscript (onnx).")] = None,
-    data: Annotated[str | None, typer.Option(help="Data for the parity batch (default: the run's).")] = None,
-    calib_data: Annotated[str | None, typer.Option(help="Calibration data (default: the run's training split).")] = None,
-    calib_images: Annotated[int | None, typer.Option(help="Number of calibration images (int8).")] = None,
-    calib_method: Annotated[str | None, typer.Option(help="minmax | entropy | percentile (int8).")] = None,
-    calib_seed: Annotated[int | None, typer.Option(help="Seed for choosing calibration images.")] = None,
-    keep_fp32: Annotated[str | None, typer.Option(help="Node names kept in FP32 (fp16), comma-separated.")] = None,
-    int8_activations: Annotated[str | None, typer.Option(help="int8 (symmetric, TensorRT-ready; default) | uint8 (faster on ONNX Runtime CPU only).")] = None,
-    int8_weights: Annotated[str | None, typer.Option(help="full (TensorRT, GPUs, VNNI CPUs; default) | 7bit (ONNX Runtime's fast kernels on x86 CPUs without VNNI).")] = None,
-    min_batch: Annotated[int | None, typer.Option(help="Profile min batch (trt).")] = None,
-    opt_batch: Annotated[int | None, typer.Option(help="Profile opt batch (trt).")] = None,
-    max_batch: Annotated[int | None, typer.Option(help="Profile max batch (trt).")] = None,
-    workspace: Annotated[str | None, typer.Option(help="Workspace limit, e.g. 4GiB (trt).")] = None,
-    timing_cache: Annotated[Path | None, typer.Option(help="Timing cache file, reused and updated (trt).")] = None,
-    builder_opt_level: Annotated[int | None, typer.Option(help="0-5 (trt).")] = None,
-    version_compatible: Annotated[bool | None, typer.Option("--version-compatible", help="(trt)")] = None,
-    hardware_compatibility: Annotated[str | None, typer.Option(help="ampere+ | same-cc (trt).")] = None,
-    calibrator: Annotated[str | None, typer.Option(help="entropy | minmax: classic TensorRT 10 INT8 calibration (trt).")] = None,
-    calib_cache: Annotated[Path | None, typer.Option(help="Calibration cache file of the classic calibrator (trt).")] = None,
+    to: Annotated[str, typer.Option("--to", help=_TO_HELP)],
+    precision: Annotated[str | None, typer.Option(help=_PRECISION_HELP)] = None,
+    **options: Any,
 ) -> None:
     """Export the run's reference model to ONNX or a TensorRT engine."""
-    from port.stages.export import run_export
+    from port.formats import all_options
+    from port.stages.export import ExportRequest, run_export
 
-    options = {
-        k: v
-        for k, v in {
-            "opset": opset, "exporter": exporter, "data": data, "calib_data": calib_data,
-            "calib_images": calib_images, "calib_method": calib_method, "calib_seed": calib_seed,
-            "keep_fp32": _split_csv(keep_fp32), "int8_activations": int8_activations,
-            "int8_weights": int8_weights,
-            "calib_cache": calib_cache, "min_batch": min_batch, "opt_batch": opt_batch,
-            "max_batch": max_batch, "workspace": workspace, "timing_cache": timing_cache,
-            "builder_opt_level": builder_opt_level, "version_compatible": version_compatible,
-            "hardware_compatibility": hardware_compatibility, "calibrator": calibrator,
-        }.items()
-        if v is not None
-    }
-    run_export(run, to=to, precision=precision, options=options, console=console)
+    given = {k: v for k, v in options.items() if v is not None}
+    for name, option in all_options().items():
+        if name in given and option.type == list[str]:
+            given[name] = _split_csv(given[name])
+    # Names are normalised here, once: the stage only ever sees the registry's spelling.
+    request = ExportRequest.from_flags(to, precision, given)
+    run_export(run, request, console=console)
 
 
 # --------------------------------------------------------------------------------------------

@@ -26,10 +26,8 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from port.formats import Format, export_formats
 from port.hostinfo import TENSORRT_DISTRIBUTIONS, dist_version, parse_version
-
-ONNX_PRECISIONS = ("fp32", "fp16", "int8")
-TRT_PRECISIONS = ("fp32", "fp16", "int8")
 
 
 @dataclass
@@ -203,16 +201,16 @@ def trt_missing(found: dict[str, Any]) -> list[str]:
     return missing
 
 
-def targets(found: dict[str, Any]) -> list[Target]:
-    """Every ``--to``/``--precision`` pair and whether it works here, with the reason."""
+def _onnx_targets(found: dict[str, Any], fmt: Format) -> list[Target]:
     out: list[Target] = []
     ort_info = found.get("onnxruntime", {})
     providers = ort_info.get("providers", [])
     have_ort = bool(ort_info.get("installed"))
     gpu_ep = "CUDAExecutionProvider" in providers
-    for precision in ONNX_PRECISIONS:
+    for precision in fmt.precisions:
         if not found.get("onnx", {}).get("installed", True):
-            out.append(Target("onnx", precision, False, "needs the onnx package (not installed)"))
+            out.append(Target(fmt.name, precision, False,
+                              "needs the onnx package (not installed)"))
             continue
         if not have_ort:
             why = "exported on the CPU; ONNX Runtime is missing, so it cannot be checked here"
@@ -228,15 +226,19 @@ def targets(found: dict[str, Any]) -> list[Target]:
             )
         else:
             why = "checked on " + ("CUDAExecutionProvider" if gpu_ep else "CPUExecutionProvider")
-        out.append(Target("onnx", precision, True, why))
+        out.append(Target(fmt.name, precision, True, why))
+    return out
 
+
+def _trt_targets(found: dict[str, Any], fmt: Format) -> list[Target]:
+    out: list[Target] = []
     missing = trt_missing(found)
     trt_version = found.get("tensorrt", {}).get("version")
     major = (parse_version(trt_version) or (0,))[0]
     quantizer = "modelopt" if found.get("modelopt", {}).get("installed") else "onnxruntime"
-    for precision in TRT_PRECISIONS:
+    for precision in fmt.precisions:
         if missing:
-            out.append(Target("trt", precision, False, "needs " + ", ".join(missing)))
+            out.append(Target(fmt.name, precision, False, "needs " + ", ".join(missing)))
             continue
         if precision == "fp32":
             why = f"TensorRT {trt_version}, strongly typed FP32 (TF32 off)"
@@ -247,7 +249,28 @@ def targets(found: dict[str, Any]) -> list[Target]:
             why = (f"TensorRT {trt_version}: from the QDQ ONNX ({quantizer} quantizer)"
                    + (", or --calibrator entropy|minmax" if major == 10
                       else "; --calibrator was removed in TensorRT 11"))
-        out.append(Target("trt", precision, True, why))
+        out.append(Target(fmt.name, precision, True, why))
+    return out
+
+
+def _generic_targets(found: dict[str, Any], fmt: Format) -> list[Target]:
+    """A format without its own rules: available when the modules its runner needs import."""
+    absent = [module for module, _ in fmt.needs if not _has(module.split(".")[0])]
+    why = ("needs " + ", ".join(absent)) if absent else f"{fmt.description}"
+    return [Target(fmt.name, p, not absent, why) for p in fmt.precisions]
+
+
+# How to judge each export format on this machine (what it needs beyond its Python modules:
+# ONNX Runtime's providers, TensorRT's version and GPU rules). A format without an entry here
+# is judged by the modules its registry entry needs.
+_TARGET_RULES = {"onnx": _onnx_targets, "trt": _trt_targets}
+
+
+def targets(found: dict[str, Any]) -> list[Target]:
+    """Every ``--to``/``--precision`` pair of the format registry and whether it works here."""
+    out: list[Target] = []
+    for fmt in export_formats():
+        out += _TARGET_RULES.get(fmt.name, _generic_targets)(found, fmt)
     return out
 
 

@@ -47,3 +47,21 @@ def test_only_port_atomic_replaces_files_by_rename() -> None:
                                                        ("tempfile", "mkstemp")}):
                 offenders.append(f"{rel}:{node.lineno} {node.value.id}.{node.attr}")
     assert offenders == [], "write through port.atomic instead: " + ", ".join(offenders)
+
+
+def test_atomic_files_get_the_users_normal_mode(tmp_path: Path) -> None:
+    """Not mkstemp's 0600: a model served by another user must be readable (umask decides)."""
+    import os
+
+    old = os.umask(0o022)
+    try:
+        new = tmp_path / "new.json"
+        atomic_write_text(new, "{}")
+        assert new.stat().st_mode & 0o777 == 0o644
+        kept = tmp_path / "kept.json"
+        kept.write_text("x")
+        kept.chmod(0o640)
+        atomic_write_text(kept, "y")  # a re-write keeps the mode the file had
+        assert kept.stat().st_mode & 0o777 == 0o640
+    finally:
+        os.umask(old)

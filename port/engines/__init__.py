@@ -14,31 +14,20 @@ from typing import Any
 
 from port.engines.base import Runner, TensorMeta
 from port.errors import BackendUnavailable, ModelError, UsageError
+from port.formats import backend_formats, format_for_path, suffix_backends
 
 __all__ = ["RUNNERS", "SUFFIXES", "Runner", "TensorMeta", "load", "runner_for"]
 
+# Everything about which file runs on which backend, and what a backend needs installed, comes
+# from the format registry (port.formats), so a new format is one entry there.
+_FORMATS_BY_BACKEND = backend_formats()
 # backend name -> "module:Class"
-_RUNNER_PATHS: dict[str, str] = {
-    "torch": "port.engines.torch_runner:TorchRunner",
-    "onnxruntime": "port.engines.onnxrt:OnnxRuntimeRunner",
-    "tensorrt": "port.engines.tensorrt:TensorRTRunner",
-}
-
+_RUNNER_PATHS: dict[str, str] = {name: fmt.runner for name, fmt in _FORMATS_BY_BACKEND.items()}
 # artifact file suffix -> backend name
-SUFFIXES: dict[str, str] = {
-    ".pt": "torch",
-    ".pth": "torch",
-    ".onnx": "onnxruntime",
-    ".engine": "tensorrt",
-    ".plan": "tensorrt",
-}
-
+SUFFIXES: dict[str, str] = suffix_backends()
 # Python packages a backend needs beyond porter's own dependencies, and what to do without them.
 _NEEDS: dict[str, tuple[tuple[str, str], ...]] = {
-    "tensorrt": (
-        ("tensorrt", "install TensorRT (see README, GPU set-up) or evaluate the .onnx instead"),
-        ("pycuda.driver", "install pycuda (see README, GPU set-up) or evaluate the .onnx instead"),
-    ),
+    name: fmt.needs for name, fmt in _FORMATS_BY_BACKEND.items() if fmt.needs
 }
 
 
@@ -79,12 +68,7 @@ def check_backend(name: str) -> None:
 
 def runner_for(path: str | Path) -> str:
     """The backend name that runs the artifact at ``path``, from its suffix."""
-    suffix = Path(path).suffix.lower()
-    if suffix not in SUFFIXES:
-        raise UsageError(
-            f"cannot run '{Path(path).name}': porter runs {', '.join(SUFFIXES)} files"
-        )
-    return SUFFIXES[suffix]
+    return format_for_path(path).backend
 
 
 def load(path: str | Path, *, backend: str | None = None, **kwargs: Any) -> Runner:

@@ -111,6 +111,12 @@ def read_sidecar(path: Path | str) -> dict[str, Any]:
     return validate_sidecar(data, where=f"engine sidecar {path}")
 
 
+def sidecar_precision(engine_path: Path | str) -> str:
+    """The precision an engine was built at, from its sidecar (engines stay raw: the sidecar is
+    where an engine says what it is)."""
+    return str(read_sidecar(sidecar_path(engine_path))["precision"])
+
+
 def card_from_sidecar(sidecar: dict[str, Any]) -> ModelCard:
     """The ModelCard stored in a sidecar."""
     return ModelCard.from_dict(sidecar["card"])

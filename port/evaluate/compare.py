@@ -25,10 +25,8 @@ from port.evaluate.accuracy import accuracy
 from port.evaluate.gates import Gates, check
 from port.evaluate.latency import measure_latency
 from port.evaluate.parity import parity
+from port.formats import format_for_kind
 from port.hostinfo import env_info
-
-# Backend shown on a skipped row whose runner never started, by artifact kind.
-_BACKEND_BY_KIND = {"checkpoint": "torch", "onnx": "onnxruntime", "engine": "tensorrt"}
 
 ROW_FIELDS = (
     "artifact", "kind", "backend", "device", "precision", "top1", "top5", "top1_drop_pp",
@@ -236,10 +234,16 @@ def _row(cand: Candidate, got: _Measured, acc: dict[str, float], ref_top1: float
     }
 
 
+def _backend_of_kind(kind: str) -> str:
+    """The backend a skipped row would have run on (from the format registry)."""
+    fmt = format_for_kind(kind)
+    return fmt.backend if fmt is not None else kind
+
+
 def _skipped_row(cand: Candidate, reason: str) -> dict[str, Any]:
     row: dict[str, Any] = dict.fromkeys(ROW_FIELDS)
     row.update(artifact=cand.artifact_id, kind=cand.kind, precision=cand.precision,
-               backend=cand.backend or _BACKEND_BY_KIND.get(cand.kind, cand.kind),
+               backend=cand.backend or _backend_of_kind(cand.kind),
                size_bytes=cand.artifact_bytes(), latency_ms={}, throughput={},
                passed=None, why=f"skipped: {reason}")
     return row

@@ -17,10 +17,12 @@ e.g. ``Gates().with_overrides(parse_gate_overrides(["int8.min_top1_ratio=0.98"])
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from port.errors import UsageError
+from port.formats import PRECISIONS
 
 # Comparisons allow this much float noise so that e.g. 0.999 * 0.9 == 0.8991 is not a failure.
 _EPS = 1e-9
@@ -35,26 +37,34 @@ class PrecisionGate:
     min_top1_ratio: float | None = None  # this top-1 / reference top-1 (MLPerf "99% of FP32")
 
 
+def _default_limits() -> dict[str, PrecisionGate]:
+    """Every registered precision's default gate (port.formats.PRECISIONS)."""
+    return {name: PrecisionGate(**spec.gate) for name, spec in PRECISIONS.items()}
+
+
 @dataclass(frozen=True)
 class Gates:
-    """One :class:`PrecisionGate` per precision."""
+    """One :class:`PrecisionGate` per precision; the defaults come from the format registry."""
 
-    fp32: PrecisionGate = field(
-        default_factory=lambda: PrecisionGate(min_agreement=0.999, max_top1_drop_pp=0.1))
-    fp16: PrecisionGate = field(default_factory=lambda: PrecisionGate(min_top1_ratio=0.999))
-    int8: PrecisionGate = field(default_factory=lambda: PrecisionGate(min_top1_ratio=0.99))
+    limits: Mapping[str, PrecisionGate] = field(default_factory=_default_limits)
 
     def for_precision(self, precision: str) -> PrecisionGate:
         """The gate of ``precision``; ``UsageError`` listing the known precisions otherwise."""
-        names = [f.name for f in fields(self)]
-        if precision not in names:
+        if precision not in self.limits:
             raise UsageError(f"no accuracy gate for precision '{precision}': "
-                             f"choose one of {', '.join(names)}")
-        return getattr(self, precision)
+                             f"choose one of {', '.join(self.limits)}")
+        return self.limits[precision]
+
+    def __getattr__(self, precision: str) -> PrecisionGate:
+        # gates.fp32, gates.int8, ...: readable access for the registered precisions.
+        limits = self.__dict__.get("limits", {})
+        if precision in limits:
+            return limits[precision]
+        raise AttributeError(precision)
 
     def to_dict(self) -> dict[str, dict[str, float | None]]:
         """Plain-data form (for report.json)."""
-        return asdict(self)
+        return {name: asdict(gate) for name, gate in self.limits.items()}
 
     @classmethod
     def from_dict(cls, data: dict[str, dict[str, Any]]) -> Gates:
@@ -63,17 +73,17 @@ class Gates:
 
     def with_overrides(self, overrides: dict[str, dict[str, Any]]) -> Gates:
         """A copy with ``{precision: {limit: value or None}}`` applied; unknown names raise."""
-        limits = [f.name for f in fields(PrecisionGate)]
-        changed: dict[str, PrecisionGate] = {}
+        names = [f.name for f in fields(PrecisionGate)]
+        limits = dict(self.limits)
         for precision, values in overrides.items():
-            gate = changed.get(precision) or self.for_precision(precision)
+            gate = self.for_precision(precision)
             for name in values:
-                if name not in limits:
+                if name not in names:
                     raise UsageError(f"unknown gate limit '{name}' for {precision}: "
-                                     f"choose one of {', '.join(limits)}")
-            changed[precision] = replace(gate, **{
+                                     f"choose one of {', '.join(names)}")
+            limits[precision] = replace(limits.get(precision, gate), **{
                 k: None if v is None else float(v) for k, v in values.items()})
-        return replace(self, **changed)
+        return replace(self, limits=limits)
 
 
 def default_gates(

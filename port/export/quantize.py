@@ -57,13 +57,14 @@ from port.export.onnx_files import (
     read_props,
     save_onnx_atomic,
 )
+from port.formats import option_choices
 
 # --calib-method choices -> onnxruntime.quantization.CalibrationMethod member names.
 CALIBRATION_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
-# --activation-type choices: int8 is symmetric (TensorRT), uint8 asymmetric (ORT CPU only).
-ACTIVATION_TYPES = ("int8", "uint8")
-# --int8-weights choices: full = [-127, 127] (TensorRT, GPUs, VNNI CPUs), 7bit = [-64, 64].
-WEIGHT_RANGES = ("full", "7bit")
+# --int8-activations: int8 is symmetric (TensorRT), uint8 asymmetric (ORT CPU only).
+ACTIVATION_TYPES = option_choices("int8_activations")
+# --int8-weights: full = [-127, 127] (TensorRT, GPUs, VNNI CPUs), 7bit = [-64, 64].
+WEIGHT_RANGES = option_choices("int8_weights")
 QUANTIZATION_KEY = "porter.quantization"  # JSON: how this INT8 graph was made
 
 

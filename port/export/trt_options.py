@@ -25,22 +25,21 @@ from pathlib import Path
 from typing import Any
 
 from port.errors import BackendUnavailable, UsageError
+from port.formats import FORMATS, option_choices
 
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = FORMATS["trt"].precisions
+
 # --hardware-compatibility value -> TensorRT's HardwareCompatibilityLevel name.
 HARDWARE_LEVELS = {"ampere+": "AMPERE_PLUS", "same-cc": "SAME_COMPUTE_CAPABILITY"}
 HARDWARE_COMPATIBILITY = tuple(HARDWARE_LEVELS)
-CALIBRATORS = ("entropy", "minmax")
+CALIBRATORS = option_choices("calibrator")
 OPT_LEVELS = range(0, 6)  # IBuilderConfig.builder_optimization_level accepts 0..5 (default 3)
 SUPPORTED_MAJORS = (10, 11)  # newer majors are treated like 11: strongly typed only
 
-# The option keys `porter export --to trt` understands; the export stage uses this to reject
-# ONNX-only flags given with --to trt (and the reverse) instead of ignoring them.
+# The TensorRT build flags (the registry's --to trt options that are not shared with the ONNX
+# exporters): what options_from_flags reads.
 TRT_OPTION_KEYS = frozenset(
-    {
-        "min_batch", "opt_batch", "max_batch", "workspace", "timing_cache", "builder_opt_level",
-        "version_compatible", "hardware_compatibility", "calibrator", "calib_cache",
-    }
+    o.name for o in FORMATS["trt"].options if o not in FORMATS["onnx"].options
 )
 
 _SIZE_UNITS = {

@@ -9,10 +9,10 @@ from typing import Any
 from rich.console import Console
 
 from port.errors import ManifestError, UsageError
+from port.formats import exported_kinds
 from port.manifest import Manifest, Record
 from port.stages.common import check_classes, open_run, reference, reference_card, run_data
 
-EXPORT_KINDS = ("onnx", "engine")  # artifact kinds that --compare runs
 REPORT_ID = "report"
 REPORT_DIR = "report"
 
@@ -69,7 +69,7 @@ def _exports(manifest: Manifest, ref: Record) -> list[Record]:
     """Every export of the run, refusing ones that are no longer what their files say."""
     chosen = []
     for record in manifest.records():
-        if record.kind not in EXPORT_KINDS or record.id == ref.id:
+        if record.kind not in exported_kinds() or record.id == ref.id:
             continue
         state = manifest.state(record.id)
         if state.name != "fresh":

@@ -1,15 +1,19 @@
 """`porter export`: turn the run's reference into a deployable artifact and record it.
 
-The format registry (``port.export.formats``) decides which ``--to``/``--precision`` pairs exist;
-this module checks the flags against the chosen format (a flag that does not apply is refused,
-never ignored), resolves inputs from the manifest and records the result with its parents.
-FP16 and INT8 ONNX files are made from the FP32 ONNX, which is exported first when the run has
-none yet (and recorded too), so every artifact's lineage is explicit.
+The registry (``port.formats``) decides everything about formats: the CLI normalises ``--to``,
+``--precision`` and the flags against it (:func:`port.formats.normalize_options` refuses a flag
+the format or precision does not use), and :func:`run_export` calls the exporter the registry
+names for that format and precision. Every exporter here has the same shape,
+``(ctx, fmt, precision) -> Record``. FP16 and INT8 ONNX files are made from the FP32 ONNX, which
+is exported first when the run has none yet (and recorded too), so every artifact's lineage is
+explicit; before anything is recorded, the file's own content must carry the precision the
+record will claim.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +21,7 @@ import numpy as np
 from rich.console import Console
 
 from port.errors import ManifestError, UsageError
+from port.formats import FORMATS, Format, normalize_format, normalize_options, normalize_precision
 from port.manifest import Manifest, Record
 from port.stages.common import (
     check_classes,
@@ -26,48 +31,43 @@ from port.stages.common import (
     run_data,
 )
 
-# Which flags each format understands; anything else given with --to X is refused.
-ONNX_OPTIONS = {"opset", "exporter", "data", "calib_data", "calib_images", "calib_method",
-                "calib_seed", "keep_fp32", "int8_activations", "int8_weights"}
-TRT_OPTIONS = {"data", "calib_data", "calib_images", "calib_method", "calib_seed", "min_batch",
-               "opt_batch", "max_batch", "workspace", "timing_cache", "builder_opt_level",
-               "version_compatible", "hardware_compatibility", "calibrator", "calib_cache",
-               "keep_fp32"}  # keep_fp32: a TensorRT FP16 engine is built from the FP16 ONNX
-FORMAT_OPTIONS = {"onnx": ONNX_OPTIONS, "trt": TRT_OPTIONS}
-# Options that only make sense for one precision.
-PRECISION_OPTIONS = {
-    "calib_data": {"int8"}, "calib_images": {"int8"}, "calib_method": {"int8"},
-    "calib_seed": {"int8"}, "calibrator": {"int8"}, "calib_cache": {"int8"},
-    "int8_activations": {"int8"}, "int8_weights": {"int8"}, "keep_fp32": {"fp16"},
-}
 DEFAULT_CALIB_IMAGES = 500  # a few hundred images settle min/max and histogram ranges
 PARITY_BATCH = 32  # images in the post-export parity check
+ONNX = FORMATS["onnx"]
 
 
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
+@dataclass(frozen=True)
+class ExportRequest:
+    """What `porter export` was asked for, already normalised against the registry."""
+
+    fmt: Format
+    precision: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_flags(cls, to: str, precision: str | None,
+                   options: dict[str, Any] | None = None) -> ExportRequest:
+        """Normalise the user's spelling once (any letter case; unknown names and flags that
+        do not apply are ``UsageError``s listing the valid choices)."""
+        fmt = normalize_format(to)
+        canonical = normalize_precision(fmt, precision)
+        return cls(fmt, canonical, normalize_options(fmt, canonical, options or {}))
 
 
-def validate_options(to: str, precision: str, options: dict[str, Any]) -> None:
-    """Refuse flags the chosen format or precision does not use (never ignore them silently)."""
-    allowed = FORMAT_OPTIONS[to]
-    for name in options:
-        if name not in allowed:
-            users = sorted(f for f, names in FORMAT_OPTIONS.items() if name in names)
-            raise UsageError(f"{_flag(name)} does not apply to --to {to} (only to --to "
-                             f"{', '.join(users)}): remove it")
-        wanted = PRECISION_OPTIONS.get(name)
-        if wanted and precision not in wanted:
-            raise UsageError(f"{_flag(name)} applies to --precision {'/'.join(sorted(wanted))}, "
-                             f"not {precision}: remove it or change --precision")
+@dataclass
+class ExportContext:
+    """What every exporter works from: the run, its reference and card, the flags."""
 
+    manifest: Manifest
+    ref: Record
+    card: Any
+    options: dict[str, Any]
+    console: Console
 
-def artifact_path(run: Path, to: str, precision: str) -> tuple[str, Path]:
-    """Stable id and file of an export, e.g. ('onnx-int8', RUN/model.int8.onnx)."""
-    from port.export.formats import get_format
-
-    fmt = get_format(to)
-    return f"{to}-{precision}", run / f"model.{precision}{fmt.suffix}"
+    def onnx_options(self) -> dict[str, Any]:
+        """The flags that also mean something to the ONNX exporters (FP32/FP16/INT8 sources)."""
+        names = {o.name for o in ONNX.options}
+        return {k: v for k, v in self.options.items() if k in names}
 
 
 def _load_images(spec_text: str, card: Any, split: str, count: int | None,
@@ -83,112 +83,11 @@ def _load_images(spec_text: str, card: Any, split: str, count: int | None,
     return images, labels, data
 
 
-def _parity_sample(record: Record, card: Any, options: dict[str, Any]) -> np.ndarray:
+def _parity_sample(ctx: ExportContext) -> np.ndarray:
     """A real batch of validation images for the export's parity check."""
-    spec_text = run_data(record, options.get("data"), "the parity check (a real batch)")
-    images, _, _ = _load_images(spec_text, card, "val", PARITY_BATCH, seed=0)
+    spec_text = run_data(ctx.ref, ctx.options.get("data"), "the parity check (a real batch)")
+    images, _, _ = _load_images(spec_text, ctx.card, "val", PARITY_BATCH, seed=0)
     return images
-
-
-def _ensure_fp32_onnx(manifest: Manifest, ref: Record, card: Any, options: dict[str, Any],
-                      console: Console) -> Record:
-    """The run's FP32 ONNX record, exporting it first when absent or out of date."""
-    onnx_id, _ = artifact_path(manifest.run_dir, "onnx", "fp32")
-    if ref.kind == "onnx":
-        return ref  # an imported ONNX is the FP32 graph
-    existing = _fresh(manifest, onnx_id)
-    if existing is not None:
-        return existing
-    console.print("exporting the FP32 ONNX model first (FP16/INT8/TensorRT are built from it)")
-    return _export_onnx_fp32(manifest, ref, card, options, console)
-
-
-def _export_onnx_fp32(manifest: Manifest, ref: Record, card: Any, options: dict[str, Any],
-                      console: Console) -> Record:
-    from port.export.onnx import export_onnx
-    from port.models.checkpoint import load_model
-
-    if ref.kind == "onnx":
-        raise UsageError("the run's reference is already an ONNX model: export --precision "
-                         "fp16/int8 or --to trt from it instead")
-    model, _, _ = load_model(manifest.run_dir / ref.path)
-    sample = _parity_sample(ref, card, options)
-    onnx_id, out = artifact_path(manifest.run_dir, "onnx", "fp32")
-    kwargs = {k: options[k] for k in ("opset", "exporter") if k in options}
-    metrics = export_onnx(model, card, out, sample=sample, source_sha256=ref.sha256, **kwargs)
-    params = {"to": "onnx", "precision": "fp32", **kwargs, "card": card.to_dict()}
-    record = manifest.record("export", "onnx", out, id=onnx_id, parents=[ref.id], params=params,
-                             metrics=metrics)
-    console.print(f"[green]exported[/green] {record.path} (parity max |diff| "
-                  f"{metrics.get('max_abs_diff', float('nan')):.2e})")
-    return record
-
-
-def _calibration(manifest: Manifest, ref: Record, card: Any, options: dict[str, Any]
-                 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """Calibration images (training split, evaluation preprocessing) and their record."""
-    from port.export.calibration import calibration_record, select_calibration
-
-    spec_text = options.get("calib_data") or (ref.params or {}).get("data")
-    if not spec_text:
-        raise UsageError("INT8 calibration needs images: pass --calib-data DATA "
-                         "(the run has no training data set recorded)")
-    seed = int(options.get("calib_seed", 0))
-    from port.data.datasets import load_split, materialize, subset
-    from port.data.spec import parse_data_spec
-
-    # The training split (calibrating on the evaluation images would flatter the INT8 model),
-    # loaded once: its size decides the selection, then the chosen images are preprocessed.
-    split_name = "train"
-    full = load_split(parse_data_spec(spec_text), split_name, preprocess=card.preprocess)
-    check_classes(card, full.classes, spec_text)
-    # An explicit --calib-images larger than the split is refused by select_calibration; the
-    # default simply takes the whole split when it is smaller.
-    count = int(options.get("calib_images", min(DEFAULT_CALIB_IMAGES, len(full))))
-    chosen = select_calibration(len(full), count, seed)
-    images, _ = materialize(subset(full, list(chosen.indices)))
-    record = calibration_record(spec_text, chosen)
-    record["split"] = split_name
-    return images, record
-
-
-def _export_onnx_lowp(manifest: Manifest, ref: Record, card: Any, precision: str,
-                      options: dict[str, Any], console: Console, *,
-                      art_id: str | None = None) -> Record:
-    """FP16 or INT8 (QDQ) ONNX made from the FP32 ONNX (``art_id`` names a variant)."""
-    fp32 = _ensure_fp32_onnx(manifest, ref, card, options, console)
-    src = manifest.run_dir / fp32.path
-    default_id, out = artifact_path(manifest.run_dir, "onnx", precision)
-    if art_id is not None:
-        out = manifest.run_dir / f"model.{art_id.removeprefix('onnx-')}.onnx"
-    art_id = art_id or default_id
-    params: dict[str, Any] = {"to": "onnx", "precision": precision, "card": card.to_dict()}
-    if precision == "int8":
-        from port.export.quantize import quantize_int8
-
-        images, calib = _calibration(manifest, ref, card, options)
-        method = options.get("calib_method", "minmax")
-        # Symmetric int8 activations by default: the graph TensorRT builds is the graph ONNX
-        # Runtime checks here. uint8 runs faster on ORT's CPU kernels but TensorRT refuses it.
-        activations = options.get("int8_activations", "int8")
-        # Full-range weights by default: the graph TensorRT builds. 7-bit weights are for apps
-        # on ONNX Runtime's fast kernels on x86 CPUs without VNNI (see port.engines.int8_cpu).
-        weights = options.get("int8_weights", "full")
-        metrics = quantize_int8(src, out, images, method=method, activation_type=activations,
-                                weight_range=weights)
-        params.update(calib_method=method, calibration=calib, quantizer="onnxruntime",
-                      int8_activations=activations, int8_weights=weights)
-    else:
-        from port.export.fp16 import convert_fp16
-
-        keep = list(options.get("keep_fp32", []))
-        sample = _parity_sample(ref, card, options)
-        metrics = convert_fp16(src, out, keep_fp32=keep, sample_images=sample)
-        params.update(keep_fp32=keep)
-    record = manifest.record("export", "onnx", out, id=art_id, parents=[fp32.id], params=params,
-                             metrics=metrics)
-    console.print(f"[green]exported[/green] {record.path} ({precision})")
-    return record
 
 
 def _fresh(manifest: Manifest, art_id: str) -> Record | None:
@@ -197,36 +96,148 @@ def _fresh(manifest: Manifest, art_id: str) -> Record | None:
     return record if record is not None and manifest.state(art_id).name == "fresh" else None
 
 
-def _trt_int8_source(manifest: Manifest, ref: Record, card: Any, options: dict[str, Any],
-                     console: Console) -> tuple[Record, str]:
+def _record(ctx: ExportContext, fmt: Format, precision: str, out: Path, *, art_id: str,
+            parents: list[str], params: dict[str, Any], metrics: dict[str, Any] | None
+            ) -> Record:
+    """Record an export after proving the file carries the precision the record will claim.
+
+    A mismatch is a porter bug (the wrong converter ran), never something to record: the file
+    is left for inspection and nothing in the manifest changes.
+    """
+    found = fmt.read_precision(out)
+    if found is not None and found != precision:
+        raise ManifestError(f"{out.name} holds a {found} graph but was exported as {precision}: "
+                            "not recorded; this is a porter bug, please report it")
+    params = {"to": fmt.name, "precision": precision, "card": ctx.card.to_dict(), **params}
+    return ctx.manifest.record("export", fmt.kind, out, id=art_id, parents=parents,
+                               params=params, metrics=metrics)
+
+
+def _ensure_fp32_onnx(ctx: ExportContext) -> Record:
+    """The run's FP32 ONNX record, exporting it first when absent or out of date."""
+    if ctx.ref.kind == ONNX.kind:
+        return ctx.ref  # an imported ONNX is the FP32 graph
+    existing = _fresh(ctx.manifest, ONNX.artifact_id("fp32"))
+    if existing is not None:
+        return existing
+    ctx.console.print("exporting the FP32 ONNX model first (FP16/INT8/TensorRT are built from "
+                      "it)")
+    return export_onnx_fp32(ctx, ONNX, "fp32")
+
+
+def export_onnx_fp32(ctx: ExportContext, fmt: Format, precision: str) -> Record:
+    """``--to onnx --precision fp32``: torch.onnx export of the checkpoint, parity-checked."""
+    from port.export.onnx import export_onnx
+    from port.models.checkpoint import load_model
+
+    if ctx.ref.kind == ONNX.kind:
+        raise UsageError("the run's reference is already an ONNX model: export --precision "
+                         "fp16/int8 or --to trt from it instead")
+    model, _, _ = load_model(ctx.manifest.run_dir / ctx.ref.path)
+    sample = _parity_sample(ctx)
+    out = ctx.manifest.run_dir / fmt.file_name(precision)
+    kwargs = {k: ctx.options[k] for k in ("opset", "exporter") if k in ctx.options}
+    metrics = export_onnx(model, ctx.card, out, sample=sample, source_sha256=ctx.ref.sha256,
+                          **kwargs)
+    record = _record(ctx, fmt, precision, out, art_id=fmt.artifact_id(precision),
+                     parents=[ctx.ref.id], params=kwargs, metrics=metrics)
+    ctx.console.print(f"[green]exported[/green] {record.path} (parity max |diff| "
+                      f"{metrics.get('max_abs_diff', float('nan')):.2e})")
+    return record
+
+
+def _calibration(ctx: ExportContext) -> tuple[np.ndarray, dict[str, Any]]:
+    """Calibration images (training split, evaluation preprocessing) and their record."""
+    from port.data.datasets import load_split, materialize, subset
+    from port.data.spec import parse_data_spec
+    from port.export.calibration import calibration_record, select_calibration
+
+    spec_text = ctx.options.get("calib_data") or (ctx.ref.params or {}).get("data")
+    if not spec_text:
+        raise UsageError("INT8 calibration needs images: pass --calib-data DATA "
+                         "(the run has no training data set recorded)")
+    seed = int(ctx.options.get("calib_seed", 0))
+    # The training split (calibrating on the evaluation images would flatter the INT8 model),
+    # loaded once: its size decides the selection, then the chosen images are preprocessed.
+    split_name = "train"
+    full = load_split(parse_data_spec(spec_text), split_name, preprocess=ctx.card.preprocess)
+    check_classes(ctx.card, full.classes, spec_text)
+    # An explicit --calib-images larger than the split is refused by select_calibration; the
+    # default simply takes the whole split when it is smaller.
+    count = int(ctx.options.get("calib_images", min(DEFAULT_CALIB_IMAGES, len(full))))
+    chosen = select_calibration(len(full), count, seed)
+    images, _ = materialize(subset(full, list(chosen.indices)))
+    record = calibration_record(spec_text, chosen)
+    record["split"] = split_name
+    return images, record
+
+
+def export_onnx_lowp(ctx: ExportContext, fmt: Format, precision: str, *,
+                     variant: str | None = None) -> Record:
+    """``--to onnx --precision fp16|int8``: FP16 graph or INT8 QDQ graph from the FP32 ONNX
+    (``variant`` names a second graph of the same precision, e.g. ``sym``)."""
+    fp32 = _ensure_fp32_onnx(ctx)
+    src = ctx.manifest.run_dir / fp32.path
+    out = ctx.manifest.run_dir / fmt.file_name(precision, variant)
+    art_id = fmt.artifact_id(precision) + (f"-{variant}" if variant else "")
+    params: dict[str, Any] = {}
+    if precision == "int8":
+        from port.export.quantize import quantize_int8
+
+        images, calib = _calibration(ctx)
+        method = ctx.options.get("calib_method", "minmax")
+        # Symmetric int8 activations by default: the graph TensorRT builds is the graph ONNX
+        # Runtime checks here. uint8 runs faster on ORT's CPU kernels but TensorRT refuses it.
+        activations = ctx.options.get("int8_activations", "int8")
+        # Full-range weights by default: the graph TensorRT builds. 7-bit weights are for apps
+        # on ONNX Runtime's fast kernels on x86 CPUs without VNNI (see port.engines.int8_cpu).
+        weights = ctx.options.get("int8_weights", "full")
+        metrics = quantize_int8(src, out, images, method=method, activation_type=activations,
+                                weight_range=weights)
+        params.update(calib_method=method, calibration=calib, quantizer="onnxruntime",
+                      int8_activations=activations, int8_weights=weights)
+    elif precision == "fp16":
+        from port.export.fp16 import convert_fp16
+
+        keep = list(ctx.options.get("keep_fp32", []))
+        metrics = convert_fp16(src, out, keep_fp32=keep, sample_images=_parity_sample(ctx))
+        params.update(keep_fp32=keep)
+    else:  # the registry routes only fp16/int8 here
+        raise ManifestError(f"export_onnx_lowp cannot make {precision}: the format registry "
+                            "and the export stage disagree (a porter bug)")
+    record = _record(ctx, fmt, precision, out, art_id=art_id, parents=[fp32.id], params=params,
+                     metrics=metrics)
+    ctx.console.print(f"[green]exported[/green] {record.path} ({precision})")
+    return record
+
+
+def _trt_int8_source(ctx: ExportContext) -> tuple[Record, str]:
     """The QDQ ONNX a TensorRT INT8 engine is built from, and which quantizer made it.
 
     ``choose_quantizer`` decides once and says why (printed here); the artifact is named after
     the quantizer that ran. modelopt's graph is its own ONNX artifact (``onnx-int8-modelopt``,
     so evaluate checks that exact graph on the CPU); ONNX Runtime's is the run's INT8 ONNX
-    (symmetric int8 activations), or a symmetric copy of it.
+    (symmetric int8 activations, full-range weights), or a copy of it in that form.
     """
     from port.export.tensorrt import choose_quantizer, quantize_with_modelopt
 
-    method = options.get("calib_method", "minmax")
+    method = ctx.options.get("calib_method", "minmax")
     choice = choose_quantizer(method)
-    console.print(f"INT8 scales for TensorRT from {choice.name}: {choice.why}")
+    ctx.console.print(f"INT8 scales for TensorRT from {choice.name}: {choice.why}")
     if choice.name == "modelopt":
-        fp32 = _ensure_fp32_onnx(manifest, ref, card, options, console)
-        images, calib = _calibration(manifest, ref, card, options)
-        art_id = f"onnx-int8-{choice.name}"
-        out = manifest.run_dir / f"model.int8-{choice.name}.onnx"
-        quantize_with_modelopt(manifest.run_dir / fp32.path, out, images, method=method)
-        params = {"to": "onnx", "precision": "int8", "card": card.to_dict(),
-                  "calibration": calib, "calib_method": method, "quantizer": choice.name,
+        fp32 = _ensure_fp32_onnx(ctx)
+        images, calib = _calibration(ctx)
+        out = ctx.manifest.run_dir / ONNX.file_name("int8", choice.name)
+        quantize_with_modelopt(ctx.manifest.run_dir / fp32.path, out, images, method=method)
+        params = {"calibration": calib, "calib_method": method, "quantizer": choice.name,
                   "why": choice.why}
-        record = manifest.record("export", "onnx", out, id=art_id, parents=[fp32.id],
-                                 params=params)
+        record = _record(ctx, ONNX, "int8", out, art_id=f"{ONNX.artifact_id('int8')}-"
+                         f"{choice.name}", parents=[fp32.id], params=params, metrics=None)
         return record, choice.name
-    existing = _fresh(manifest, "onnx-int8")
-    lowp = {k: v for k, v in options.items() if k in ONNX_OPTIONS}
+    onnx_ctx = ExportContext(ctx.manifest, ctx.ref, ctx.card, ctx.onnx_options(), ctx.console)
+    existing = _fresh(ctx.manifest, ONNX.artifact_id("int8"))
     if existing is None:
-        existing = _export_onnx_lowp(manifest, ref, card, "int8", lowp, console)
+        existing = export_onnx_lowp(onnx_ctx, ONNX, "int8")
     cpu_forms = []  # what makes the run's INT8 ONNX an ONNX Runtime CPU form, not TensorRT's
     if existing.params.get("int8_activations", "int8") != "int8":
         cpu_forms.append("uint8 activations")  # TensorRT cannot build them
@@ -235,73 +246,60 @@ def _trt_int8_source(manifest: Manifest, ref: Record, card: Any, options: dict[s
     if cpu_forms:
         # Make the symmetric, full-range QDQ graph as an artifact of its own, so `evaluate
         # --compare` checks exactly what the engine is built from.
-        console.print(f"the run's INT8 ONNX has {' and '.join(cpu_forms)} (an ONNX Runtime CPU "
-                      f"form): quantizing a symmetric full-range int8 copy for TensorRT")
-        existing = _fresh(manifest, "onnx-int8-sym") or _export_onnx_lowp(
-            manifest, ref, card, "int8",
-            {**lowp, "int8_activations": "int8", "int8_weights": "full"}, console,
-            art_id="onnx-int8-sym")
+        ctx.console.print(f"the run's INT8 ONNX has {' and '.join(cpu_forms)} (an ONNX Runtime "
+                          "CPU form): quantizing a symmetric full-range int8 copy for TensorRT")
+        onnx_ctx.options.update(int8_activations="int8", int8_weights="full")
+        existing = (_fresh(ctx.manifest, f"{ONNX.artifact_id('int8')}-sym")
+                    or export_onnx_lowp(onnx_ctx, ONNX, "int8", variant="sym"))
     return existing, choice.name
 
 
-def _export_trt(manifest: Manifest, ref: Record, card: Any, precision: str,
-                options: dict[str, Any], console: Console) -> Record:
-    """A TensorRT engine (plus JSON sidecar) from the matching ONNX graph."""
+def export_trt(ctx: ExportContext, fmt: Format, precision: str) -> Record:
+    """``--to trt``: a TensorRT engine (plus JSON sidecar) from the matching ONNX graph."""
     from port.export.tensorrt import build_engine, installed_trt_major
     from port.export.trt_options import options_from_flags, plan_build
 
     # The options are checked as they are made: flag conflicts come first, before "TensorRT is
     # not installed"; plan_build adds what the installed TensorRT cannot do.
-    build_options = options_from_flags(precision, options)
+    build_options = options_from_flags(precision, ctx.options)
     trt_major = installed_trt_major()  # BackendUnavailable when TensorRT/pycuda/GPU are missing
     plan = plan_build(build_options, trt_major)
     quantizer = None
     # Strongly typed builds need the precision in the graph: build from the FP16/QDQ ONNX.
     if plan.onnx_precision == "fp32":
-        source = _ensure_fp32_onnx(manifest, ref, card, options, console)
+        source = _ensure_fp32_onnx(ctx)
     elif plan.onnx_precision == "int8":
-        source, quantizer = _trt_int8_source(manifest, ref, card, options, console)
+        source, quantizer = _trt_int8_source(ctx)
     else:
-        source = _fresh(manifest, "onnx-fp16")
-        if source is None:
-            lowp = {k: v for k, v in options.items() if k in ONNX_OPTIONS}
-            source = _export_onnx_lowp(manifest, ref, card, "fp16", lowp, console)
+        source = _fresh(ctx.manifest, ONNX.artifact_id("fp16")) or export_onnx_lowp(
+            ExportContext(ctx.manifest, ctx.ref, ctx.card, ctx.onnx_options(), ctx.console),
+            ONNX, "fp16")
     calib_images = None
-    params: dict[str, Any] = {"to": "trt", "precision": precision, "card": card.to_dict(),
-                              "plan": plan.to_dict(), "quantizer": quantizer}
+    params: dict[str, Any] = {"plan": plan.to_dict(), "quantizer": quantizer}
     if plan.needs_calibrator:
-        calib_images, calib = _calibration(manifest, ref, card, options)
+        calib_images, calib = _calibration(ctx)
         params["calibration"] = calib
-    art_id, out = artifact_path(manifest.run_dir, "trt", precision)
+    out = ctx.manifest.run_dir / fmt.file_name(precision)
     start = time.perf_counter()
-    metrics = build_engine(manifest.run_dir / source.path, out, build_options, card,
+    metrics = build_engine(ctx.manifest.run_dir / source.path, out, build_options, ctx.card,
                            calib_images=calib_images, log_path=out.with_suffix(".build.log"),
                            quantizer=quantizer)
     metrics.setdefault("build_seconds", time.perf_counter() - start)
     params.update(build_options.to_dict())
-    record = manifest.record("export", "engine", out, id=art_id, parents=[source.id],
-                             params=params, metrics=metrics)
-    console.print(f"[green]built[/green] {record.path} ({precision}, "
-                  f"{metrics['build_seconds']:.1f} s)")
+    record = _record(ctx, fmt, precision, out, art_id=fmt.artifact_id(precision),
+                     parents=[source.id], params=params, metrics=metrics)
+    ctx.console.print(f"[green]built[/green] {record.path} ({precision}, "
+                      f"{metrics['build_seconds']:.1f} s)")
     return record
 
 
-def run_export(run: Path, *, to: str, precision: str | None, options: dict[str, Any],
-               console: Console) -> Record:
-    """Export the reference of ``run`` to ``to``/``precision`` and record it."""
-    from port.export.formats import get_format, validate_precision
-
-    fmt = get_format(to)
-    precision = precision or "fp32"
-    validate_precision(fmt, precision)
-    validate_options(to, precision, options)
+def run_export(run: Path, request: ExportRequest, *, console: Console) -> Record:
+    """Export the reference of ``run`` as ``request`` asks, through the registry's exporter."""
+    fmt, precision = request.fmt, request.precision
+    if precision not in fmt.precisions:  # ExportRequest.from_flags guarantees this
+        raise UsageError(f"--to {fmt.name} does not support precision '{precision}'")
     manifest = open_run(run)
     ref = reference(manifest)
-    card = reference_card(manifest, ref)
-    if to == "onnx" and precision == "fp32":
-        return _export_onnx_fp32(manifest, ref, card, options, console)
-    if to == "onnx":
-        return _export_onnx_lowp(manifest, ref, card, precision, options, console)
-    if to == "trt":
-        return _export_trt(manifest, ref, card, precision, options, console)
-    raise ManifestError(f"no exporter wired for --to {to}")  # registry and stages out of sync
+    ctx = ExportContext(manifest, ref, reference_card(manifest, ref), dict(request.options),
+                        console)
+    return fmt.exporter(precision)(ctx, fmt, precision)

@@ -26,10 +26,12 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert result.code == 0, result.err[-3000:]
     result = porter("export", "--run", run, "--to", "onnx")
     assert result.code == 0, result.err[-3000:]
-    for precision in ("fp16", "int8"):
-        result = porter("export", "--run", run, "--to", "onnx", "--precision", precision,
-                        *(["--calib-images", "200", "--calib-seed", "3"] if precision == "int8"
-                          else []))
+    # Names in any letter case, normalised once at the CLI: "INT8" must make (and record) an
+    # INT8 graph, not fall through to another converter.
+    for precision in ("Fp16", "INT8"):
+        result = porter("export", "--run", run, "--to", "ONNX", "--precision", precision,
+                        *(["--calib-images", "200", "--calib-seed", "3", "--calib-method",
+                           "MinMax"] if precision == "INT8" else []))
         assert result.code == 0, result.err[-3000:]
     return run
 
@@ -75,6 +77,30 @@ def test_low_precision_exports_record_lineage_and_calibration(run: Path) -> None
     graph = onnx.load(str(run / fp16["path"])).graph
     assert graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # FP32 I/O
     assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in graph.initializer)
+
+
+def test_every_recorded_precision_is_what_the_file_holds(run: Path) -> None:
+    """QDQ nodes for int8, FP16 initializers for fp16, neither for fp32: read from the files."""
+    import onnx
+
+    from port.formats import format_for_kind
+
+    records = json.loads((run / "manifest.json").read_text())["artifacts"]
+    exports = [r for r in records if r["stage"] == "export"]
+    assert {r["id"] for r in exports} == {"onnx-fp32", "onnx-fp16", "onnx-int8"}
+    for record in exports:
+        precision = record["params"]["precision"]
+        assert record["params"]["to"] == "onnx" and record["id"] == f"onnx-{precision}"
+        fmt = format_for_kind(record["kind"])
+        assert fmt.read_precision(run / record["path"]) == precision
+        graph = onnx.load(str(run / record["path"])).graph
+        has_qdq = any(n.op_type == "QuantizeLinear" for n in graph.node)
+        has_fp16 = any(i.data_type == onnx.TensorProto.FLOAT16 for i in graph.initializer)
+        assert (has_qdq, has_fp16) == {"fp32": (False, False), "fp16": (False, True),
+                                       "int8": (True, False)}[precision]
+    assert_usage_error(porter("export", "--run", run, "--to", "Onnx", "--precision", "bf16"),
+                       "bf16", "fp32, fp16, int8")
+    assert_usage_error(porter("export", "--run", run, "--to", "tflite"), "tflite", "onnx, trt")
 
 
 def test_flags_that_do_not_apply_are_refused(run: Path) -> None:

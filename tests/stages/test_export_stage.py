@@ -11,7 +11,7 @@ from rich.console import Console
 from port.errors import UsageError
 from port.manifest import Manifest
 from port.models.registry import create_model
-from port.stages.export import _trt_int8_source, run_export, validate_options
+from port.stages.export import ExportContext, ExportRequest, _trt_int8_source, run_export
 from port.stages.importing import ImportRequest, run_import
 
 QUIET = Console(quiet=True)
@@ -31,33 +31,38 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_flags_are_checked_against_format_and_precision() -> None:
-    validate_options("onnx", "int8", {"calib_images": 10, "int8_activations": "uint8"})
-    validate_options("trt", "fp16", {"keep_fp32": ["a"], "workspace": "1GiB"})
+    ok = ExportRequest.from_flags("onnx", "int8", {"calib_images": 10,
+                                                    "int8_activations": "UINT8"})
+    assert ok.options == {"calib_images": 10, "int8_activations": "uint8"}  # choices normalised
+    ExportRequest.from_flags("trt", "fp16", {"keep_fp32": ["a"], "workspace": "1GiB"})
     with pytest.raises(UsageError, match="--workspace does not apply to --to onnx"):
-        validate_options("onnx", "fp32", {"workspace": "1GiB"})
+        ExportRequest.from_flags("onnx", "fp32", {"workspace": "1GiB"})
     with pytest.raises(UsageError, match="--calib-images applies to --precision int8"):
-        validate_options("onnx", "fp16", {"calib_images": 10})
+        ExportRequest.from_flags("onnx", "fp16", {"calib_images": 10})
     with pytest.raises(UsageError, match="--int8-activations does not apply to --to trt"):
-        validate_options("trt", "int8", {"int8_activations": "uint8"})
+        ExportRequest.from_flags("trt", "int8", {"int8_activations": "uint8"})
+    with pytest.raises(UsageError, match="--calib-method KL is not known: choose one of minmax"):
+        ExportRequest.from_flags("onnx", "int8", {"calib_method": "KL"})
 
 
 def test_tensorrt_int8_gets_a_symmetric_qdq_graph_when_the_run_has_uint8(run: Path) -> None:
-    run_export(run, to="onnx", precision="int8",
-               options={"calib_images": 64, "int8_activations": "uint8"}, console=QUIET)
+    run_export(run, ExportRequest.from_flags("onnx", "int8", {"calib_images": 64,
+                                                              "int8_activations": "uint8"}),
+               console=QUIET)
     manifest = Manifest(run)
     assert manifest.get("onnx-int8").params["int8_activations"] == "uint8"
-    source, quantizer = _trt_int8_source(manifest, manifest.get("model"), _card(manifest),
-                                         {"calib_images": 64}, QUIET)
+    source, quantizer = _trt_int8_source(_ctx(manifest, {"calib_images": 64}))
     assert quantizer == "onnxruntime"  # modelopt is not installed here
     assert source.id == "onnx-int8-sym" and source.params["int8_activations"] == "int8"
     assert (run / source.path).name == "model.int8-sym.onnx"
     assert [p["id"] for p in source.parents] == ["onnx-fp32"]
     # Asked again, the fresh symmetric graph is reused, not re-made.
-    again, _ = _trt_int8_source(manifest, manifest.get("model"), _card(manifest), {}, QUIET)
+    again, _ = _trt_int8_source(_ctx(manifest, {}))
     assert again.created == source.created
 
 
-def _card(manifest: Manifest) -> object:
+def _ctx(manifest: Manifest, options: dict) -> ExportContext:
     from port.stages.common import reference_card
 
-    return reference_card(manifest, manifest.get("model"))
+    ref = manifest.get("model")
+    return ExportContext(manifest, ref, reference_card(manifest, ref), options, QUIET)

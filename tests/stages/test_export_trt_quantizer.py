@@ -22,7 +22,7 @@ import port.export.tensorrt as trt_export
 from port.errors import BackendUnavailable
 from port.manifest import Manifest
 from port.stages.common import reference_card
-from port.stages.export import _trt_int8_source, run_export
+from port.stages.export import ExportContext, ExportRequest, _trt_int8_source, run_export
 from port.stages.importing import ImportRequest, run_import
 
 HAVE_MODELOPT = importlib.util.find_spec("modelopt") is not None
@@ -68,9 +68,9 @@ def _source(run: Path, options: dict) -> tuple[str, str, str, Manifest]:
     out = io.StringIO()
     manifest = Manifest(run)
     ref = manifest.get("model")
-    record, quantizer = _trt_int8_source(manifest, ref, reference_card(manifest, ref),
-                                         {"calib_images": 64, **options},
-                                         Console(file=out, width=300))
+    ctx = ExportContext(manifest, ref, reference_card(manifest, ref),
+                        {"calib_images": 64, **options}, Console(file=out, width=300))
+    record, quantizer = _trt_int8_source(ctx)
     return record.id, quantizer, out.getvalue(), manifest
 
 
@@ -107,8 +107,9 @@ def test_modelopt_chosen_but_not_importable_is_refused_and_nothing_is_named_afte
 
 @pytest.mark.skipif(HAVE_MODELOPT, reason="modelopt is installed: it would quantize")
 def test_a_7bit_weight_run_gets_a_full_range_copy_for_tensorrt(run: Path) -> None:
-    run_export(run, to="onnx", precision="int8",
-               options={"calib_images": 64, "int8_weights": "7bit"}, console=Console(quiet=True))
+    run_export(run, ExportRequest.from_flags("onnx", "int8",
+                                             {"calib_images": 64, "int8_weights": "7bit"}),
+               console=Console(quiet=True))
     assert Manifest(run).get("onnx-int8").params["int8_weights"] == "7bit"
     art_id, quantizer, printed, manifest = _source(run, {})
     assert (art_id, quantizer) == ("onnx-int8-sym", "onnxruntime")

@@ -1,0 +1,115 @@
+"""The format registry: every format x precision x letter case has an exporter, a runner and a
+gate, and everything that lists formats or precisions derives from the registry."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from pathlib import Path
+
+import pytest
+
+from port import engines
+from port.errors import UsageError
+from port.evaluate.gates import Gates
+from port.formats import (
+    FORMATS,
+    PRECISIONS,
+    Format,
+    export_formats,
+    exported_kinds,
+    format_for_kind,
+    format_for_path,
+    normalize_format,
+    normalize_options,
+    normalize_precision,
+    option_fields,
+    resolve,
+)
+
+CASES = [(fmt.name, precision) for fmt in export_formats() for precision in fmt.precisions]
+
+
+def _spellings(name: str) -> list[str]:
+    return sorted({name, name.upper(), name.capitalize(), name.swapcase()})
+
+
+@pytest.mark.parametrize(("to", "precision"), CASES)
+def test_every_format_and_precision_in_any_case_has_exporter_runner_and_gate(
+        to: str, precision: str) -> None:
+    for to_text in _spellings(to):
+        for precision_text in _spellings(precision):
+            fmt = normalize_format(to_text)
+            assert fmt is FORMATS[to]
+            assert normalize_precision(fmt, precision_text) == precision
+    exporter = fmt.exporter(precision)
+    assert list(inspect.signature(exporter).parameters)[:3] == ["ctx", "fmt", "precision"]
+    runner = fmt.runner_class()
+    assert issubclass(runner, engines.Runner) and runner.backend == fmt.backend
+    assert Gates().for_precision(precision) is not None
+    assert fmt.precision_of and callable(resolve(fmt.precision_of))
+
+
+def test_unknown_names_are_refused_with_the_choices() -> None:
+    with pytest.raises(UsageError, match="choose one of onnx, trt"):
+        normalize_format("tflite")
+    with pytest.raises(UsageError, match="choose one of onnx, trt"):
+        normalize_format("checkpoint")  # a format porter reads, not one it exports
+    with pytest.raises(UsageError, match="choose one of fp32, fp16, int8"):
+        normalize_precision(FORMATS["onnx"], "bf16")
+    assert normalize_precision(FORMATS["trt"], None) == "fp32"
+
+
+def test_options_dataclass_fields_say_which_precisions_use_them() -> None:
+    for fmt in export_formats():
+        assert dataclasses.is_dataclass(fmt.options_type)
+        by_field = option_fields(fmt)
+        assert set(by_field) == {o.name for o in fmt.options}
+    assert option_fields(FORMATS["onnx"])["calib_images"] == frozenset({"int8"})
+    assert option_fields(FORMATS["onnx"])["keep_fp32"] == frozenset({"fp16"})
+    assert option_fields(FORMATS["trt"])["workspace"] is None  # every precision
+
+
+def test_option_checks_derive_from_the_registry() -> None:
+    onnx = FORMATS["onnx"]
+    assert normalize_options(onnx, "int8", {"calib_method": "Entropy", "opset": None}) == {
+        "calib_method": "entropy"}
+    with pytest.raises(UsageError, match="only to --to trt"):
+        normalize_options(onnx, "fp32", {"workspace": "1GiB"})
+    with pytest.raises(UsageError, match="applies to --precision int8, not fp16"):
+        normalize_options(onnx, "fp16", {"calib_seed": 3})
+
+
+def test_evaluate_engines_and_doctor_derive_from_the_registry() -> None:
+    assert set(exported_kinds()) == {f.kind for f in export_formats()}
+    assert {s: f.backend for f in FORMATS.values() for s in f.suffixes} == engines.SUFFIXES
+    assert set(engines.RUNNERS) == {f.backend for f in FORMATS.values()}
+    for fmt in FORMATS.values():
+        assert format_for_kind(fmt.kind) is fmt
+        for suffix in fmt.suffixes:
+            assert format_for_path(Path(f"x/model.fp32{suffix.upper()}")) is fmt
+    from port.doctor import targets
+
+    listed = {(t.to, t.precision) for t in targets({})}
+    assert listed == set(CASES)
+    assert set(Gates().to_dict()) == set(PRECISIONS)
+
+
+def test_a_new_format_is_one_entry(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A format added to the registry alone shows up in --to, in evaluate's kinds, in doctor and
+    # in the options check, with no other file touched.
+    extra = Format(name="tflite", description="TensorFlow Lite flatbuffer", kind="tflite",
+                   suffixes=(".tflite",), backend="tflite", runner="port.engines.base:Runner",
+                   needs=(("tflite_runtime", "pip install tflite-runtime"),),
+                   precisions=("fp32", "int8"),
+                   exporters={"fp32": "port.stages.export:export_onnx_fp32"})
+    monkeypatch.setitem(FORMATS, "tflite", extra)
+    assert normalize_format("TFLite") is extra
+    assert "tflite" in exported_kinds()
+    from port.doctor import targets
+
+    rows = [t for t in targets({}) if t.to == "tflite"]
+    assert [t.precision for t in rows] == ["fp32", "int8"]
+    assert all(not t.available and "tflite_runtime" in t.why for t in rows)
+    with pytest.raises(UsageError, match="does not apply to --to tflite"):
+        normalize_options(extra, "fp32", {"opset": 17})
