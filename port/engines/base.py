@@ -3,7 +3,14 @@
 A runner takes a *loader* (a path or a zero-argument callable returning what the backend needs),
 does its heavy work in :meth:`activate` and releases it in :meth:`deactivate`. :meth:`infer`
 checks the feed against :meth:`input_metadata` before the backend sees it, so a wrong name,
-shape or dtype ends in a clear ``UsageError`` rather than a backend stack trace.
+shape or dtype ends in a clear ``UsageError`` rather than a backend stack trace; a timing loop
+checks once and then calls ``infer(feed, check_inputs=False)``.
+
+The contract: a :attr:`name`, :meth:`input_metadata` and :meth:`output_metadata` (so callers
+know which output holds the logits, :meth:`logits_output`, instead of guessing), :meth:`infer`,
+:attr:`device`, and three optional hooks with safe defaults: :meth:`synchronize` (asynchronous
+backends), :meth:`time_phases` (backends that can time H2D / compute / D2H apart; ``None``
+means "cannot") and :meth:`details` (how it really ran).
 """
 
 from __future__ import annotations
@@ -35,9 +42,12 @@ class Runner(abc.ABC):
 
     backend: str = "base"  # torch | onnxruntime | tensorrt
 
-    def __init__(self, loader: Loader) -> None:
+    def __init__(self, loader: Loader, *, name: str | None = None) -> None:
         self.loader = loader
         self.is_active = False
+        # A label for reports and errors (Polygraphy's runner name): backend + artifact file.
+        where = Path(loader).name if isinstance(loader, str | Path) else "in-memory"
+        self.name = name or f"{self.backend}:{where}"
 
     # -- lifecycle -------------------------------------------------------------------------
     def activate(self) -> None:
@@ -60,12 +70,37 @@ class Runner(abc.ABC):
         self.deactivate()
 
     # -- inference -------------------------------------------------------------------------
-    def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run one batch; returns output name -> host array."""
+    def infer(self, feed: dict[str, np.ndarray], check_inputs: bool = True
+              ) -> dict[str, np.ndarray]:
+        """Run one batch; returns output name -> host array.
+
+        ``check_inputs=False`` skips the feed check: for timing loops that checked the same
+        feed once already (the check is not what they measure).
+        """
         if not self.is_active:
             raise RuntimeError(f"{type(self).__name__}.infer() called before activate()")
-        self.check_feed(feed)
+        if check_inputs:
+            self.check_feed(feed)
         return self._infer(feed)
+
+    def logits_output(self) -> str:
+        """The name of the output that holds the class scores.
+
+        The only output; else the one called ``logits``; else the only rank-2 output.
+        ``ModelError`` when that does not single one out (export a single logits output).
+        """
+        from port.errors import ModelError
+
+        outputs = self.output_metadata()
+        if len(outputs) == 1:
+            return outputs[0].name
+        named = [m for m in outputs if m.name == "logits"]
+        rank2 = [m for m in outputs if len(m.shape) == 2]
+        for chosen in (named, rank2):
+            if len(chosen) == 1:
+                return chosen[0].name
+        raise ModelError(f"{self.name} returns outputs {[m.name for m in outputs]} and none is "
+                         "'logits': export the classifier with a single logits output")
 
     def check_feed(self, feed: dict[str, np.ndarray]) -> None:
         """Raise ``UsageError`` naming the first mismatch between ``feed`` and the inputs."""
@@ -95,6 +130,13 @@ class Runner(abc.ABC):
                     f"model expects {shown}: resize/crop the images to the model's input size"
                 )
 
+    def time_phases(self, feed: dict[str, np.ndarray], runs: int = 50
+                    ) -> dict[str, float] | None:
+        """Mean host-to-device, compute and device-to-host ms (``h2d_ms``, ``compute_ms``,
+        ``d2h_ms``, ...), timed apart as trtexec does; ``None`` for a backend that cannot
+        separate them (the default)."""
+        return None
+
     def details(self) -> dict[str, Any]:
         """How the artifact really ran, beyond :attr:`device` (e.g. which INT8 kernels and why);
         empty when there is nothing to add. Valid after activate; goes into report rows."""
@@ -112,6 +154,10 @@ class Runner(abc.ABC):
     @abc.abstractmethod
     def input_metadata(self) -> list[TensorMeta]:
         """The inputs this artifact takes (valid after activate)."""
+
+    @abc.abstractmethod
+    def output_metadata(self) -> list[TensorMeta]:
+        """The outputs it returns, in order (valid after activate); ``None`` = dynamic axis."""
 
     @abc.abstractmethod
     def _activate(self) -> None: ...

@@ -68,6 +68,7 @@ class OnnxRuntimeRunner(Runner):
         self.int8: Int8Kernels | None = None  # the choice made for an INT8 graph on the CPU
         self._session: Any = None
         self._inputs: list[TensorMeta] = []
+        self._output_metas: list[TensorMeta] = []
         self._outputs: list[str] = []
         self._device: str | None = None
 
@@ -83,10 +84,14 @@ class OnnxRuntimeRunner(Runner):
         self._require_session()
         return list(self._inputs)
 
+    def output_metadata(self) -> list[TensorMeta]:
+        """The session's outputs, in graph order; symbolic or unknown dimensions are ``None``."""
+        self._require_session()
+        return list(self._output_metas)
+
     def output_names(self) -> list[str]:
         """The session's output names, in graph order."""
-        self._require_session()
-        return list(self._outputs)
+        return [m.name for m in self.output_metadata()]
 
     def metadata(self) -> dict[str, str]:
         """The model's ``metadata_props`` (porter writes its ModelCard there)."""
@@ -104,7 +109,8 @@ class OnnxRuntimeRunner(Runner):
         session = create_session(model, what=what, providers=providers, threads=self.threads,
                                  config=self.int8.session_config() if self.int8 else None)
         self._inputs = [_tensor_meta(i, what) for i in session.get_inputs()]
-        self._outputs = [o.name for o in session.get_outputs()]
+        self._output_metas = [_tensor_meta(o, what, role="output") for o in session.get_outputs()]
+        self._outputs = [m.name for m in self._output_metas]
         self._session = session
         self._device = session.get_providers()[0]
 
@@ -202,13 +208,13 @@ def _int8_choice(requested: str, model: str | bytes, path: Path | None) -> Int8K
     return resolve_int8_kernels(requested, cpu_saturates=saturates, weight_bits=bits)
 
 
-def _tensor_meta(arg: Any, what: str) -> TensorMeta:
+def _tensor_meta(arg: Any, what: str, role: str = "input") -> TensorMeta:
     """TensorMeta of an ORT NodeArg; a symbolic/unknown/non-positive dim is dynamic (None)."""
     dtype = _ORT_DTYPES.get(arg.type)
     if dtype is None:
         raise ModelError(
-            f"{what}: input '{arg.name}' has type {arg.type}, which porter cannot feed: "
-            "re-export with float32 inputs"
+            f"{what}: {role} '{arg.name}' has type {arg.type}, which porter cannot "
+            f"{'feed' if role == 'input' else 'read'}: re-export with float32 {role}s"
         )
     shape = tuple(d if isinstance(d, int) and d > 0 else None for d in (arg.shape or ()))
     return TensorMeta(arg.name, dtype, shape)

@@ -194,6 +194,12 @@ class TensorRTRunner(Runner):
             metas.append(TensorMeta(t.name, t.dtype, shape))
         return metas
 
+    def output_metadata(self) -> list[TensorMeta]:
+        """Outputs in engine order; ``-1`` (shape set at run time) becomes ``None``."""
+        return [TensorMeta(t.name, t.dtype, tuple(None if int(d) < 0 else int(d)
+                                                  for d in t.shape))
+                for t in self._io if not t.is_input]
+
     def output_names(self) -> list[str]:
         """Output tensor names in engine order."""
         return [t.name for t in self._io if not t.is_input]

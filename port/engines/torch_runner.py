@@ -46,6 +46,11 @@ class TorchRunner(Runner):
         card = self._require_card()
         return [TensorMeta(card.input_name, np.dtype(np.float32), (None, *card.input_shape))]
 
+    def output_metadata(self) -> list[TensorMeta]:
+        """One float32 ``[batch, num_classes]`` logits output, named as the card says."""
+        card = self._require_card()
+        return [TensorMeta(card.output_name, np.dtype(np.float32), (None, card.num_classes))]
+
     # -- lifecycle -------------------------------------------------------------------------
     def _activate(self) -> None:
         import torch

@@ -145,13 +145,14 @@ def _measure(cand: Candidate, images: np.ndarray, sizes: list[int], bar: Any, *,
             raise ModelError(f"{cand.artifact_id} has {len(meta)} inputs: porter evaluates "
                              "single-input image classifiers only")
         name, dtype = meta[0].name, np.dtype(meta[0].dtype)
+        logits_name = runner.logits_output()  # from the runner's output metadata, once
         label = f"{cand.artifact_id} ({runner.backend})"  # no [..]: rich reads it as markup
         task = bar.add_task(label, total=len(images)) if bar else None
         chunks = []
         for start in range(0, len(images), eval_batch_size):
             # One conversion per batch, to the runner's own input dtype (e.g. float16 graphs).
             batch = np.ascontiguousarray(images[start:start + eval_batch_size], dtype=dtype)
-            chunks.append(_logits(runner.infer({name: batch}), cand.artifact_id))
+            chunks.append(np.asarray(runner.infer({name: batch})[logits_name], dtype=np.float32))
             if bar:
                 bar.advance(task, len(batch))
         latency: dict[str, dict[str, float]] = {}
@@ -163,25 +164,13 @@ def _measure(cand: Candidate, images: np.ndarray, sizes: list[int], bar: Any, *,
             feed = {name: np.ascontiguousarray(picked, dtype=dtype)}
             latency[str(size)] = measure_latency(runner, feed, warmup=warmup, min_runs=min_runs,
                                                  min_seconds=min_seconds)
-            time_phases = getattr(runner, "time_phases", None)
-            if time_phases is not None:
-                phases[str(size)] = time_phases(feed, runs=min_runs)
+            timed = runner.time_phases(feed, runs=min_runs)  # None: backend cannot split them
+            if timed is not None:
+                phases[str(size)] = timed
         if bar:
             bar.update(task, description=label)
         return _Measured(runner.backend, runner.device, np.concatenate(chunks), latency, phases,
                          details=runner.details())
-
-
-def _logits(outputs: dict[str, np.ndarray], artifact: str) -> np.ndarray:
-    """The logits among a runner's outputs: ``logits`` if present, else the only output."""
-    if "logits" in outputs:
-        out = outputs["logits"]
-    elif len(outputs) == 1:
-        out = next(iter(outputs.values()))
-    else:
-        raise ModelError(f"{artifact} returns outputs {sorted(outputs)} and none is 'logits': "
-                         "export the classifier with a single logits output")
-    return np.asarray(out, dtype=np.float32)
 
 
 # -- rows --------------------------------------------------------------------------------------

@@ -301,7 +301,7 @@ def _spot_check(fp32_onnx: Path, int8_onnx: Path, images: np.ndarray,
     outs, int8 = [], None
     for path in (fp32_onnx, int8_onnx):
         with OnnxRuntimeRunner(path, providers=["CPUExecutionProvider"]) as runner:
-            outs.append(runner.infer({input_name: images})[runner.output_names()[0]])
+            outs.append(runner.infer({input_name: images})[runner.logits_output()])
             int8 = runner.int8 or int8
     ref, q = outs
     return {

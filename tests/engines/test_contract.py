@@ -1,9 +1,13 @@
-"""The Runner contract, run against every registered runner that can run on this machine."""
+"""The Runner contract, run against every registered runner.
+
+The CPU backends run here; the TensorRT runner runs the same tests from
+``tests/gpu/test_trt_contract.py`` (GPU-only tests live under tests/gpu/), which imports them
+with its own ``make_runner`` fixture.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,38 +15,23 @@ import pytest
 from port import engines
 from port.engines.base import Runner
 from port.errors import UsageError
-from tests.engines.tiny import Tiny, build_engine, tensorrt_missing
+from tests.engines.tiny import Tiny
 
 # Max abs logit difference to eager torch; TensorRT picks its own kernels (and summation order).
 TOLERANCE = {"torch": 1e-5, "onnxruntime": 1e-4, "tensorrt": 1e-3}
 
-BACKENDS = [
-    pytest.param("torch", id="torch"),
-    pytest.param("onnxruntime", id="onnxruntime"),
-    pytest.param(
-        "tensorrt", id="tensorrt",
-        marks=[pytest.mark.gpu,
-               pytest.mark.skipif(tensorrt_missing() is not None,
-                                  reason=f"TensorRT runner: {tensorrt_missing()}")],
-    ),
-]
+BACKENDS = ["torch", "onnxruntime"]  # CPU backends; tensorrt: tests/gpu/test_trt_contract.py
+GPU_BACKENDS = ["tensorrt"]
 
 
 def test_every_registered_runner_is_covered() -> None:
-    assert {p.values[0] for p in BACKENDS} == set(engines.RUNNERS)
+    assert set(BACKENDS) | set(GPU_BACKENDS) == set(engines.RUNNERS)
 
 
 @pytest.fixture(params=BACKENDS)
-def make_runner(request: pytest.FixtureRequest, tiny: Tiny, tmp_path: Path
-                ) -> Callable[[], Runner]:
+def make_runner(request: pytest.FixtureRequest, tiny: Tiny) -> Callable[[], Runner]:
     """A factory of fresh, inactive runners for the backend under test, built by engines.load."""
-    backend = request.param
-    if backend == "torch":
-        path = tiny.checkpoint
-    elif backend == "onnxruntime":
-        path = tiny.onnx
-    else:
-        path = build_engine(tiny.onnx, tmp_path / "model.engine")
+    path = tiny.checkpoint if request.param == "torch" else tiny.onnx
     return lambda: engines.load(path)
 
 
@@ -117,3 +106,41 @@ def test_bad_feeds_are_usage_errors(make_runner: Callable[[], Runner], tiny: Tin
                 runner.infer(feed)
             assert "\n" not in str(e.value), what
         runner.infer({name: x})  # still usable after rejected feeds
+
+
+def test_name_outputs_and_the_logits_output(make_runner: Callable[[], Runner],
+                                            tiny: Tiny) -> None:
+    runner = make_runner()
+    assert runner.backend in runner.name and runner.name  # a label for reports and errors
+    with runner:
+        (out,) = runner.output_metadata()
+        assert out.name == tiny.card.output_name == runner.logits_output()
+        assert out.dtype == np.float32
+        assert out.shape[-1] == tiny.card.num_classes and out.shape[0] in (None, -1)
+
+
+def test_unchecked_infer_skips_only_the_check(make_runner: Callable[[], Runner],
+                                              tiny: Tiny) -> None:
+    # The latency loop checks a feed once, then times infer(feed, check_inputs=False).
+    x = tiny.images[:2]
+    feed = {tiny.card.input_name: x}
+    with make_runner() as runner:
+        checked = runner.infer(feed)[tiny.card.output_name]
+        unchecked = runner.infer(feed, check_inputs=False)[tiny.card.output_name]
+        np.testing.assert_array_equal(checked, unchecked)
+        with pytest.raises(UsageError):
+            runner.infer({"image": x})  # checked by default
+
+
+def test_optional_hooks_have_declared_defaults(make_runner: Callable[[], Runner],
+                                               tiny: Tiny) -> None:
+    feed = {tiny.card.input_name: tiny.images[:1]}
+    with make_runner() as runner:
+        runner.synchronize()
+        phases = runner.time_phases(feed, runs=2)
+        # Only backends that can split transfer from compute answer; the others say None.
+        if runner.backend == "tensorrt":
+            assert phases is not None and phases["compute_ms"] > 0
+        else:
+            assert phases is None
+        assert isinstance(runner.details(), dict)

@@ -32,6 +32,13 @@ class _RecordingRunner(Runner):
     def input_metadata(self) -> list[TensorMeta]:
         return [TensorMeta("x", np.dtype(np.float16), (None, 12))]
 
+    def output_metadata(self) -> list[TensorMeta]:
+        return [TensorMeta("logits", np.dtype(np.float16), (None, 4))]
+
+    def check_feed(self, feed: dict[str, np.ndarray]) -> None:
+        self.events.append("check")
+        super().check_feed(feed)
+
     def _activate(self) -> None:
         self.events.append("activate")
 
@@ -53,7 +60,8 @@ def test_warmup_then_min_runs_each_synchronised() -> None:
     with runner:
         stats = measure_latency(runner, batch, warmup=2, min_runs=5, min_seconds=0.0)
     # Two untimed warm-ups and one sync, then every timed run ends with its own sync.
-    assert runner.events == ["activate", "infer", "infer", "sync",
+    # The feed is checked once, before the clock: no timed run pays for the check.
+    assert runner.events == ["activate", "check", "infer", "infer", "sync",
                              *["infer", "sync"] * 5, "deactivate"]
     assert set(stats) == {"p50", "p90", "p99", "mean"}
     assert 0 < stats["p50"] <= stats["p90"] <= stats["p99"]

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.gpu.helpers import gpu_missing
+from tests.gpu.helpers import cuda_missing, gpu_missing, pycuda_missing
 
 HERE = Path(__file__).resolve().parent
 NUM_CLASSES = 10
@@ -24,17 +24,23 @@ SIZE = 32
 
 @pytest.hookimpl(tryfirst=True)  # before `-m gpu` deselects by marker
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark every test in this folder ``gpu`` and skip it, with the reason, where it cannot run."""
-    reason = None
-    checked = False
+    """Mark every test in this folder ``gpu`` and skip it, with the reason, where it cannot run.
+
+    A module says what it needs with ``GPU_NEEDS``: ``"tensorrt"`` (the default: TensorRT,
+    pycuda and a CUDA GPU), ``"pycuda"`` (pycuda and a CUDA GPU) or ``"cuda"`` (a CUDA device
+    for torch, e.g. the training paths).
+    """
+    reasons: dict[str, str | None] = {}
     for item in items:
         if HERE not in Path(str(item.path)).resolve().parents:
             continue
         item.add_marker(pytest.mark.gpu)
-        if not checked:
-            reason, checked = gpu_missing(), True
-        if reason:
-            item.add_marker(pytest.mark.skip(reason=reason))
+        needs = getattr(item.module, "GPU_NEEDS", "tensorrt")
+        if needs not in reasons:
+            reasons[needs] = {"cuda": cuda_missing, "pycuda": pycuda_missing}.get(
+                needs, gpu_missing)()
+        if reasons[needs]:
+            item.add_marker(pytest.mark.skip(reason=reasons[needs]))
 
 
 @dataclass

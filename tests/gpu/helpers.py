@@ -7,6 +7,22 @@ import importlib.util
 import numpy as np
 
 
+def cuda_missing() -> str | None:
+    """Why torch cannot use a CUDA device here, or None when it can."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return "needs a CUDA GPU (torch.cuda.is_available() is False)"
+    return None
+
+
+def pycuda_missing() -> str | None:
+    """Why porter's pycuda layer cannot run here (no pycuda, no CUDA GPU), or None."""
+    if importlib.util.find_spec("pycuda") is None:
+        return "needs pycuda (not installed; see README, GPU set-up)"
+    return cuda_missing()
+
+
 def gpu_missing() -> str | None:
     """Why the GPU tests cannot run here, or None when they can."""
     missing = [m for m in ("tensorrt", "pycuda") if importlib.util.find_spec(m) is None]

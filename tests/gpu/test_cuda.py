@@ -17,6 +17,7 @@ from port.engines.cuda import (
 from port.errors import UsageError
 
 pytestmark = pytest.mark.gpu
+GPU_NEEDS = "pycuda"  # tests/gpu/conftest.py: pycuda and a CUDA GPU, no TensorRT
 
 
 def test_device_info_names_the_gpu_and_refuses_a_missing_index() -> None:

@@ -14,10 +14,7 @@ from port.data.gpu_loader import Augment, DeviceLoader
 from port.train.loop import train
 from port.train.recipe import TrainConfig
 
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
-]
+GPU_NEEDS = "cuda"  # tests/gpu/conftest.py: a CUDA device for torch, no TensorRT
 
 
 def test_device_loader_on_cuda_is_deterministic_and_channels_last() -> None:
