@@ -138,15 +138,11 @@ def saturation_probe_model(weight: int = 127) -> bytes:
 
 def run_probe(weight: int = 127, *, exact_kernels: bool = False) -> float:
     """Largest |error| of the probe graph on ONNX Runtime's CPU provider (0.0 when exact)."""
-    import onnxruntime as ort
+    from port.engines.ort_session import create_session
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.intra_op_num_threads = 1
-    if exact_kernels:
-        options.add_session_config_entry(PRECISION_CONFIG_KEY, "1")
-    session = ort.InferenceSession(saturation_probe_model(weight), options,
-                                   providers=["CPUExecutionProvider"])
+    session = create_session(saturation_probe_model(weight), what="the int8 saturation probe",
+                             threads=1,
+                             config={PRECISION_CONFIG_KEY: "1"} if exact_kernels else None)
     x = np.ones((1, _PROBE_CHANNELS, 2, 2), dtype=np.float32)
     y = session.run(None, {"x": x})[0]
     exact = round(_PROBE_CHANNELS * weight / 127.0)  # the output Q step is 1.0

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from port.engines.ort_session import create_session
 from port.errors import ModelError, UsageError, first_line
 from port.export.metadata import PRECISION_KEY, set_metadata
 from port.export.onnx_files import check_images, load_onnx, read_props, save_onnx_atomic
@@ -155,7 +156,6 @@ def _weight_findings(model: onnx.ModelProto, kept: set[str]) -> list[Fp16Finding
 def _activation_findings(model: onnx.ModelProto, images: np.ndarray, batch_size: int,
                          kept: set[str]) -> list[Fp16Finding]:
     """Run the FP32 model with every float node output exposed; judge each tensor's range."""
-    import onnxruntime as ort
 
     inferred = onnx.shape_inference.infer_shapes(model)
     types = {v.name: v.type.tensor_type.elem_type
@@ -176,12 +176,9 @@ def _activation_findings(model: onnx.ModelProto, images: np.ndarray, batch_size:
             probe.graph.output.append(onnx.helper.make_tensor_value_info(
                 name, onnx.TensorProto.FLOAT, None))
 
-    opts = ort.SessionOptions()
     # No fusion: every tensor we look at must be the one the FP32 graph computes, node by node.
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    opts.log_severity_level = 3
-    session = ort.InferenceSession(probe.SerializeToString(), opts,
-                                   providers=["CPUExecutionProvider"])
+    session = create_session(probe.SerializeToString(), what="the FP32 graph (FP16 pre-flight)",
+                             optimize=False)
     input_name = model.graph.input[0].name
     stats = {name: _Stats() for name in watched}
     for start in range(0, len(images), batch_size):
@@ -388,24 +385,16 @@ def _ort_cpu_check(fp32_onnx: Path, fp16_onnx: Path, model: onnx.ModelProto,
     CPU kernel and runs them in FP32; we read the session's graph to count them, because an
     evaluate row must say whether "FP16 on CPU" really computed in FP16.
     """
-    import onnxruntime as ort
-    from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
-
-    ort_errors = (ort_state.Fail, ort_state.InvalidArgument, ort_state.RuntimeException,
-                  ort_state.NotImplemented, ort_state.InvalidGraph)
     compute = {n.name for n in model.graph.node if n.op_type not in ("Cast", "Identity")} - keep
     with tempfile.TemporaryDirectory(prefix="porter-fp16-") as tmp:
-        opts = ort.SessionOptions()
+        seen_path = Path(tmp) / "session.onnx"
         # Level 0 keeps node names, so the casts ORT must insert can be attributed to nodes.
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        opts.optimized_model_filepath = str(Path(tmp) / "session.onnx")
-        opts.log_severity_level = 3
         try:
-            session = ort.InferenceSession(str(fp16_onnx), opts, providers=["CPUExecutionProvider"])
-        except ort_errors as exc:
-            return {"ran": False, "provider": "CPUExecutionProvider",
-                    "why": f"ONNX Runtime CPU cannot load the FP16 graph: {first_line(exc)}"}
-        seen = onnx.load(opts.optimized_model_filepath)
+            session = create_session(fp16_onnx, what="the FP16 graph", optimize=False,
+                                     save_optimized_to=seen_path)
+        except ModelError as exc:
+            return {"ran": False, "provider": "CPUExecutionProvider", "why": str(exc)}
+        seen = onnx.load(str(seen_path))
     fallback = sorted(n.name for n in seen.graph.node if n.name in compute
                       and any(i.startswith(_CAST_PREFIX) for i in n.input))
     result: dict[str, Any] = {
@@ -426,8 +415,7 @@ def _ort_cpu_check(fp32_onnx: Path, fp16_onnx: Path, model: onnx.ModelProto,
         check = images[:8]
         name = session.get_inputs()[0].name
         got = session.run(None, {name: check})[0]
-        ref = ort.InferenceSession(str(fp32_onnx), providers=["CPUExecutionProvider"]).run(
-            None, {name: check})[0]
+        ref = create_session(fp32_onnx, what="the FP32 graph").run(None, {name: check})[0]
         result.update({
             "check_images": len(check),
             "finite": bool(np.all(np.isfinite(got))),

@@ -141,18 +141,13 @@ def check_parity(
     errors). Returns ``max_abs_diff``, ``mean_abs_diff``, ``agreement``, ``parity_images``,
     ``batch_sizes_checked``, ``atol``, ``rtol``.
     """
-    import onnxruntime as ort
     from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
+
+    from port.engines.ort_session import create_session
 
     ort_errors = (ort_state.Fail, ort_state.InvalidArgument, ort_state.RuntimeException,
                   ort_state.NotImplemented, ort_state.InvalidGraph, ort_state.InvalidProtobuf)
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3  # errors only: keep ORT's graph-optimiser notes off the console
-    try:
-        session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
-    except ort_errors as err:
-        raise ModelError(f"ONNX Runtime cannot load the exported model ({first_line(err)}): "
-                         f"{hint}") from None
+    session = create_session(onnx_path, what="the exported model", hint=hint)
     name = input_name or session.get_inputs()[0].name
     n_images = len(sample)
     if n_images == 1:
