@@ -1,9 +1,8 @@
 """``porter doctor``: what this machine offers, and which ``--to/--precision`` targets work here.
 
-:func:`probe` never crashes and stays cheap: optional packages are found with
-``importlib.util.find_spec`` and versioned with ``importlib.metadata``; only torch (already a
-dependency), ONNX Runtime (for its provider list) and, when present, TensorRT and pycuda are
-imported, each behind the specific errors a broken install raises.
+:func:`probe` never crashes and stays cheap: it is ``port.hostinfo.probe_machine`` (the one
+module that probes the machine, shared with the manifest's environment record) plus ONNX
+Runtime's int8 kernels measured on this CPU.
 
 :func:`targets` derives the verdicts from a probe dict, so it is tested with hand-made probes.
 The GPU rules follow TensorRT's support matrix and release notes: TensorRT 10.0-10.4 run on
@@ -14,11 +13,6 @@ strongly typed networks only, so INT8 comes from a QDQ ONNX there (no ``--calibr
 
 from __future__ import annotations
 
-import importlib.util
-import platform
-import shutil
-import subprocess
-import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +21,7 @@ from rich.table import Table
 from rich.text import Text
 
 from port.formats import Format, export_formats
-from port.hostinfo import TENSORRT_DISTRIBUTIONS, dist_version, parse_version
+from port.hostinfo import has_module, parse_version, probe_machine
 
 
 @dataclass
@@ -43,93 +37,6 @@ class Target:
 # --------------------------------------------------------------------------------------------
 # probe
 # --------------------------------------------------------------------------------------------
-def _has(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):  # a broken parent package
-        return False
-
-
-def _probe_torch() -> dict[str, Any]:
-    info: dict[str, Any] = {"installed": _has("torch"), "version": None, "cuda": None,
-                            "cuda_available": False, "devices": [], "error": None}
-    if not info["installed"]:
-        return info
-    try:
-        import torch
-    except (ImportError, OSError) as exc:
-        info["error"] = str(exc).strip().splitlines()[0]
-        return info
-
-    info["version"] = torch.__version__
-    info["cuda"] = torch.version.cuda
-    try:
-        info["cuda_available"] = bool(torch.cuda.is_available())
-        for i in range(torch.cuda.device_count() if info["cuda_available"] else 0):
-            props = torch.cuda.get_device_properties(i)
-            info["devices"].append({
-                "index": i,
-                "name": props.name,
-                "compute_capability": f"{props.major}.{props.minor}",
-                "total_memory_bytes": int(props.total_memory),
-            })
-    except RuntimeError as exc:  # a driver/toolkit mismatch surfaces here
-        info["error"] = str(exc).strip().splitlines()[0]
-    return info
-
-
-def _probe_driver(pycuda_ok: bool) -> dict[str, Any]:
-    smi = shutil.which("nvidia-smi")
-    if smi:
-        try:
-            out = subprocess.run(
-                [smi, "--query-gpu=driver_version", "--format=csv,noheader"],
-                capture_output=True, text=True, timeout=10, check=True,
-            ).stdout.strip().splitlines()
-            if out:
-                return {"version": out[0].strip(), "source": "nvidia-smi"}
-        except (OSError, subprocess.SubprocessError):
-            pass
-    if pycuda_ok:
-        try:
-            import pycuda.driver as cuda
-
-            cuda.init()
-            v = int(cuda.get_driver_version())  # CUDA driver API version, e.g. 12040
-            return {"version": None, "cuda_driver_api": f"{v // 1000}.{(v % 1000) // 10}",
-                    "source": "pycuda"}
-        except (ImportError, OSError, RuntimeError) as exc:
-            return {"version": None, "source": None, "error": str(exc).splitlines()[0]}
-    return {"version": None, "source": None}
-
-
-def _probe_tensorrt() -> dict[str, Any]:
-    info: dict[str, Any] = {"installed": _has("tensorrt"), "version": None, "error": None}
-    if not info["installed"]:
-        return info
-    info["version"] = dist_version(*TENSORRT_DISTRIBUTIONS)
-    try:
-        import tensorrt as trt
-
-        info["version"] = str(trt.__version__)
-    except (ImportError, OSError) as exc:  # wheel present, libnvinfer or CUDA libs missing
-        info["error"] = str(exc).strip().splitlines()[0]
-    return info
-
-
-def _probe_onnxruntime() -> dict[str, Any]:
-    info: dict[str, Any] = {"installed": _has("onnxruntime"), "version": None, "providers": []}
-    if info["installed"]:
-        try:
-            import onnxruntime as ort
-        except (ImportError, OSError) as exc:
-            info["error"] = str(exc).strip().splitlines()[0]
-            return info
-        info["version"] = ort.__version__
-        info["providers"] = list(ort.get_available_providers())
-    return info
-
-
 def _probe_cpu(ort_ok: bool) -> dict[str, Any]:
     """The CPU (model, int8 flags) and, with ONNX Runtime, whether its int8 kernels saturate."""
     from port.cpu import cpu_info
@@ -144,22 +51,11 @@ def _probe_cpu(ort_ok: bool) -> dict[str, Any]:
 
 
 def probe() -> dict[str, Any]:
-    """What this machine offers; plain data (JSON-serialisable), never raises."""
-    pycuda_ok = _has("pycuda")
-    ort_info = _probe_onnxruntime()
-    return {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "executable": sys.executable,
-        "cpu": _probe_cpu(bool(ort_info.get("version"))),
-        "torch": _probe_torch(),
-        "driver": _probe_driver(pycuda_ok),
-        "tensorrt": _probe_tensorrt(),
-        "pycuda": {"installed": pycuda_ok, "version": dist_version("pycuda")},
-        "onnx": {"installed": _has("onnx"), "version": dist_version("onnx")},
-        "onnxruntime": ort_info,
-        "modelopt": {"installed": _has("modelopt"), "version": dist_version("nvidia-modelopt")},
-    }
+    """What this machine offers (``hostinfo.probe_machine``) plus the CPU, with ONNX Runtime's
+    int8 kernels measured on it; plain data (JSON-serialisable), never raises."""
+    found = probe_machine()
+    found["cpu"] = _probe_cpu(bool(found["onnxruntime"].get("version")))
+    return found
 
 
 # --------------------------------------------------------------------------------------------
@@ -255,7 +151,7 @@ def _trt_targets(found: dict[str, Any], fmt: Format) -> list[Target]:
 
 def _generic_targets(found: dict[str, Any], fmt: Format) -> list[Target]:
     """A format without its own rules: available when the modules its runner needs import."""
-    absent = [module for module, _ in fmt.needs if not _has(module.split(".")[0])]
+    absent = [module for module, _ in fmt.needs if not has_module(module.split(".")[0])]
     why = ("needs " + ", ".join(absent)) if absent else f"{fmt.description}"
     return [Target(fmt.name, p, not absent, why) for p in fmt.precisions]
 

@@ -1,14 +1,20 @@
 """The machine and its software, as plain data: one place for the manifest, reports and doctor.
 
-Package versions come from distribution metadata (nothing is imported), the CPU from
-``port.cpu``, the GPU name from torch only when the process already imported it, else from the
-NVIDIA driver's ``/proc`` entries. So recording an artifact never imports torch.
+:func:`env_info` (recorded with every artifact and report): package versions from distribution
+metadata (nothing is imported), the CPU from ``port.cpu``, the GPU name from torch only when the
+process already imported it, else from the NVIDIA driver's ``/proc`` entries; so recording an
+artifact never imports torch. :func:`probe_machine` (``porter doctor``) looks further: it
+imports torch, ONNX Runtime, TensorRT and pycuda where present, each behind the specific errors
+a broken install raises, and never raises itself.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import platform
 import re
+import shutil
+import subprocess
 import sys
 from functools import lru_cache
 from pathlib import Path
@@ -96,3 +102,111 @@ def env_info() -> dict[str, Any]:
     env = dict(_env_info())
     env["cpu"] = dict(cpu_info())
     return env
+
+
+# -- what `porter doctor` shows: packages, GPUs, driver (each probe cheap, never raising) ------
+def has_module(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a broken parent package
+        return False
+
+
+def _probe_torch() -> dict[str, Any]:
+    info: dict[str, Any] = {"installed": has_module("torch"), "version": None, "cuda": None,
+                            "cuda_available": False, "devices": [], "error": None}
+    if not info["installed"]:
+        return info
+    try:
+        import torch
+    except (ImportError, OSError) as exc:
+        info["error"] = str(exc).strip().splitlines()[0]
+        return info
+
+    info["version"] = torch.__version__
+    info["cuda"] = torch.version.cuda
+    try:
+        info["cuda_available"] = bool(torch.cuda.is_available())
+        for i in range(torch.cuda.device_count() if info["cuda_available"] else 0):
+            props = torch.cuda.get_device_properties(i)
+            info["devices"].append({
+                "index": i,
+                "name": props.name,
+                "compute_capability": f"{props.major}.{props.minor}",
+                "total_memory_bytes": int(props.total_memory),
+            })
+    except RuntimeError as exc:  # a driver/toolkit mismatch surfaces here
+        info["error"] = str(exc).strip().splitlines()[0]
+    return info
+
+
+def _probe_driver(pycuda_ok: bool) -> dict[str, Any]:
+    smi = shutil.which("nvidia-smi")
+    if smi:
+        try:
+            out = subprocess.run(
+                [smi, "--query-gpu=driver_version", "--format=csv,noheader"],
+                capture_output=True, text=True, timeout=10, check=True,
+            ).stdout.strip().splitlines()
+            if out:
+                return {"version": out[0].strip(), "source": "nvidia-smi"}
+        except (OSError, subprocess.SubprocessError):
+            pass
+    if pycuda_ok:
+        try:
+            import pycuda.driver as cuda
+
+            cuda.init()
+            v = int(cuda.get_driver_version())  # CUDA driver API version, e.g. 12040
+            return {"version": None, "cuda_driver_api": f"{v // 1000}.{(v % 1000) // 10}",
+                    "source": "pycuda"}
+        except (ImportError, OSError, RuntimeError) as exc:
+            return {"version": None, "source": None, "error": str(exc).splitlines()[0]}
+    return {"version": None, "source": None}
+
+
+def _probe_tensorrt() -> dict[str, Any]:
+    info: dict[str, Any] = {"installed": has_module("tensorrt"), "version": None, "error": None}
+    if not info["installed"]:
+        return info
+    info["version"] = dist_version(*TENSORRT_DISTRIBUTIONS)
+    try:
+        import tensorrt as trt
+
+        info["version"] = str(trt.__version__)
+    except (ImportError, OSError) as exc:  # wheel present, libnvinfer or CUDA libs missing
+        info["error"] = str(exc).strip().splitlines()[0]
+    return info
+
+
+def _probe_onnxruntime() -> dict[str, Any]:
+    info: dict[str, Any] = {"installed": has_module("onnxruntime"), "version": None,
+                            "providers": []}
+    if info["installed"]:
+        try:
+            import onnxruntime as ort
+        except (ImportError, OSError) as exc:
+            info["error"] = str(exc).strip().splitlines()[0]
+            return info
+        info["version"] = ort.__version__
+        info["providers"] = list(ort.get_available_providers())
+    return info
+
+
+def probe_machine() -> dict[str, Any]:
+    """What this machine offers; plain data (JSON-serialisable), never raises."""
+    pycuda_ok = has_module("pycuda")
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "executable": sys.executable,
+        "cpu": dict(cpu_info()),
+        "torch": _probe_torch(),
+        "driver": _probe_driver(pycuda_ok),
+        "tensorrt": _probe_tensorrt(),
+        "pycuda": {"installed": pycuda_ok, "version": dist_version("pycuda")},
+        "onnx": {"installed": has_module("onnx"), "version": dist_version("onnx")},
+        "onnxruntime": _probe_onnxruntime(),
+        "modelopt": {"installed": has_module("modelopt"),
+                     "version": dist_version("nvidia-modelopt")},
+    }
