@@ -23,6 +23,7 @@ from typing import Any
 from port.digest import sha256_file
 from port.errors import ManifestError
 from port.hostinfo import env_info
+from port.manifest_params import Params
 from port.manifest_state import STATES, State, StateSolver
 from port.manifest_store import LOCK_NAME, MANIFEST_NAME, Record, RecordStore
 
@@ -123,7 +124,7 @@ class Manifest:
         *,
         id: str | None = None,
         parents: Iterable[str | Record] = (),
-        params: dict[str, Any] | None = None,
+        params: dict[str, Any] | Params | None = None,
         metrics: dict[str, Any] | None = None,
     ) -> Record:
         """Hash ``path`` and add (or replace, for an existing id) its record; returns the record.
@@ -147,6 +148,8 @@ class Manifest:
         rel = file.relative_to(self.run_dir.resolve()).as_posix()
         digest, size = _hash_stable(file)
         parent_ids = [p.id if isinstance(p, Record) else str(p) for p in parents]
+        if isinstance(params, Params):
+            params = params.to_dict()
         clean_params = _jsonable(params or {})
         clean_metrics = _jsonable(metrics or {})
         env = env_info()

@@ -55,6 +55,13 @@ class Record:
     env: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def typed_params(self) -> Any:
+        """``params`` as the dataclass of this record's stage (:mod:`port.manifest_params`)."""
+        from port.manifest_params import params_for
+
+        return params_for(self.stage, self.params)
+
     def to_dict(self) -> dict[str, Any]:
         """The JSON form, fields in the documented order."""
         return {

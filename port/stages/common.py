@@ -42,7 +42,7 @@ def reference_card(manifest: Manifest, record: Record) -> ModelCard:
     """The ModelCard of the reference: from the checkpoint or from the imported ONNX's record."""
     from port.models.card import ModelCard
 
-    card = (record.params or {}).get("card")
+    card = record.typed_params.card
     if card is None:
         raise ManifestError(
             f"record '{record.id}' in {manifest.run_dir / 'manifest.json'} has no model card: "
@@ -53,7 +53,7 @@ def reference_card(manifest: Manifest, record: Record) -> ModelCard:
 
 def run_data(record: Record, override: str | None, purpose: str) -> str:
     """The data spec text to use: the flag when given, else the one the reference came with."""
-    text = override or (record.params or {}).get("data")
+    text = override or record.typed_params.data
     if not text:
         raise UsageError(f"no data set known for {purpose}: pass --data ({VALID_FORMS})")
     return str(text)

@@ -11,6 +11,7 @@ from rich.console import Console
 from port.errors import ManifestError, UsageError
 from port.formats import exported_kinds
 from port.manifest import Manifest, Record
+from port.manifest_params import ReportParams
 from port.stages.common import check_classes, open_run, reference, reference_card, run_data
 
 REPORT_ID = "report"
@@ -76,8 +77,8 @@ def _exports(manifest: Manifest, ref: Record) -> list[Record]:
             raise ManifestError(
                 f"artifact '{record.id}' ({record.path}) is {state.name}: {state.reason}; "
                 f"re-export it (porter export --run {manifest.run_dir} "
-                f"--to {record.params.get('to', record.kind)} "
-                f"--precision {record.params.get('precision', 'fp32')})"
+                f"--to {record.typed_params.to or record.kind} "
+                f"--precision {record.typed_params.precision})"
             )
         chosen.append(record)
     return chosen
@@ -106,7 +107,7 @@ def run_evaluate(run: Path, req: EvaluateRequest, *, console: Console) -> bool:
     reference_candidate = _candidate(manifest, ref, "fp32", req)
     candidates = []
     if req.compare:
-        candidates = [_candidate(manifest, r, r.params.get("precision", "fp32"), req)
+        candidates = [_candidate(manifest, r, r.typed_params.precision, req)
                       for r in _exports(manifest, ref)]
         if not candidates:
             console.print("[yellow]no exports in this run yet: only the reference is evaluated "
@@ -121,8 +122,9 @@ def run_evaluate(run: Path, req: EvaluateRequest, *, console: Console) -> bool:
     manifest.record(
         "evaluate", "report", report_json, id=REPORT_ID,
         parents=[ref.id, *(c.artifact_id for c in candidates)],
-        params={"data": str(spec), "limit": req.limit, "batch_sizes": list(req.batch_sizes),
-                "compare": req.compare},
+        params=ReportParams(data=str(spec), limit=req.limit, batch_sizes=list(req.batch_sizes),
+                            compare=req.compare,
+                            extra={"int8_cpu_kernels": req.int8_cpu_kernels}),
         metrics={"passed": report["passed"], "rows": len(report["rows"])},
     )
     console.print(render_table(report))

@@ -23,6 +23,7 @@ from rich.console import Console
 from port.errors import ManifestError, UsageError
 from port.formats import FORMATS, Format, normalize_format, normalize_options, normalize_precision
 from port.manifest import Manifest, Record
+from port.manifest_params import ExportParams
 from port.stages.common import (
     check_classes,
     open_run,
@@ -108,9 +109,10 @@ def _record(ctx: ExportContext, fmt: Format, precision: str, out: Path, *, art_i
     if found is not None and found != precision:
         raise ManifestError(f"{out.name} holds a {found} graph but was exported as {precision}: "
                             "not recorded; this is a porter bug, please report it")
-    params = {"to": fmt.name, "precision": precision, "card": ctx.card.to_dict(), **params}
+    typed = ExportParams.from_dict({**params, "to": fmt.name, "precision": precision,
+                                    "card": ctx.card.to_dict()})
     return ctx.manifest.record("export", fmt.kind, out, id=art_id, parents=parents,
-                               params=params, metrics=metrics)
+                               params=typed, metrics=metrics)
 
 
 def _ensure_fp32_onnx(ctx: ExportContext) -> Record:
@@ -152,7 +154,7 @@ def _calibration(ctx: ExportContext) -> tuple[np.ndarray, dict[str, Any]]:
     from port.data.spec import parse_data_spec
     from port.export.calibration import calibration_record, select_calibration
 
-    spec_text = ctx.options.get("calib_data") or (ctx.ref.params or {}).get("data")
+    spec_text = ctx.options.get("calib_data") or ctx.ref.typed_params.data
     if not spec_text:
         raise UsageError("INT8 calibration needs images: pass --calib-data DATA "
                          "(the run has no training data set recorded)")
@@ -238,12 +240,13 @@ def _trt_int8_source(ctx: ExportContext) -> tuple[Record, str]:
     existing = _fresh(ctx.manifest, ONNX.artifact_id("int8"))
     if existing is None:
         existing = export_onnx_lowp(onnx_ctx, ONNX, "int8")
+    made = existing.typed_params
     cpu_forms = []  # what makes the run's INT8 ONNX an ONNX Runtime CPU form, not TensorRT's
-    if existing.params.get("int8_activations", "int8") != "int8":
+    if made.int8_activations != "int8":
         cpu_forms.append("uint8 activations")  # TensorRT cannot build them
-    if existing.params.get("int8_weights", "full") != "full":
+    if made.int8_weights != "full":
         cpu_forms.append("7-bit weights")  # a bit of weight precision lost for no GPU reason
-    if cpu_forms:
+    if not made.tensorrt_form():
         # Make the symmetric, full-range QDQ graph as an artifact of its own, so `evaluate
         # --compare` checks exactly what the engine is built from.
         ctx.console.print(f"the run's INT8 ONNX has {' and '.join(cpu_forms)} (an ONNX Runtime "

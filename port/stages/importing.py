@@ -17,7 +17,9 @@ from rich.console import Console
 from port.atomic import atomic_path
 from port.digest import sha256_file
 from port.errors import ModelError, UsageError, first_line
+from port.formats import FORMATS
 from port.manifest import Manifest
+from port.manifest_params import ReferenceParams
 from port.stages.common import REFERENCE_ID
 
 
@@ -150,22 +152,24 @@ def run_import(run: Path, req: ImportRequest, *, console: Console) -> None:
     if not req.source.is_file():
         raise UsageError(f"{req.source} not found: pass the path of a .pt/.pth or .onnx file")
     suffix = req.source.suffix.lower()
-    if suffix not in {".pt", ".pth", ".onnx"}:
-        raise UsageError(f"cannot import '{req.source.name}': expected a .pt, .pth or .onnx file")
+    importable = (*FORMATS["checkpoint"].suffixes, *FORMATS["onnx"].suffixes)
+    if suffix not in importable:
+        raise UsageError(f"cannot import '{req.source.name}': expected a "
+                         f"{', '.join(importable)} file")
     run.mkdir(parents=True, exist_ok=True)
     manifest = Manifest(run)
     if manifest.get(REFERENCE_ID) is not None:
         raise UsageError(
             f"run {run} already has a reference model: import into a new --run directory"
         )
-    if suffix == ".onnx":
+    if suffix in FORMATS["onnx"].suffixes:
         path, card = _import_onnx(run, req)
         kind = "onnx"
     else:
         path, card = _import_state_dict(run, req)
         kind = "checkpoint"
-    params = {"source": str(req.source), "source_sha256": sha256_file(req.source), "card": card,
-              "data": req.data}
+    params = ReferenceParams(card=card, data=req.data, extra={
+        "source": str(req.source), "source_sha256": sha256_file(req.source)})
     record = manifest.record("import", kind, path, id=REFERENCE_ID, params=params)
     console.print(f"[green]imported[/green] {req.source} as {record.path} ({kind}, "
                   f"{card['num_classes']} classes, {card['preprocess']['image_size']} px)")

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 
 from port.manifest import Manifest
+from port.manifest_params import ReferenceParams
 from port.stages.common import REFERENCE_ID
 
 if TYPE_CHECKING:
@@ -52,8 +53,8 @@ def run_train(
     result = train(cfg, run, resume=resume, download=download)
     if not result.is_main:  # other DDP ranks: rank 0 records
         return
-    params = dict(result.params)
-    params["card"] = result.card.to_dict()
+    # The resolved TrainConfig (data among it) and the card; the rest of the config stays extra.
+    params = ReferenceParams.from_dict({**result.params, "card": result.card.to_dict()})
     manifest = Manifest(run)
     record = manifest.record(
         "train", "checkpoint", result.model_path, id=REFERENCE_ID, params=params,
