@@ -367,3 +367,18 @@ def test_statuses_hash_each_file_once(
     monkeypatch.setattr(port.manifest_state, "sha256_file", counting)
     assert [s.name for _, s in chain.statuses()] == ["fresh"] * 3
     assert sorted(hashed) == ["model.onnx", "model.pt", "model_fp16.engine"]
+
+
+def test_recording_an_artifact_never_imports_torch(tmp_path: Path) -> None:
+    """The environment record (versions, device, CPU) comes from metadata and CPUID, not torch."""
+    import subprocess
+    import sys
+
+    (tmp_path / "a.bin").write_bytes(b"x")
+    code = ("import sys; from port.manifest import Manifest; "
+            f"r = Manifest({str(tmp_path)!r}).record('export', 'onnx', 'a.bin'); "
+            "assert r.env['cpu']['flags'] is not None and r.env['device']; "
+            "print(sorted(m for m in ('torch', 'torchvision', 'onnxruntime') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.stdout.strip() == "[]", out.stdout

@@ -13,6 +13,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
+from port.digest import sha256_bytes
 from port.errors import DataError, UsageError
 
 
@@ -31,10 +32,11 @@ def index_list_sha256(indices: list[int]) -> str:
 
     A text form rather than numpy bytes, so anyone can recompute it without knowing dtypes.
     """
-    return hashlib.sha256(",".join(str(int(i)) for i in indices).encode()).hexdigest()
+    return sha256_bytes(",".join(str(int(i)) for i in indices).encode())
 
 
 def _rank(seed: int, index: int) -> bytes:
+    # Raw digest bytes as a sort key (a seeded shuffle), not a fingerprint: hashlib directly.
     return hashlib.sha256(f"{seed}:{index}".encode()).digest()
 
 
