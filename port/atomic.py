@@ -12,6 +12,11 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+# Every temporary file of this module is named ``.<target name>.<random>.porter-tmp<suffix>``:
+# what a killed writer leaves is recognisable, and the next writer of the run sweeps it
+# (port.manifest_lock.sweep_leftovers).
+TEMP_MARK = ".porter-tmp"
+
 
 def fsync_dir(directory: str | os.PathLike[str]) -> None:
     """Make a rename inside ``directory`` durable (no-op where directories cannot be opened)."""
@@ -37,7 +42,8 @@ def atomic_path(path: str | os.PathLike[str], suffix: str = ".tmp") -> Iterator[
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f"{TEMP_MARK}{suffix}",
+                                dir=target.parent)
     # mkstemp makes 0600 files; an artifact gets the mode a plain open() would give it (the
     # target's current mode, else 0666 minus the umask) so a service running as another user
     # can read the model, as with any file the user writes.

@@ -18,7 +18,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from port.errors import PorterError, UsageError, first_line
+from port.errors import PorterError, UsageError, first_line, os_error_line
 
 try:  # typer >= 0.22 vendors click privately and exports its exceptions
     from typer import Abort, Exit
@@ -353,6 +353,11 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     except PorterError as exc:
         sys.stderr.write(f"porter: error: {_one_line(exc)}\n")
+        sys.exit(2)
+    except OSError as exc:
+        # The environment refused (full disk, read-only or foreign directory, a file where a
+        # directory belongs): one line from the errno; nothing recorded is lost (atomic writes).
+        sys.stderr.write(f"porter: error: {os_error_line(exc)}\n")
         sys.exit(2)
     except KeyboardInterrupt:
         sys.stderr.write("porter: interrupted\n")

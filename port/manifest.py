@@ -23,13 +23,14 @@ from typing import Any
 from port.digest import sha256_file
 from port.errors import ManifestError
 from port.hostinfo import env_info
+from port.manifest_lock import RUN_LOCK_NAME, run_lock
 from port.manifest_params import Params
 from port.manifest_state import STATES, State, StateSolver
 from port.manifest_store import LOCK_NAME, MANIFEST_NAME, Record, RecordStore
 
 __all__ = [
-    "LOCK_NAME", "MANIFEST_NAME", "STAGES", "STATES", "Manifest", "Record", "State", "env_info",
-    "sha256_file",
+    "LOCK_NAME", "MANIFEST_NAME", "RUN_LOCK_NAME", "STAGES", "STATES", "Manifest", "Record",
+    "State", "env_info", "run_lock", "sha256_file",
 ]
 
 STAGES = ("train", "import", "export", "evaluate")
@@ -126,6 +127,7 @@ class Manifest:
         parents: Iterable[str | Record] = (),
         params: dict[str, Any] | Params | None = None,
         metrics: dict[str, Any] | None = None,
+        companions: Iterable[str | os.PathLike[str]] = (),
     ) -> Record:
         """Hash ``path`` and add (or replace, for an existing id) its record; returns the record.
 
@@ -134,6 +136,10 @@ class Manifest:
         (or records) already in the manifest; their recorded sha256 is stored with the link so
         a parent re-made later makes this artifact stale. Without ``id`` a record of the same
         path keeps its id, else the id is ``kind`` (``kind-2``, ``kind-3``... when taken).
+
+        ``companions`` are the other files the stage wrote with this one (a report's Markdown
+        and plots): each is hashed into ``metrics["files"]`` (run-relative path -> sha256) and
+        the record is ``modified`` when one of them changes or disappears.
         """
         if stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
@@ -147,11 +153,15 @@ class Manifest:
         file = self._resolve_artifact(path)
         rel = file.relative_to(self.run_dir.resolve()).as_posix()
         digest, size = _hash_stable(file)
+        # A parent given as a Record is the version this command read: it is checked against
+        # the manifest under the lock, so a parent re-made meanwhile is never claimed.
+        read = {p.id: p for p in parents if isinstance(p, Record)}
         parent_ids = [p.id if isinstance(p, Record) else str(p) for p in parents]
+        covered = self._cover(companions, metrics)
         if isinstance(params, Params):
             params = params.to_dict()
         clean_params = _jsonable(params or {})
-        clean_metrics = _jsonable(metrics or {})
+        clean_metrics = _jsonable({**(metrics or {}), **covered})
         env = env_info()
 
         with self._store.locked():
@@ -160,7 +170,7 @@ class Manifest:
             new_id = id if id is not None else self._default_id(kind, rel, records)
             rec = Record(
                 id=new_id, stage=stage, kind=kind, path=rel, sha256=digest, bytes=size,
-                parents=self._links(new_id, parent_ids, by_id), created=_utc_now(),
+                parents=self._links(new_id, parent_ids, by_id, read), created=_utc_now(),
                 params=clean_params, env=env,
                 metrics=clean_metrics,
             )
@@ -173,9 +183,15 @@ class Manifest:
 
     # -- internals -------------------------------------------------------------------------
     def _links(
-        self, new_id: str, parent_ids: list[str], by_id: dict[str, Record]
+        self, new_id: str, parent_ids: list[str], by_id: dict[str, Record],
+        read: dict[str, Record],
     ) -> list[dict[str, str]]:
-        """Parent links as stored: each parent's id, sha256 and creation time right now."""
+        """Parent links as stored: each parent's id, sha256 and creation time.
+
+        For a parent passed as a :class:`Record` (the version the command read), the manifest
+        must still hold that very version: otherwise the parent was re-made while this command
+        ran and the new artifact was made from a file that is no longer recorded.
+        """
         links = []
         for pid in dict.fromkeys(parent_ids):  # keep order, drop repeats
             if pid not in by_id:
@@ -184,8 +200,27 @@ class Manifest:
                 )
             if pid == new_id:
                 raise ValueError(f"artifact '{new_id}' cannot be its own parent")
-            links.append({"id": pid, "sha256": by_id[pid].sha256, "created": by_id[pid].created})
+            now = by_id[pid]
+            was = read.get(pid)
+            if was is not None and (was.sha256, was.created) != (now.sha256, now.created):
+                raise ManifestError(
+                    f"'{pid}' ({now.path}) was re-made while this command ran from the earlier "
+                    f"one: '{new_id}' is not recorded; run the command again"
+                )
+            links.append({"id": pid, "sha256": now.sha256, "created": now.created})
         return links
+
+    def _cover(self, companions: Iterable[str | os.PathLike[str]],
+               metrics: dict[str, Any] | None) -> dict[str, Any]:
+        """``{"files": {relpath: sha256}}`` for the companion files (empty when none)."""
+        files = {}
+        run = self.run_dir.resolve()
+        for path in companions:
+            file = self._resolve_artifact(path)
+            files[file.relative_to(run).as_posix()] = _hash_stable(file)[0]
+        if files and metrics and "files" in metrics:
+            raise ValueError("metrics['files'] is reserved for companion files")  # a bug
+        return {"files": files} if files else {}
 
     def _resolve_artifact(self, path: str | os.PathLike[str]) -> Path:
         """The absolute path of an artifact file inside the run dir, or a ManifestError."""
@@ -202,7 +237,7 @@ class Manifest:
             )
         for c in inside:
             if c.is_file():
-                if c.name in (MANIFEST_NAME, LOCK_NAME):
+                if c.name in (MANIFEST_NAME, LOCK_NAME, RUN_LOCK_NAME):
                     raise ManifestError(f"{path} is porter's own bookkeeping, not an artifact")
                 return c
         raise ManifestError(

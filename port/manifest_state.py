@@ -56,13 +56,24 @@ class StateSolver:
             else:
                 digest = sha256_file(file)
                 st = (
-                    State("fresh")
+                    self._companions_state(rec)
                     if digest == rec.sha256
                     else State("modified", f"{rec.path} changed since it was recorded "
                                            f"(sha256 {digest[:12]} != {rec.sha256[:12]})")
                 )
             self._own[rec.id] = st
         return self._own[rec.id]
+
+    def _companions_state(self, rec: Record) -> State:
+        """The files recorded with an artifact (``metrics["files"]``: report.md, plots)."""
+        files = (rec.metrics or {}).get("files")
+        for rel, want in (files.items() if isinstance(files, dict) else ()):
+            file = self.run_dir / str(rel)
+            if not file.is_file():
+                return State("modified", f"{rel}, recorded with {rec.path}, does not exist")
+            if sha256_file(file) != want:
+                return State("modified", f"{rel}, recorded with {rec.path}, changed since")
+        return State("fresh")
 
     def state(self, id: str, _visiting: frozenset[str] = frozenset()) -> State:
         """The full state: the file's own state, else stale if any parent link no longer holds."""

@@ -184,7 +184,10 @@ def quantize_int8(
     }
     n_batches = math.ceil(len(images) / batch_size)
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="porter-int8-") as tmp, _progress_bar(progress) as bar:
+    # Intermediate graphs beside the output (the run directory), not in the system's /tmp: the
+    # run lock's sweep removes what a killed export leaves (port.manifest_lock).
+    scratch = tempfile.TemporaryDirectory(dir=Path(out_path).parent, prefix=".porter-int8-")
+    with scratch as tmp, _progress_bar(progress) as bar:
         task = bar.add_task(f"Calibrating INT8 ({method})", total=len(images), rate="-")
         done = [0, 0]  # images finished, images handed to ORT and still running
 

@@ -36,8 +36,29 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
     """
     path = Path(path)
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        try:
+            torch.save(obj, tmp)
+        except RuntimeError as exc:
+            # torch's zip writer reports a failed write(2) as a RuntimeError ("file write
+            # failed") without the errno: give the CLI the OS error it was (a full disk).
+            if "write" not in str(exc).lower():
+                raise
+            raise _write_error(tmp.parent, path) from None
     return path
+
+
+def _write_error(directory: Path, path: Path) -> OSError:
+    """The OSError behind a failed torch.save into ``directory``: ENOSPC when it is full."""
+    import errno
+    import os
+
+    try:
+        st = os.statvfs(directory)
+        full = st.f_bavail * st.f_frsize < 1 << 20  # under 1 MiB left: the write hit the end
+    except OSError:
+        full = False
+    code = errno.ENOSPC if full else errno.EIO
+    return OSError(code, os.strerror(code), str(path))
 
 
 def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -76,11 +97,18 @@ def safe_load(path: str | Path, map_location: str | torch.device = "cpu") -> Any
             warnings.simplefilter("ignore", UserWarning)
             return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
-        if found:  # a class or function reference: loading it would run arbitrary code
+        # torch's wording changes between releases ("Unsupported global: GLOBAL x" in 2.4,
+        # "Trying to load unsupported GLOBAL x whose module ..." in 2.6+), so the file itself
+        # is read: a pickle that names classes or functions outside torch needs their code
+        # to load. Refused as exactly that, never as "corrupt" (which invites weights_only=False).
+        named = code_references(path)
+        found = re.search(r"\bGLOBAL ([\w.]+)", str(exc), flags=re.IGNORECASE)
+        if named or found:
+            what = named[0] if named else found.group(1)  # type: ignore[union-attr]
             raise ModelError(
-                f"refused: {path} needs arbitrary unpickling (it contains {found.group(1)}); "
-                "re-save it as a plain state_dict: torch.save(model.state_dict(), PATH)"
+                f"refused: {path} needs arbitrary code to load (its pickle references {what}); "
+                "only load it if you trust it, and re-save it as a plain state_dict: "
+                "torch.save(model.state_dict(), PATH)"
             ) from None
         # Random bytes, or a pickle not written by torch.save (unsupported opcodes).
         op = re.search(r"Unsupported operand \d+", str(exc))
@@ -97,6 +125,50 @@ def safe_load(path: str | Path, map_location: str | torch.device = "cpu") -> Any
         ) from None
     except OSError as exc:
         raise ModelError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+# Globals a torch.save file of tensors and plain containers references: torch's own rebuild
+# functions and storage types, OrderedDict, and the codec torch uses for bytes.
+_DATA_MODULES = ("torch", "collections", "_codecs")
+_STRING_OPS = {"SHORT_BINUNICODE", "BINUNICODE", "UNICODE", "BINUNICODE8", "SHORT_BINSTRING",
+               "BINSTRING", "STRING"}
+
+
+def code_references(path: str | Path) -> list[str]:
+    """``module.name`` of every global a pickle (or torch.save zip) names outside torch.
+
+    Read with :mod:`pickletools` (nothing is executed). A non-empty list means loading the
+    file would import and call that code. Unreadable files give an empty list.
+    """
+    import pickletools
+    import zipfile
+
+    path = Path(path)
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as zf:
+                name = next((n for n in zf.namelist() if n.endswith("data.pkl")), None)
+                data = zf.read(name) if name else b""
+        else:
+            data = path.read_bytes()
+    except (OSError, zipfile.BadZipFile, KeyError):
+        return []
+    named: list[str] = []
+    strings: list[str] = []
+    try:
+        for op, arg, _ in pickletools.genops(data):
+            if op.name in _STRING_OPS and isinstance(arg, str | bytes):
+                strings.append(arg if isinstance(arg, str) else arg.decode("latin-1"))
+            elif op.name in ("GLOBAL", "INST") and isinstance(arg, str):
+                named.append(arg.replace(" ", "."))
+            elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                named.append(f"{strings[-2]}.{strings[-1]}")
+            elif op.name == "STOP":
+                break
+    except (ValueError, EOFError, UnicodeDecodeError):
+        pass  # a damaged pickle: whatever was named before the damage still counts
+    return [n for n in dict.fromkeys(named)
+            if not any(n == m or n.startswith(m + ".") for m in _DATA_MODULES)]
 
 
 def _shape(t: torch.Tensor) -> str:
@@ -192,6 +264,12 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise ModelError(
             f"{path} holds no state_dict (found {type(obj).__name__}): save one with "
             "torch.save(model.state_dict(), PATH)"
+        )
+    key = next((k for k in obj if not isinstance(k, str)), None)
+    if key is not None:
+        raise ModelError(
+            f"{path} is not a plain state_dict (key {key!r} is a {type(key).__name__}, not a "
+            "parameter name): save one with torch.save(model.state_dict(), PATH)"
         )
     bad = next((k for k, v in obj.items() if not isinstance(v, torch.Tensor)), None)
     if bad is not None:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from port.data.spec import VALID_FORMS
 from port.errors import ManifestError, UsageError
+from port.limits import MAX_BATCH, MAX_IMAGES, check_allocation, check_int, image_bytes
 from port.manifest import Manifest
 
 if TYPE_CHECKING:
@@ -18,6 +18,9 @@ REFERENCE_ID = "model"  # the trained or imported model every export and compari
 
 def open_run(run: Path) -> Manifest:
     """The manifest of an existing run, or a ManifestError saying how to create one."""
+    if run.exists() and not run.is_dir():
+        raise UsageError(f"--run {run} is a file, not a run directory: pass the directory "
+                         "that holds manifest.json")
     if not (run / "manifest.json").is_file():
         raise ManifestError(
             f"no porter run at {run} (manifest.json missing): create it with "
@@ -55,6 +58,9 @@ def run_data(record: Record, override: str | None, purpose: str) -> str:
     """The data spec text to use: the flag when given, else the one the reference came with."""
     text = override or record.typed_params.data
     if not text:
+        # Imported here: the data table pulls in numpy, which `porter status` never needs.
+        from port.data.spec import VALID_FORMS
+
         raise UsageError(f"no data set known for {purpose}: pass --data ({VALID_FORMS})")
     return str(text)
 
@@ -66,3 +72,35 @@ def check_classes(card: ModelCard, classes: list[str], spec_text: str) -> None:
             f"data '{spec_text}' has {len(classes)} classes but the model has {card.num_classes}: "
             "pass the --data the model was trained on"
         )
+
+
+def check_export_numbers(options: dict[str, Any], card: ModelCard) -> None:
+    """Export flags that size allocations: in range, and the calibration set fits in memory."""
+    check_int("--calib-images", options.get("calib_images"), 1, MAX_IMAGES)
+    check_int("--calib-seed", options.get("calib_seed"), 0, 2**63 - 1)
+    for name in ("min_batch", "opt_batch", "max_batch"):
+        check_int(f"--{name.replace('_', '-')}", options.get(name), 1, MAX_BATCH)
+    count = options.get("calib_images")
+    if count:
+        check_allocation(f"--calib-images {count} at {card.preprocess.image_size} px",
+                         count * image_bytes(card.preprocess.image_size),
+                         "lower --calib-images (a few hundred images are enough)")
+
+
+def check_eval_numbers(limit: int | None, batch_sizes: tuple[int, ...], card: ModelCard,
+                       images: int) -> None:
+    """Evaluate flags that size allocations, against ranges and this machine's free memory.
+
+    ``images`` is how many images the split holds: the preprocessed set and the largest latency
+    batch (built from it) are what evaluate allocates.
+    """
+    check_int("--limit", limit, 1, MAX_IMAGES)
+    for size in batch_sizes:
+        check_int("--batch-sizes", size, 1, MAX_BATCH)
+    per_image = image_bytes(card.preprocess.image_size)
+    n = min(limit, images) if limit else images
+    check_allocation(f"evaluating {n} images at {card.preprocess.image_size} px",
+                     n * per_image, "pass --limit N to evaluate a subset")
+    # The latency batch is copied once into the runner's dtype and once into its input buffer.
+    check_allocation(f"--batch-sizes {max(batch_sizes)}", 3 * max(batch_sizes) * per_image,
+                     "pass smaller --batch-sizes")

@@ -10,9 +10,17 @@ from rich.console import Console
 
 from port.errors import ManifestError, UsageError
 from port.formats import exported_kinds
-from port.manifest import Manifest, Record
+from port.limits import MAX_BATCH, MAX_IMAGES, check_float, check_int
+from port.manifest import Manifest, Record, run_lock
 from port.manifest_params import ReportParams
-from port.stages.common import check_classes, open_run, reference, reference_card, run_data
+from port.stages.common import (
+    check_classes,
+    check_eval_numbers,
+    open_run,
+    reference,
+    reference_card,
+    run_data,
+)
 
 REPORT_ID = "report"
 REPORT_DIR = "report"
@@ -86,29 +94,54 @@ def _exports(manifest: Manifest, ref: Record) -> list[Record]:
 
 def run_evaluate(run: Path, req: EvaluateRequest, *, console: Console) -> bool:
     """Evaluate, write ``RUN/report/`` and record it; returns whether every gate passed."""
-    from port.data.datasets import load_split, materialize
-    from port.data.spec import parse_data_spec
     from port.engines.int8_cpu import INT8_KERNEL_MODES
-    from port.evaluate.compare import evaluate
-    from port.evaluate.report import notes_lines, render_table, write_report
 
     if req.int8_cpu_kernels not in INT8_KERNEL_MODES:
         raise UsageError(f"--int8-cpu-kernels {req.int8_cpu_kernels} is not known: choose one of "
                          f"{', '.join(INT8_KERNEL_MODES)}")
+    _check_flags(req)
     manifest = open_run(run)
+    # Held from the first read to the record: the report's parents are the files its rows
+    # measured, and no export can re-make one of them meanwhile (port.manifest_lock).
+    with run_lock(run, "evaluate"):
+        return _evaluate_locked(run, manifest, req, console=console)
+
+
+def _check_flags(req: EvaluateRequest) -> None:
+    """Gate values must be finite numbers in their range; counts in theirs (before any load)."""
+    check_float("--max-top1-drop", req.max_top1_drop, lo=0.0, hi=100.0)
+    for flag, value in (("--min-agreement", req.min_agreement),
+                        ("--fp16-min-ratio", req.fp16_min_ratio),
+                        ("--int8-min-ratio", req.int8_min_ratio)):
+        check_float(flag, value, lo=0.0, hi=1.0)
+    check_int("--limit", req.limit, 1, MAX_IMAGES)
+    for size in req.batch_sizes:
+        check_int("--batch-sizes", size, 1, MAX_BATCH)
+
+
+def _evaluate_locked(run: Path, manifest: Manifest, req: EvaluateRequest, *,
+                     console: Console) -> bool:
+    """:func:`run_evaluate` under the run lock."""
+    from port.data.datasets import load_split, materialize
+    from port.data.spec import parse_data_spec
+    from port.evaluate.compare import evaluate
+    from port.evaluate.report import notes_lines, render_table, write_report
+
     ref = reference(manifest)
     card = reference_card(manifest, ref)
     spec_text = run_data(ref, req.data, "evaluation")
     spec = parse_data_spec(spec_text, download=req.download)
     split = load_split(spec, "val", preprocess=card.preprocess, limit=req.limit, seed=0)
     check_classes(card, split.classes, spec_text)
+    check_eval_numbers(req.limit, req.batch_sizes, card, len(split))
     images, labels = materialize(split)  # preprocessing happens once, for every row
 
     reference_candidate = _candidate(manifest, ref, "fp32", req)
     candidates = []
+    exports: list[Record] = []
     if req.compare:
-        candidates = [_candidate(manifest, r, r.typed_params.precision, req)
-                      for r in _exports(manifest, ref)]
+        exports = _exports(manifest, ref)
+        candidates = [_candidate(manifest, r, r.typed_params.precision, req) for r in exports]
         if not candidates:
             console.print("[yellow]no exports in this run yet: only the reference is evaluated "
                           "(porter export --to onnx first)[/yellow]")
@@ -121,7 +154,10 @@ def run_evaluate(run: Path, req: EvaluateRequest, *, console: Console) -> bool:
     report_json = next(p for p in written if p.name == "report.json")
     manifest.record(
         "evaluate", "report", report_json, id=REPORT_ID,
-        parents=[ref.id, *(c.artifact_id for c in candidates)],
+        # The records read above: a parent re-made meanwhile is refused, never claimed.
+        parents=[ref, *exports],
+        # report.md and the plots are covered by the record too (status: modified if edited).
+        companions=[p for p in written if p != report_json],
         params=ReportParams(data=str(spec), limit=req.limit, batch_sizes=list(req.batch_sizes),
                             compare=req.compare,
                             extra={"int8_cpu_kernels": req.int8_cpu_kernels}),

@@ -22,10 +22,11 @@ from rich.console import Console
 
 from port.errors import ManifestError, UsageError
 from port.formats import FORMATS, Format, normalize_format, normalize_options, normalize_precision
-from port.manifest import Manifest, Record
+from port.manifest import Manifest, Record, run_lock
 from port.manifest_params import ExportParams
 from port.stages.common import (
     check_classes,
+    check_export_numbers,
     open_run,
     reference,
     reference_card,
@@ -97,13 +98,35 @@ def _fresh(manifest: Manifest, art_id: str) -> Record | None:
     return record if record is not None and manifest.state(art_id).name == "fresh" else None
 
 
+def _claim(ctx: ExportContext, out: Path, art_id: str) -> None:
+    """Refuse to write ``out`` over a file the manifest does not vouch for.
+
+    A file that is not recorded as ``art_id`` (someone else's work), or that was edited since it
+    was recorded, is refused as an edited checkpoint is: porter never silently replaces it. A
+    missing or stale artifact is re-made. Every exporter calls this before writing.
+    """
+    if not out.exists():
+        return
+    rel = out.relative_to(ctx.manifest.run_dir).as_posix()
+    record = ctx.manifest.get(art_id)
+    if record is None or record.path != rel:
+        raise ManifestError(f"{out} exists but is not recorded in {ctx.manifest.path}: porter "
+                            "will not overwrite it; move it away, then export again")
+    state = ctx.manifest.state(art_id)
+    if state.name == "modified":
+        raise ManifestError(f"artifact '{art_id}' ({rel}) is modified: {state.reason}; porter "
+                            "will not overwrite an edited file: move it away (or restore it), "
+                            "then export again")
+
+
 def _record(ctx: ExportContext, fmt: Format, precision: str, out: Path, *, art_id: str,
-            parents: list[str], params: dict[str, Any], metrics: dict[str, Any] | None
+            parents: list[Record], params: dict[str, Any], metrics: dict[str, Any] | None
             ) -> Record:
     """Record an export after proving the file carries the precision the record will claim.
 
     A mismatch is a porter bug (the wrong converter ran), never something to record: the file
-    is left for inspection and nothing in the manifest changes.
+    is left for inspection and nothing in the manifest changes. ``parents`` are the records the
+    export read: the manifest refuses the record if one was re-made meanwhile.
     """
     found = fmt.read_precision(out)
     if found is not None and found != precision:
@@ -138,11 +161,12 @@ def export_onnx_fp32(ctx: ExportContext, fmt: Format, precision: str) -> Record:
     model, _, _ = load_model(ctx.manifest.run_dir / ctx.ref.path)
     sample = _parity_sample(ctx)
     out = ctx.manifest.run_dir / fmt.file_name(precision)
+    _claim(ctx, out, fmt.artifact_id(precision))
     kwargs = {k: ctx.options[k] for k in ("opset", "exporter") if k in ctx.options}
     metrics = export_onnx(model, ctx.card, out, sample=sample, source_sha256=ctx.ref.sha256,
                           **kwargs)
     record = _record(ctx, fmt, precision, out, art_id=fmt.artifact_id(precision),
-                     parents=[ctx.ref.id], params=kwargs, metrics=metrics)
+                     parents=[ctx.ref], params=kwargs, metrics=metrics)
     ctx.console.print(f"[green]exported[/green] {record.path} (parity max |diff| "
                       f"{metrics.get('max_abs_diff', float('nan')):.2e})")
     return record
@@ -182,6 +206,7 @@ def export_onnx_lowp(ctx: ExportContext, fmt: Format, precision: str, *,
     src = ctx.manifest.run_dir / fp32.path
     out = ctx.manifest.run_dir / fmt.file_name(precision, variant)
     art_id = fmt.artifact_id(precision) + (f"-{variant}" if variant else "")
+    _claim(ctx, out, art_id)
     params: dict[str, Any] = {}
     if precision == "int8":
         from port.export.quantize import quantize_int8
@@ -207,7 +232,7 @@ def export_onnx_lowp(ctx: ExportContext, fmt: Format, precision: str, *,
     else:  # the registry routes only fp16/int8 here
         raise ManifestError(f"export_onnx_lowp cannot make {precision}: the format registry "
                             "and the export stage disagree (a porter bug)")
-    record = _record(ctx, fmt, precision, out, art_id=art_id, parents=[fp32.id], params=params,
+    record = _record(ctx, fmt, precision, out, art_id=art_id, parents=[fp32], params=params,
                      metrics=metrics)
     ctx.console.print(f"[green]exported[/green] {record.path} ({precision})")
     return record
@@ -230,11 +255,12 @@ def _trt_int8_source(ctx: ExportContext) -> tuple[Record, str]:
         fp32 = _ensure_fp32_onnx(ctx)
         images, calib = _calibration(ctx)
         out = ctx.manifest.run_dir / ONNX.file_name("int8", choice.name)
+        _claim(ctx, out, f"{ONNX.artifact_id('int8')}-{choice.name}")
         quantize_with_modelopt(ctx.manifest.run_dir / fp32.path, out, images, method=method)
         params = {"calibration": calib, "calib_method": method, "quantizer": choice.name,
                   "why": choice.why}
         record = _record(ctx, ONNX, "int8", out, art_id=f"{ONNX.artifact_id('int8')}-"
-                         f"{choice.name}", parents=[fp32.id], params=params, metrics=None)
+                         f"{choice.name}", parents=[fp32], params=params, metrics=None)
         return record, choice.name
     onnx_ctx = ExportContext(ctx.manifest, ctx.ref, ctx.card, ctx.onnx_options(), ctx.console)
     existing = _fresh(ctx.manifest, ONNX.artifact_id("int8"))
@@ -283,6 +309,7 @@ def export_trt(ctx: ExportContext, fmt: Format, precision: str) -> Record:
         calib_images, calib = _calibration(ctx)
         params["calibration"] = calib
     out = ctx.manifest.run_dir / fmt.file_name(precision)
+    _claim(ctx, out, fmt.artifact_id(precision))
     start = time.perf_counter()
     metrics = build_engine(ctx.manifest.run_dir / source.path, out, build_options, ctx.card,
                            calib_images=calib_images, log_path=out.with_suffix(".build.log"),
@@ -290,7 +317,7 @@ def export_trt(ctx: ExportContext, fmt: Format, precision: str) -> Record:
     metrics.setdefault("build_seconds", time.perf_counter() - start)
     params.update(build_options.to_dict())
     record = _record(ctx, fmt, precision, out, art_id=fmt.artifact_id(precision),
-                     parents=[source.id], params=params, metrics=metrics)
+                     parents=[source], params=params, metrics=metrics)
     ctx.console.print(f"[green]built[/green] {record.path} ({precision}, "
                       f"{metrics['build_seconds']:.1f} s)")
     return record
@@ -302,7 +329,11 @@ def run_export(run: Path, request: ExportRequest, *, console: Console) -> Record
     if precision not in fmt.precisions:  # ExportRequest.from_flags guarantees this
         raise UsageError(f"--to {fmt.name} does not support precision '{precision}'")
     manifest = open_run(run)
-    ref = reference(manifest)
-    ctx = ExportContext(manifest, ref, reference_card(manifest, ref), dict(request.options),
-                        console)
-    return fmt.exporter(precision)(ctx, fmt, precision)
+    # Held from the first read to the last record: parents are what this export read, and a
+    # second writer of the run is refused (port.manifest_lock).
+    with run_lock(run, "export"):
+        ref = reference(manifest)
+        card = reference_card(manifest, ref)
+        check_export_numbers(request.options, card)  # before anything is allocated
+        ctx = ExportContext(manifest, ref, card, dict(request.options), console)
+        return fmt.exporter(precision)(ctx, fmt, precision)

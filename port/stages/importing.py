@@ -18,7 +18,16 @@ from port.atomic import atomic_path
 from port.digest import sha256_file
 from port.errors import ModelError, UsageError, first_line
 from port.formats import FORMATS
-from port.manifest import Manifest
+from port.limits import (
+    MAX_CLASSES,
+    MAX_IMAGE_SIZE,
+    MAX_WIDTH,
+    MIN_IMAGE_SIZE,
+    check_card,
+    check_float,
+    check_int,
+)
+from port.manifest import Manifest, run_lock
 from port.manifest_params import ReferenceParams
 from port.stages.common import REFERENCE_ID
 
@@ -38,12 +47,28 @@ class ImportRequest:
     width: float | None = None
 
 
+def check_import_flags(req: ImportRequest) -> None:
+    """Range checks of the numeric flags, before any file is read or anything allocated."""
+    check_int("--num-classes", req.num_classes, 1, MAX_CLASSES)
+    check_int("--image-size", req.image_size, MIN_IMAGE_SIZE, MAX_IMAGE_SIZE)
+    check_float("--width", req.width, lo=0.0, hi=MAX_WIDTH, lo_open=True)
+    for flag, values in (("--mean", req.mean), ("--std", req.std)):
+        for v in values or ():
+            check_float(flag, v, lo=0.0 if flag == "--std" else None, lo_open=True)
+
+
 def _class_names(req: ImportRequest) -> list[str] | None:
     """Class names from --classes (a list or a file), or from --data's folders."""
     if req.classes:
         path = Path(req.classes)
         if path.is_file():
-            names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+            # Bounded read: the names land in the manifest and in every exported file.
+            limit = MAX_CLASSES * 258
+            if path.stat().st_size > limit:
+                raise UsageError(f"--classes file {path} is over {limit} bytes: give one short "
+                                 "name per line")
+            names = [line.strip() for line in path.read_text(errors="replace").splitlines()
+                     if line.strip()]
         else:
             names = [c.strip() for c in req.classes.split(",") if c.strip()]
         return names
@@ -102,11 +127,14 @@ def _import_state_dict(run: Path, req: ImportRequest) -> tuple[Path, dict]:
 
     if not req.arch:
         raise UsageError("importing a state_dict needs --arch (see `porter models`)")
-    state = load_state_dict(req.source)
-    # The classifier's weight tells the class count when no flag does.
+    state = load_state_dict(req.source)  # str keys and tensors only (checked there)
+    # The classifier's weight tells the class count when no flag does; a 0-dim "weight" tells
+    # nothing (the shape check below names it).
     inferred = next((int(v.shape[0]) for k, v in state.items()
-                     if k.endswith(("fc.weight", "linear.weight", "classifier.weight"))), None)
+                     if k.endswith(("fc.weight", "linear.weight", "classifier.weight"))
+                     and v.dim() >= 1), None)
     card = _card_from_flags(req, req.arch, inferred)
+    check_card(card.to_dict(), str(req.source))
     model = create_model(req.arch, card.num_classes, **card.model_kwargs)
     apply_state_dict(model, state, str(req.source),
                      hint=f"check --arch {req.arch} and --num-classes {card.num_classes}")
@@ -128,17 +156,23 @@ def _import_onnx(run: Path, req: ImportRequest) -> tuple[Path, dict]:
             f"{req.source} is not a valid ONNX model ({first_line(exc, limit=120)}): "
             "re-export it"
         ) from None
-    card = read_card(req.source)
+    card = read_card(req.source)  # porter's card when present: untrusted, checked below
+    proto = onnx.load(str(req.source), load_external_data=False)
+    outputs = proto.graph.output
+    inits = {i.name for i in proto.graph.initializer}
+    inputs = [i for i in proto.graph.input if i.name not in inits]
+    if not inputs or not outputs:
+        raise ModelError(f"{req.source} has no graph inputs or outputs: re-export it")
+    dims = outputs[0].type.tensor_type.shape.dim
+    inferred = dims[-1].dim_value if dims and dims[-1].dim_value > 0 else None
     if card is None:
-        proto = onnx.load(str(req.source), load_external_data=False)
-        outputs = proto.graph.output
-        dims = outputs[0].type.tensor_type.shape.dim if outputs else []
-        inferred = dims[-1].dim_value if dims and dims[-1].dim_value > 0 else None
         card = _card_from_flags(req, req.arch or "external-onnx", inferred)
-        inits = {i.name for i in proto.graph.initializer}
-        inputs = [i for i in proto.graph.input if i.name not in inits]
         card.input_name = inputs[0].name
         card.output_name = outputs[0].name
+    check_card(card.to_dict(), str(req.source), outputs=inferred)
+    if card.input_name not in {i.name for i in inputs}:
+        raise ModelError(f"{req.source}: the model card's input {card.input_name[:64]!r} is not "
+                         "an input of the graph: fix the card or re-export the model")
     out = run / "model.onnx"
     # Through port.atomic (fsync before the rename): the manifest must never register a copy
     # that a crash could leave half on disk.
@@ -156,20 +190,32 @@ def run_import(run: Path, req: ImportRequest, *, console: Console) -> None:
     if suffix not in importable:
         raise UsageError(f"cannot import '{req.source.name}': expected a "
                          f"{', '.join(importable)} file")
-    run.mkdir(parents=True, exist_ok=True)
-    manifest = Manifest(run)
-    if manifest.get(REFERENCE_ID) is not None:
-        raise UsageError(
-            f"run {run} already has a reference model: import into a new --run directory"
-        )
-    if suffix in FORMATS["onnx"].suffixes:
-        path, card = _import_onnx(run, req)
-        kind = "onnx"
-    else:
-        path, card = _import_state_dict(run, req)
-        kind = "checkpoint"
-    params = ReferenceParams(card=card, data=req.data, extra={
-        "source": str(req.source), "source_sha256": sha256_file(req.source)})
-    record = manifest.record("import", kind, path, id=REFERENCE_ID, params=params)
+    check_import_flags(req)
+    # The run lock from the first read to the record: a concurrent train/import/export of this
+    # run is refused; a refused import leaves no run directory it created behind.
+    with run_lock(run, "import", create=True):
+        manifest = Manifest(run)
+        if manifest.get(REFERENCE_ID) is not None:
+            raise UsageError(
+                f"run {run} already has a reference model: import into a new --run directory"
+            )
+        # A model file the manifest does not list (a deleted or moved-away manifest, a file put
+        # there by hand) is somebody's work: never overwrite it.
+        for name in ("model.pt", "model.onnx"):  # what _import_state_dict/_import_onnx write
+            if (run / name).exists():
+                raise UsageError(
+                    f"{run / name} exists but is not recorded in {manifest.path}: porter will "
+                    "not overwrite it; move it away or import into a new --run directory"
+                )
+        source_sha256 = sha256_file(req.source)  # the bytes this import reads
+        if suffix in FORMATS["onnx"].suffixes:
+            path, card = _import_onnx(run, req)
+            kind = "onnx"
+        else:
+            path, card = _import_state_dict(run, req)
+            kind = "checkpoint"
+        params = ReferenceParams(card=card, data=req.data, extra={
+            "source": str(req.source), "source_sha256": source_sha256})
+        record = manifest.record("import", kind, path, id=REFERENCE_ID, params=params)
     console.print(f"[green]imported[/green] {req.source} as {record.path} ({kind}, "
                   f"{card['num_classes']} classes, {card['preprocess']['image_size']} px)")

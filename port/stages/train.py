@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
-from port.manifest import Manifest
+from port.errors import UsageError
+from port.manifest import Manifest, run_lock
 from port.manifest_params import ReferenceParams
 from port.stages.common import REFERENCE_ID
 
@@ -46,20 +47,31 @@ def run_train(
         cfg = resolve(recipe or DEFAULT_RECIPE, overrides)
     launch = launch or LaunchSpec()
     cfg = resolve_world(cfg, launch)  # world_size from the launcher flags or the environment
-    run.mkdir(parents=True, exist_ok=True)
-    if launch.spawns:
-        launch_workers(cfg, run, launch, resume=resume, download=download)
-        return
-    result = train(cfg, run, resume=resume, download=download)
-    if not result.is_main:  # other DDP ranks: rank 0 records
-        return
-    # The resolved TrainConfig (data among it) and the card; the rest of the config stays extra.
-    params = ReferenceParams.from_dict({**result.params, "card": result.card.to_dict()})
-    manifest = Manifest(run)
-    record = manifest.record(
-        "train", "checkpoint", result.model_path, id=REFERENCE_ID, params=params,
-        metrics=result.metrics,
-    )
+    # The run lock is held from before anything is read until the model is recorded: a second
+    # `porter train` (or import) on this run is refused instead of interleaving metrics and
+    # replacing this model. DDP workers inherit it from the launching process (see
+    # port.manifest_lock); a directory this command created is removed if it fails early.
+    with run_lock(run, "train", create=True):
+        manifest = Manifest(run)
+        existing = manifest.get(REFERENCE_ID)
+        if existing is not None and existing.stage != "train":
+            raise UsageError(
+                f"run {run} already has an imported reference model ({existing.path}): "
+                "train into a new --run directory"
+            )
+        if launch.spawns:
+            launch_workers(cfg, run, launch, resume=resume, download=download)
+            return
+        result = train(cfg, run, resume=resume, download=download)
+        if not result.is_main:  # other DDP ranks: rank 0 records
+            return
+        # The resolved TrainConfig (data among it) and the card; the rest of the config stays
+        # extra.
+        params = ReferenceParams.from_dict({**result.params, "card": result.card.to_dict()})
+        record = manifest.record(
+            "train", "checkpoint", result.model_path, id=REFERENCE_ID, params=params,
+            metrics=result.metrics,
+        )
     shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                       for k, v in result.metrics.items() if not isinstance(v, dict | list))
     console.print(f"[green]trained[/green] {record.path} ({shown})")

@@ -14,6 +14,7 @@ that resolves to the same config.
 
 from __future__ import annotations
 
+import math
 import re
 import types
 import typing
@@ -24,6 +25,7 @@ from typing import Any, Literal, Union
 
 from port.atomic import atomic_write_text
 from port.errors import UsageError
+from port.limits import MAX_BATCH, MAX_IMAGE_SIZE, MAX_IMAGES, MAX_WIDTH
 
 SCHEDULES = ("step", "exponential", "cosine", "onecycle")
 LOADERS = ("auto", "device", "dataloader")
@@ -322,7 +324,19 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     from port.models.registry import get_entry  # lazy: registry imports torch
 
     entry = get_entry(cfg.arch)  # unknown arch -> UsageError listing the models
-    _check(cfg.width > 0, f"width must be > 0, got {cfg.width}")
+    # inf/nan pass every "> 0" check below and would train (and record) a NaN model.
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        _check(not isinstance(value, float) or math.isfinite(value),
+               f"{f.name} must be a finite number, got {value}")
+    _check(0 < cfg.width <= MAX_WIDTH, f"width must be in (0, {MAX_WIDTH:g}], got {cfg.width}")
+    _check(cfg.batch_size <= MAX_BATCH, f"batch_size must be <= {MAX_BATCH}, got "
+           f"{cfg.batch_size}")
+    _check(cfg.image_size is None or cfg.image_size <= MAX_IMAGE_SIZE,
+           f"image_size must be <= {MAX_IMAGE_SIZE} px, got {cfg.image_size}")
+    for key in ("limit", "val_limit"):
+        value = getattr(cfg, key)
+        _check(value is None or value <= MAX_IMAGES, f"{key} must be <= {MAX_IMAGES}, got {value}")
     _check(cfg.width == 1.0 or "width" in entry.kwargs,
            f"{cfg.arch} has no width option: drop width or use resnet18_cifar / resnet9")
     _check(cfg.image_size is None or cfg.image_size >= 16,
@@ -342,8 +356,12 @@ def validate(cfg: TrainConfig) -> TrainConfig:
            f"label_smoothing must be in [0, 1), got {cfg.label_smoothing}")
     _check(cfg.schedule in SCHEDULES,
            f"unknown schedule {cfg.schedule!r}: use one of {', '.join(SCHEDULES)}")
-    _check(0 <= cfg.warmup_epochs < cfg.epochs,
-           f"warmup_epochs must be in [0, epochs={cfg.epochs}), got {cfg.warmup_epochs}")
+    _check(cfg.warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {cfg.warmup_epochs}")
+    # A short run (--epochs 1) with a recipe that warms up longer: name both flags to change.
+    _check(cfg.warmup_epochs < cfg.epochs,
+           f"warmup_epochs {cfg.warmup_epochs:g} (from the recipe or --warmup-epochs) must be "
+           f"below epochs={cfg.epochs}: pass --warmup-epochs 0 (or a value below "
+           f"{cfg.epochs}) for a run this short, or more --epochs")
     _check(cfg.schedule != "onecycle" or cfg.warmup_epochs == 0,
            "onecycle ramps up by itself: set warmup_epochs to 0 or use another schedule")
     _check(0 < cfg.gamma <= 1, f"gamma must be in (0, 1], got {cfg.gamma}")
