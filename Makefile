@@ -6,7 +6,7 @@ PORTER := $(VENV)/bin/porter
 UV_VERSION := 0.13.9
 DEMO_RUN ?= runs/demo
 
-.PHONY: setup demo test test-gpu lint bench clean
+.PHONY: setup serve-env demo test test-gpu lint bench clean
 
 # uv resolves torch + torchvision together from uv.lock (see DEVELOPERS.md); `python3 -m uv`
 # works whether pip put the uv binary on PATH or not.
@@ -16,6 +16,17 @@ $(VENV)/.synced: pyproject.toml uv.lock
 	@touch $@
 
 setup: $(VENV)/.synced
+
+# `porter serve`'s Triton server runs in its own environment: PyTriton's Python-backend stub
+# needs numpy < 2 (see port/serve/requirements.txt); porter finds it at .venv-serve.
+SERVE_VENV := .venv-serve
+$(SERVE_VENV)/.synced: port/serve/requirements.txt
+	python3 -m uv venv -q --allow-existing \
+	    -p "$$($(PY) -c 'import sys; print(sys._base_executable)')" $(SERVE_VENV)
+	python3 -m uv pip install -q -p $(SERVE_VENV)/bin/python --require-hashes -r port/serve/requirements.txt
+	@touch $@
+
+serve-env: setup $(SERVE_VENV)/.synced
 
 # Train on the built-in synthetic set, export to ONNX (FP32, FP16, INT8), compare everything.
 demo: setup
@@ -27,7 +38,7 @@ demo: setup
 	$(PORTER) evaluate --run $(DEMO_RUN) --compare
 	$(PORTER) status --run $(DEMO_RUN)
 
-test: setup
+test: setup serve-env
 	$(PY) -m pytest -q
 
 test-gpu: setup
