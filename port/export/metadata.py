@@ -1,9 +1,15 @@
 """Self-describing model metadata: what an app needs to feed an exported model without porter.
 
 Written into ONNX ``metadata_props`` (and, by the TensorRT builder, into the engine's JSON
-sidecar). Every value is a string, as ONNX requires. Flat ``porter.*`` keys serve apps that read
-one field at a time (onnxruntime's ``get_modelmeta().custom_metadata_map``, Netron); the
-``porter.card`` key holds the whole :class:`ModelCard` as JSON so porter reads it back in one step.
+sidecar). Every value is a UTF-8 string, as ONNX requires. The schema (version
+:data:`SCHEMA_VERSION`, documented for app authors in ``docs/metadata.md``) has two layers:
+
+- ``porter.card``: one JSON document (UTF-8, not ``\\u``-escaped) with the whole
+  :class:`ModelCard` plus ``"schema"``; porter and Python apps read it in one step.
+- flat ``porter.*`` keys for readers that take one field at a time (a C app, ONNX Runtime's
+  ``custom_metadata_map``, Netron). Each key has exactly one format, so a C reader needs no JSON:
+  integers in decimal, floats as shortest round-trip decimals, number lists comma-separated,
+  text lists one item per line, booleans ``true``/``false``.
 """
 
 from __future__ import annotations
@@ -19,6 +25,28 @@ from port.models.card import ModelCard
 PREFIX = "porter."
 CARD_KEY = "porter.card"
 PRECISION_KEY = "porter.precision"  # fp32 | fp16 | int8: what the graph carries
+SCHEMA_KEY = "porter.schema"
+# Bumped when a key changes meaning or format; readers refuse a newer major schema.
+SCHEMA_VERSION = 1
+# How porter's evaluation resizes (torchvision's Resize on a PIL image): the shorter side to
+# ``resize`` with PIL's bilinear filter, antialiased (the filter widens on downscaling).
+RESIZE_MODE = "shorter_side"
+INTERPOLATION = "bilinear"
+ANTIALIAS = True
+
+
+def _floats(values: Any) -> str:
+    # repr() of a Python float is the shortest decimal that reads back to the same double.
+    return ",".join(repr(float(v)) for v in values)
+
+
+def card_document(card: ModelCard) -> dict[str, Any]:
+    """The ``porter.card`` JSON document: the card, the schema version and the resize rule."""
+    doc = card.to_dict()
+    doc["schema"] = SCHEMA_VERSION
+    doc["preprocess"].update(resize_mode=RESIZE_MODE, interpolation=INTERPOLATION,
+                             antialias=ANTIALIAS)
+    return doc
 
 
 def card_metadata(
@@ -31,35 +59,43 @@ def card_metadata(
     """The ``porter.*`` key/value strings that describe ``card`` exported at ``precision``.
 
     ``extra`` adds keys (prefixed with ``porter.`` unless they already are); non-string values
-    are stored as JSON.
+    are stored as JSON documents.
     """
     pre = card.preprocess
     c, h, w = card.input_shape
+    for name in card.classes:
+        if "\n" in name or "\r" in name:
+            raise ModelError(f"class name {name!r} contains a line break, which the metadata "
+                             "cannot hold (one class per line): rename the class")
     meta: dict[str, str] = {
+        SCHEMA_KEY: str(SCHEMA_VERSION),
         "porter.version": __version__,
         "porter.arch": card.arch,
         "porter.num_classes": str(card.num_classes),
-        "porter.classes": json.dumps(list(card.classes)),
+        "porter.classes": "\n".join(card.classes),
         "porter.input_name": card.input_name,
         "porter.output_name": card.output_name,
-        # The shape of one example batch; axis 0 is dynamic (any batch size), said in porter.batch.
-        "porter.input_shape": f"1x{c}x{h}x{w}",
-        "porter.batch": "dynamic",
-        "porter.dtype": "float32",
+        # -1: the batch axis is dynamic (ONNX Runtime and Triton spell it the same way).
+        "porter.input_shape": f"-1,{c},{h},{w}",
+        "porter.input_dtype": "float32",
         "porter.layout": pre.layout,
         "porter.color_order": pre.color_order,
         "porter.resize": str(pre.resize),
+        "porter.resize_mode": RESIZE_MODE,
+        "porter.interpolation": INTERPOLATION,
+        "porter.antialias": "true" if ANTIALIAS else "false",
         "porter.crop": str(pre.crop),
         "porter.scale": repr(float(pre.scale)),
-        "porter.mean": json.dumps([float(v) for v in pre.mean]),
-        "porter.std": json.dumps([float(v) for v in pre.std]),
+        "porter.mean": _floats(pre.mean),
+        "porter.std": _floats(pre.std),
         "porter.precision": precision,
         "porter.source_sha256": source_sha256 or "",
-        CARD_KEY: json.dumps(card.to_dict(), sort_keys=True),
+        CARD_KEY: json.dumps(card_document(card), sort_keys=True, ensure_ascii=False),
     }
     for key, value in (extra or {}).items():
         full = key if key.startswith(PREFIX) else PREFIX + key
-        meta[full] = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+        meta[full] = (value if isinstance(value, str)
+                      else json.dumps(value, sort_keys=True, ensure_ascii=False))
     return meta
 
 
@@ -85,7 +121,18 @@ def card_from_metadata(meta: dict[str, str], *, source: str = "metadata") -> Mod
     if text is None:
         return None
     try:
-        return ModelCard.from_dict(json.loads(text))
+        doc = json.loads(text)
+        schema = int(doc.get("schema", SCHEMA_VERSION))
+    except (ValueError, TypeError, AttributeError) as err:
+        raise ModelError(
+            f"{source}: the '{CARD_KEY}' metadata is damaged ({type(err).__name__}: {err}): "
+            "re-export the model with porter"
+        ) from None
+    if schema > SCHEMA_VERSION:
+        raise ModelError(f"{source}: metadata schema {schema} is newer than this porter reads "
+                         f"({SCHEMA_VERSION}): upgrade porter")
+    try:
+        return ModelCard.from_dict(doc)
     except (ValueError, KeyError, TypeError) as err:
         raise ModelError(
             f"{source}: the '{CARD_KEY}' metadata is damaged ({type(err).__name__}: {err}): "

@@ -12,6 +12,9 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import os
+import site
+import sys
 import tempfile
 import time
 import warnings
@@ -32,7 +35,8 @@ _MAX_SINGLE_FILE_BYTES = 2**31 - 1
 # The dynamic batch axis must accept at least this much; torch.export needs an upper bound.
 _MAX_BATCH = 4096
 
-__all__ = ["EXPORTERS", "check_parity", "export_onnx", "opset_range", "read_card"]
+__all__ = ["EXPORTERS", "check_parity", "export_onnx", "opset_range", "read_card",
+           "strip_build_paths"]
 
 
 def export_onnx(
@@ -84,6 +88,7 @@ def export_onnx(
             _run_exporter(net, card, raw, sample, opset=opset, exporter=exporter)
             # Loading with external data and saving once folds a ".onnx.data" sidecar into the file.
             proto = onnx.load(str(raw), load_external_data=True)
+    strip_build_paths(proto)
     export_seconds = time.perf_counter() - started
 
     set_metadata(proto, card_metadata(card, precision=precision, source_sha256=source_sha256,
@@ -195,6 +200,81 @@ def check_parity(
         "atol": atol,
         "rtol": rtol,
     }
+
+
+def build_path_prefixes() -> list[tuple[str, str]]:
+    """(absolute directory + "/", replacement) pairs of this machine, longest first.
+
+    Site-packages and sys.path entries become module-relative (``torch/nn/...``,
+    ``port/models/...``), interpreter prefixes become ``lib/python3.x/...``, the home directory
+    ``~/``: a stack trace keeps its use (which module, which line) without naming the machine.
+    """
+    dirs: dict[str, str] = {}
+    home = os.path.expanduser("~")
+    if home not in ("", "/"):
+        dirs[home] = "~/"
+    roots = [sys.prefix, sys.base_prefix, sys.exec_prefix, os.getcwd(),
+             str(Path(__file__).resolve().parents[2])]  # the tree holding the port package
+    for path in [*roots, *sys.path, *site.getsitepackages(), site.getusersitepackages()]:
+        if path and os.path.isabs(path) and path != "/":
+            for form in {path, os.path.realpath(path)}:
+                dirs.setdefault(form.rstrip("/"), "")
+    return sorted(((d + "/", r) for d, r in dirs.items()), key=lambda pair: -len(pair[0]))
+
+
+def strip_build_paths(proto: Any) -> int:
+    """Make every absolute path of this machine in ``proto``'s text fields relative.
+
+    torch.onnx writes the exporting process's stack traces into node metadata
+    (``pkg.torch.onnx.stack_trace``) and doc strings: absolute paths of the checkout, the
+    virtual environment and the interpreter. A deployed file must not carry them. Walks the
+    model, graph (and subgraphs), nodes, functions and value infos; returns how many strings
+    changed.
+    """
+    prefixes = build_path_prefixes()
+
+    def clean(text: str) -> str:
+        for prefix, replacement in prefixes:
+            if prefix in text:
+                text = text.replace(prefix, replacement)
+        return text
+
+    changed = 0
+
+    def fix(message: Any) -> None:
+        nonlocal changed
+        if message.doc_string:
+            new = clean(message.doc_string)
+            changed += new != message.doc_string
+            message.doc_string = new
+        for entry in getattr(message, "metadata_props", ()):
+            new = clean(entry.value)
+            changed += new != entry.value
+            entry.value = new
+
+    def walk_graph(graph: Any) -> None:
+        fix(graph)
+        for item in (*graph.input, *graph.output, *graph.value_info, *graph.initializer):
+            fix(item)
+        for node in graph.node:
+            walk_node(node)
+
+    def walk_node(node: Any) -> None:
+        fix(node)
+        for attr in node.attribute:
+            fix(attr)
+            if attr.HasField("g"):
+                walk_graph(attr.g)
+            for sub in attr.graphs:
+                walk_graph(sub)
+
+    fix(proto)
+    walk_graph(proto.graph)
+    for function in proto.functions:
+        fix(function)
+        for node in function.node:
+            walk_node(node)
+    return changed
 
 
 # -- helpers ---------------------------------------------------------------------------------

@@ -83,12 +83,12 @@ def test_metadata_is_written_and_card_reads_back(exported: tuple[Path, dict],
     path, _ = exported
     assert read_card(path) == card
     meta = read_metadata(path)
-    assert json.loads(meta["porter.classes"]) == card.classes
+    assert meta["porter.classes"].split("\n") == card.classes
     assert meta["porter.input_name"] == "input" and meta["porter.output_name"] == "logits"
-    assert meta["porter.input_shape"] == "1x3x32x32" and meta["porter.batch"] == "dynamic"
+    assert meta["porter.input_shape"] == "-1,3,32,32" and meta["porter.schema"] == "1"
     assert meta["porter.layout"] == "NCHW" and meta["porter.color_order"] == "RGB"
-    assert json.loads(meta["porter.mean"]) == list(card.preprocess.mean)
-    assert json.loads(meta["porter.std"]) == list(card.preprocess.std)
+    assert [float(v) for v in meta["porter.mean"].split(",")] == list(card.preprocess.mean)
+    assert [float(v) for v in meta["porter.std"].split(",")] == list(card.preprocess.std)
     assert meta["porter.resize"] == "32" and meta["porter.crop"] == "32"
     assert meta["porter.precision"] == "fp32" and meta["porter.source_sha256"] == SHA
     assert meta["porter.arch"] == "resnet18_cifar" and meta["porter.version"]

@@ -1,0 +1,133 @@
+"""Evaluation preprocessing with Pillow and numpy only: what apps run, without torch.
+
+:func:`port.data.transforms.eval_transform` (torchvision) is what porter evaluates with; this
+module computes the same numbers, bit for bit, from the same :class:`Preprocess`, so
+``port.load(...).predict`` needs neither torch nor torchvision. The steps and their rules are
+torchvision's (``Resize`` with an int size, ``CenterCrop``, ``ToTensor``, ``Normalize``):
+
+1. RGB: grayscale, palette, RGBA, 16-bit... converted like porter's loaders do.
+2. Resize the shorter side to ``resize`` (the longer one to ``int(resize * long / short)``) with
+   PIL's bilinear filter, which antialiases (widens the filter) when it shrinks; an image that
+   already has that size is left alone.
+3. Centre-crop ``crop`` x ``crop``: top/left offsets ``int(round((size - crop) / 2))``; an image
+   smaller than the crop is zero-padded first (left/top get the smaller half).
+4. float32: ``x / 255``, then ``(x - mean) / std`` per channel, in float32, as NCHW.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from port.data.preprocess import Preprocess
+from port.errors import DataError, UsageError
+
+# Decoding errors PIL raises on broken files (see port.data.imageio for the full story).
+_READ_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """8-bit RGB from any PIL mode (16-bit grayscale is scaled down, not clipped)."""
+    if img.mode == "RGB":
+        return img
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")  # what PIL asks for; alpha is then dropped
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        wide = np.asarray(img, dtype=np.float64)
+        img = Image.fromarray(np.clip(np.rint(wide / 257.0), 0, 255).astype(np.uint8))
+    return img.convert("RGB")
+
+
+def open_image(path: str | Path) -> Image.Image:
+    """Decode ``path`` fully into an RGB image; ``DataError`` naming the file when it is broken."""
+    try:
+        with open(path, "rb") as f:
+            img = Image.open(f)
+            img.load()
+    except FileNotFoundError:
+        raise DataError(f"image {path} not found: check the path") from None
+    except _READ_ERRORS as exc:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise DataError(f"cannot read image {path} ({reason}): remove or replace the "
+                        "file") from None
+    return to_rgb(img)
+
+
+def resized_size(width: int, height: int, resize: int) -> tuple[int, int]:
+    """(width, height) after resizing the shorter side to ``resize`` (torchvision's rule)."""
+    short, long = (width, height) if width <= height else (height, width)
+    new_short, new_long = resize, int(resize * long / short)
+    return (new_short, new_long) if width <= height else (new_long, new_short)
+
+
+def geometry(img: Image.Image, pre: Preprocess) -> np.ndarray:
+    """RGB, resized and centre-cropped: a uint8 (crop, crop, 3) array."""
+    img = to_rgb(img)
+    size = resized_size(img.width, img.height, pre.resize)
+    if size != img.size:
+        img = img.resize(size, Image.Resampling.BILINEAR)
+    pixels = np.asarray(img, dtype=np.uint8)
+    crop = pre.crop
+    height, width = pixels.shape[:2]
+    if crop > width or crop > height:
+        pad_w, pad_h = max(crop - width, 0), max(crop - height, 0)
+        pixels = np.pad(pixels, ((pad_h // 2, (pad_h + 1) // 2), (pad_w // 2, (pad_w + 1) // 2),
+                                 (0, 0)))
+        height, width = pixels.shape[:2]
+    top = round((height - crop) / 2.0)  # Python's round: half to even, as torchvision
+    left = round((width - crop) / 2.0)
+    return np.ascontiguousarray(pixels[top:top + crop, left:left + crop])
+
+
+def normalize(batch: np.ndarray, pre: Preprocess) -> np.ndarray:
+    """uint8 (N, H, W, 3) -> float32 (N, 3, H, W): ``x / 255``, ``- mean``, ``/ std``.
+
+    The same float32 operations in the same order as torchvision's ``ToTensor`` +
+    ``Normalize``, hence identical bits.
+    """
+    x = batch.transpose(0, 3, 1, 2).astype(np.float32) / np.float32(255)
+    mean = np.asarray(pre.mean, dtype=np.float32).reshape(1, -1, 1, 1)
+    std = np.asarray(pre.std, dtype=np.float32).reshape(1, -1, 1, 1)
+    return np.ascontiguousarray((x - mean) / std, dtype=np.float32)
+
+
+def as_images(images: Any) -> list[Image.Image | np.ndarray]:
+    """One image or a batch, as a list: paths, PIL images, uint8 HWC arrays or NHWC batches."""
+    if isinstance(images, str | Path | Image.Image):
+        return [images]
+    if isinstance(images, np.ndarray):
+        if images.ndim == 3:
+            return [images]
+        if images.ndim == 4:
+            return list(images)
+        raise UsageError(f"an image array must be HWC or NHWC uint8, got shape {images.shape}")
+    if isinstance(images, Sequence) and not isinstance(images, bytes | bytearray):
+        return list(images)
+    raise UsageError(f"cannot read images from a {type(images).__name__}: pass file paths, PIL "
+                     "images or uint8 HWC arrays")
+
+
+def _to_pil(image: Any) -> Image.Image:
+    if isinstance(image, str | Path):
+        return open_image(image)
+    if isinstance(image, Image.Image):
+        return image
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] not in (1, 3, 4):
+            raise UsageError(f"image arrays must be uint8 HWC with 1, 3 or 4 channels (RGB order),"
+                             f" got {image.dtype} {image.shape}")
+        return Image.fromarray(image[:, :, 0] if image.shape[2] == 1 else image)
+    raise UsageError(f"cannot read an image from a {type(image).__name__}: pass a file path, a "
+                     "PIL image or a uint8 HWC array")
+
+
+def preprocess_images(images: Any, pre: Preprocess) -> np.ndarray:
+    """Any accepted image input -> the float32 NCHW batch the model takes."""
+    items = as_images(images)
+    if not items:
+        raise UsageError("no images given: pass at least one image")
+    return normalize(np.stack([geometry(_to_pil(item), pre) for item in items]), pre)
