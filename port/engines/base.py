@@ -41,6 +41,8 @@ class Runner(abc.ABC):
     """Base class of every backend runner. Use as a context manager."""
 
     backend: str = "base"  # torch | onnxruntime | tensorrt
+    # What one timed infer() covers, for report rows (a latency figure means nothing without it).
+    timing_mode: str = "host to host, synchronous: inputs and outputs in host memory"
 
     def __init__(self, loader: Loader, *, name: str | None = None) -> None:
         self.loader = loader

@@ -73,6 +73,14 @@ class OnnxRuntimeRunner(Runner):
         self._device: str | None = None
 
     @property
+    def timing_mode(self) -> str:  # type: ignore[override]
+        """ORT's run() is synchronous; on a GPU provider it also copies inputs/outputs."""
+        if self._device is not None and self._device != CPU_EP:
+            return ("host to host, synchronous: ONNX Runtime copies inputs to the device and "
+                    "outputs back inside each run")
+        return Runner.timing_mode
+
+    @property
     def device(self) -> str:
         """The execution provider that runs the graph (first of the session's providers)."""
         if self._device is None:

@@ -52,6 +52,8 @@ class TensorRTRunner(Runner):
     """Runs a serialized TensorRT engine (``.engine``/``.plan``) on one GPU through pycuda."""
 
     backend = "tensorrt"
+    timing_mode = ("host to host, stream-synchronised: H2D copy, compute and D2H copy in each "
+                   "run; phases_ms times them apart with CUDA events")
 
     def __init__(
         self,

@@ -31,7 +31,7 @@ from port.hostinfo import env_info
 ROW_FIELDS = (
     "artifact", "kind", "backend", "device", "precision", "top1", "top5", "top1_drop_pp",
     "agreement", "max_abs_diff", "mean_abs_diff", "latency_ms", "throughput", "size_bytes",
-    "passed", "why", "note", "phases_ms", "int8_cpu",
+    "passed", "why", "note", "phases_ms", "int8_cpu", "timing",
 )
 
 
@@ -69,6 +69,7 @@ class _Measured:
     # them; only runners that can time device phases (TensorRT) fill it.
     phases_ms: dict[str, dict[str, float]] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)  # Runner.details(): what really ran
+    timing: str | None = None  # Runner.timing_mode: what one timed run covers
 
 
 def evaluate(
@@ -170,7 +171,7 @@ def _measure(cand: Candidate, images: np.ndarray, sizes: list[int], bar: Any, *,
         if bar:
             bar.update(task, description=label)
         return _Measured(runner.backend, runner.device, np.concatenate(chunks), latency, phases,
-                         details=runner.details())
+                         details=runner.details(), timing=runner.timing_mode)
 
 
 # -- rows --------------------------------------------------------------------------------------
@@ -220,6 +221,7 @@ def _row(cand: Candidate, got: _Measured, acc: dict[str, float], ref_top1: float
         "note": _note(cand, got),
         "phases_ms": got.phases_ms or None,
         "int8_cpu": got.details.get("int8_cpu"),
+        "timing": got.timing,
     }
 
 

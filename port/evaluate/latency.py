@@ -9,6 +9,7 @@ for asynchronous ones), so queued device work is never mistaken for finished wor
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import numpy as np
 
@@ -24,8 +25,12 @@ def measure_latency(
     min_runs: int = 20,
     min_seconds: float = 1.0,
     max_runs: int = 100_000,
-) -> dict[str, float]:
-    """``{"p50", "p90", "p99", "mean"}`` in milliseconds for one ``infer`` on ``sample_batch``.
+    repeats: int = 5,
+) -> dict[str, Any]:
+    """``{"p50", "p90", "p99", "mean"}`` in milliseconds for one ``infer`` on ``sample_batch``,
+    with ``runs`` and the spread over ``repeats``: the timed runs cut into that many consecutive
+    blocks, ``p50_range``/``p99_range`` = [lowest, highest] block percentile. A wide range says
+    the machine was noisy while it measured; one figure alone cannot.
 
     ``runner`` must be active. ``sample_batch`` is an array for the runner's only input, or a
     ready feed dict. After ``warmup`` untimed runs (allocator, autotuning and cache warm-up),
@@ -52,7 +57,17 @@ def measure_latency(
         runner.infer(feed, check_inputs=False)
         runner.synchronize()
         times_ns.append(clock() - start)
-    return summarize_ms(np.asarray(times_ns, dtype=np.float64) / 1e6)
+    times_ms = np.asarray(times_ns, dtype=np.float64) / 1e6
+    return {**summarize_ms(times_ms), **spread_ms(times_ms, repeats)}
+
+
+def spread_ms(times_ms: np.ndarray, repeats: int) -> dict[str, Any]:
+    """p50 and p99 of each of ``repeats`` consecutive blocks of runs, as [min, max] ranges."""
+    blocks = [b for b in np.array_split(times_ms, max(1, min(repeats, len(times_ms)))) if len(b)]
+    p50s = [float(np.percentile(b, 50)) for b in blocks]
+    p99s = [float(np.percentile(b, 99)) for b in blocks]
+    return {"runs": len(times_ms), "repeats": len(blocks), "p50_range": [min(p50s), max(p50s)],
+            "p99_range": [min(p99s), max(p99s)]}
 
 
 def summarize_ms(times_ms: np.ndarray) -> dict[str, float]:

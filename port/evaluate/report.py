@@ -102,13 +102,21 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += [f"After {settings.get('warmup')} warm-up runs, at least "
                   f"{settings.get('min_runs')} timed runs and {settings.get('min_seconds')} s "
                   "per batch size; synchronised runs on batches already in memory.", ""]
-    head = ["artifact", "backend", "batch", "p50", "p90", "p99", "mean", "img/s"]
+    head = ["artifact", "backend", "batch", "p50", "p90", "p99", "mean", "img/s", "runs",
+            "p50 over repeats", "p99 over repeats"]
     lines += [_md_row(head), _md_row(["---"] * len(head))]
     for row in report["rows"]:
         for b, lat in (row.get("latency_ms") or {}).items():
             lines.append(_md_row([f"`{row['artifact']}`", row["backend"], b,
                                   *(_num(lat[k], ".3f") for k in ("p50", "p90", "p99", "mean")),
-                                  _num((row.get("throughput") or {}).get(b), ",.0f")]))
+                                  _num((row.get("throughput") or {}).get(b), ",.0f"),
+                                  str(lat.get("runs", "-")), _range(lat.get("p50_range")),
+                                  _range(lat.get("p99_range"))]))
+    modes = {row["timing"] for row in report["rows"] if row.get("timing")}
+    if modes:
+        lines += ["", "What one timed run covers:", ""]
+        lines += [f"- `{row['artifact']}` ({row['backend']}): {row['timing']}"
+                  for row in report["rows"] if row.get("timing")]
     lines += ["", "## Gates", "", _md_row(["precision", "min agreement", "max top-1 drop (pp)",
                                          "min top-1 ratio"]), _md_row(["---"] * 4)]
     for precision, gate in report.get("gates", {}).items():
@@ -235,6 +243,11 @@ def _ran(report: dict[str, Any]) -> list[dict[str, Any]]:
 def _batch_keys(report: dict[str, Any]) -> list[str]:
     keys = {b for r in report["rows"] for b in (r.get("latency_ms") or {})}
     return sorted(keys, key=int)
+
+
+def _range(pair: list[float] | None) -> str:
+    """``[lo, hi]`` ms as text (``-`` when absent)."""
+    return "-" if not pair else f"{pair[0]:.3f}-{pair[1]:.3f}"
 
 
 def _label(row: dict[str, Any]) -> str:

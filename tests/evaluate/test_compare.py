@@ -24,7 +24,7 @@ TOP_LEVEL = {"passed", "dataset", "reference", "rows"}
 REFERENCE = {"artifact", "backend", "device", "top1"}
 ROW = {"artifact", "backend", "device", "precision", "top1", "top5", "top1_drop_pp", "agreement",
        "max_abs_diff", "mean_abs_diff", "latency_ms", "throughput", "size_bytes", "passed", "why"}
-LATENCY = {"p50", "p90", "p99", "mean"}
+LATENCY = {"p50", "p90", "p99", "mean", "runs", "repeats", "p50_range", "p99_range"}
 FAST = {"warmup": 1, "min_runs": 3, "min_seconds": 0.0}
 
 
@@ -48,7 +48,11 @@ def test_report_is_schema_complete(torch_and_onnx_report: dict, artifacts: dict[
         assert set(row["latency_ms"]) == {"1", "16"} == set(row["throughput"])
         for size, stats in row["latency_ms"].items():
             assert set(stats) == LATENCY and 0 < stats["p50"] <= stats["p99"]
+            lo, hi = stats["p50_range"]
+            assert lo <= stats["p50"] <= hi and stats["runs"] >= stats["repeats"] >= 1
             assert row["throughput"][size] == pytest.approx(int(size) / (stats["mean"] / 1e3))
+        # Every row says what one timed run covers (CPU backends: synchronous host to host).
+        assert row["timing"].startswith("host to host, synchronous")
         assert row["passed"] is True and row["why"] is None
     assert (ref_row["artifact"], ref_row["backend"], ref_row["device"]) == ("model", "torch", "cpu")
     assert ref_row["agreement"] == 1.0 and ref_row["top1_drop_pp"] == 0.0

@@ -63,7 +63,9 @@ def test_warmup_then_min_runs_each_synchronised() -> None:
     # The feed is checked once, before the clock: no timed run pays for the check.
     assert runner.events == ["activate", "check", "infer", "infer", "sync",
                              *["infer", "sync"] * 5, "deactivate"]
-    assert set(stats) == {"p50", "p90", "p99", "mean"}
+    assert set(stats) == {"p50", "p90", "p99", "mean", "runs", "repeats", "p50_range",
+                          "p99_range"}
+    assert stats["runs"] == 5 and stats["repeats"] == 5  # five runs cut into five blocks
     assert 0 < stats["p50"] <= stats["p90"] <= stats["p99"]
 
 
@@ -98,3 +100,14 @@ def test_bad_settings_are_usage_errors() -> None:
     runner = _RecordingRunner()
     with runner, pytest.raises(UsageError, match="out of range"):
         measure_latency(runner, np.ones((1, 12), np.float32), min_runs=0)
+
+
+def test_spread_over_repeats_brackets_each_block() -> None:
+    from port.evaluate.latency import spread_ms
+
+    # Two quiet blocks and a noisy one: the range shows the noise the single p50 hides.
+    times = np.array([1.0] * 10 + [1.0] * 10 + [5.0] * 10)
+    spread = spread_ms(times, repeats=3)
+    assert spread == {"runs": 30, "repeats": 3, "p50_range": [1.0, 5.0],
+                      "p99_range": [1.0, 5.0]}
+    assert spread_ms(np.array([2.0]), repeats=5)["repeats"] == 1
