@@ -8,6 +8,8 @@ Bugs stay ordinary exceptions so they keep their traceback.
 
 from __future__ import annotations
 
+import re
+
 
 class PorterError(Exception):
     """Base class: a problem the user can fix. The CLI maps it to exit code 2."""
@@ -79,7 +81,16 @@ def os_error_line(exc: OSError) -> str:
     import errno as errno_names
 
     name = errno_names.errorcode.get(exc.errno or -1, "")
-    where = " -> ".join(str(p) for p in (exc.filename, exc.filename2) if p is not None)
+    if not name and re.search(r"\d+ requested and \d+ written", str(exc)):
+        # numpy's tofile (ONNX external data, onnx_ir) reports a short write without errno:
+        # the device ran out of space mid-write.
+        name = "ENOSPC"
+    where = " -> ".join(_short(str(p)) for p in (exc.filename, exc.filename2) if p is not None)
     what, fix = _OS_ERRORS.get(name, (exc.strerror or type(exc).__name__,
                                       "check the path and run the command again"))
     return f"{where + ': ' if where else ''}{what}{f' ({name})' if name else ''}: {fix}"
+
+
+def _short(text: str, limit: int = 160) -> str:
+    """``text`` cut in the middle to at most ``limit`` characters (a path in a one-line error)."""
+    return text if len(text) <= limit else f"{text[:limit // 2]}...{text[-limit // 2:]}"

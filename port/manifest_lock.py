@@ -128,9 +128,12 @@ def run_lock(run_dir: str | os.PathLike[str], command: str, *,
                     "(or stop it), or use another --run; `porter status` works meanwhile"
                 ) from None
         since = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps({"command": command, "pid": os.getpid(), "since": since,
-                                  "argv": sys.argv[1:4]}).encode(), 0)
+        # Who holds it, for the second writer's message only: best effort (on a full disk the
+        # command's own writes report ENOSPC; the lock itself needs no bytes).
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps({"command": command, "pid": os.getpid(), "since": since,
+                                      "argv": sys.argv[1:4]}).encode(), 0)
         sweep_leftovers(run)
         previous = os.environ.get(HELD_ENV)
         os.environ[HELD_ENV] = str(run.resolve())  # inherited by DDP workers only

@@ -54,6 +54,35 @@ class ArrayDataset(Dataset):
         return self.transform(Image.fromarray(self.images[index])), int(self.labels[index])
 
 
+_NOTED: set[str] = set()  # folders whose skipped files were already reported by this process
+
+
+def skipped_files(root: Path, used: set[Path]) -> list[Path]:
+    """Files in ``root``'s class folders that ImageFolder does not read (e.g. ``.gif``).
+
+    Hidden files (``.DS_Store``) are not counted: nobody expects them to be images.
+    """
+    return sorted(
+        p for name in class_dirs(root) for p in (root / name).rglob("*")
+        if p.is_file() and not p.name.startswith(".") and p not in used
+    )
+
+
+def _note_skipped(root: Path, skipped: list[Path]) -> None:
+    """One line on stderr: how many files were left out, of which suffixes, and where."""
+    if str(root) in _NOTED:
+        return
+    _NOTED.add(str(root))
+    suffixes = sorted({p.suffix.lower() or "(no suffix)" for p in skipped})
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    sys.stderr.write(
+        f"porter: note: {root}: skipped {len(skipped)} file(s) that are not images porter reads "
+        f"({', '.join(suffixes)}; e.g. {skipped[0]}): convert them to "
+        f"{'/'.join(IMG_EXTENSIONS[:3])}... to use them\n"
+    )
+
+
 class FolderDataset(ImageFolder):
     """torchvision's ImageFolder reading through :func:`read_image` (errors name the file).
 
@@ -63,6 +92,9 @@ class FolderDataset(ImageFolder):
 
     def __init__(self, root: Path, transform: Transform) -> None:
         super().__init__(str(root), transform=transform, loader=read_image)
+        self.skipped = skipped_files(root, {Path(p) for p, _ in self.samples})
+        if self.skipped:
+            _note_skipped(root, self.skipped)
 
     def find_classes(self, directory: str | Path) -> tuple[list[str], dict[str, int]]:
         classes = class_dirs(Path(directory))

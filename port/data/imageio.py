@@ -5,7 +5,7 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
-from PIL import Image
+from PIL import Image, ImageOps
 
 from port.data.transforms import to_rgb
 from port.errors import DataError
@@ -54,6 +54,9 @@ def read_image(path: str | Path) -> Image.Image:
         with open(path, "rb") as f:
             img = Image.open(f)
             img.load()
+            # Cameras store portrait photos as landscape pixels plus an EXIF orientation tag;
+            # every viewer (and torchvision users who call it) turns them upright.
+            img = ImageOps.exif_transpose(img)
     except PIL_READ_ERRORS as exc:
         reason = " ".join(str(exc).split()) or type(exc).__name__  # keep the message one line
         raise UnreadableImageError(

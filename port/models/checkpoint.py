@@ -106,9 +106,9 @@ def safe_load(path: str | Path, map_location: str | torch.device = "cpu") -> Any
         if named or found:
             what = named[0] if named else found.group(1)  # type: ignore[union-attr]
             raise ModelError(
-                f"refused: {path} needs arbitrary code to load (its pickle references {what}); "
-                "only load it if you trust it, and re-save it as a plain state_dict: "
-                "torch.save(model.state_dict(), PATH)"
+                f"refused: {path} needs arbitrary unpickling (it contains {what}), i.e. it runs "
+                "code from the file to load: it is not corrupt; only if you trust it, re-save "
+                "it as a plain state_dict: torch.save(model.state_dict(), PATH)"
             ) from None
         # Random bytes, or a pickle not written by torch.save (unsupported opcodes).
         op = re.search(r"Unsupported operand \d+", str(exc))

@@ -61,7 +61,11 @@ def _class_names(req: ImportRequest) -> list[str] | None:
     """Class names from --classes (a list or a file), or from --data's folders."""
     if req.classes:
         path = Path(req.classes)
-        if path.is_file():
+        try:
+            is_file = path.is_file()
+        except OSError:  # a long comma-separated list is no file name (ENAMETOOLONG)
+            is_file = False
+        if is_file:
             # Bounded read: the names land in the manifest and in every exported file.
             limit = MAX_CLASSES * 258
             if path.stat().st_size > limit:
