@@ -318,6 +318,55 @@ def doctor(
         console.print(render(found, usable))
 
 
+@app.command()
+def predict(
+    images: Annotated[list[Path], typer.Argument(help="Image files (JPEG, PNG, ...).", show_default=False)],
+    model: Annotated[Path, typer.Option("--model", help="ONNX file, TensorRT engine (+ .json sidecar) or porter checkpoint.")],
+    top_k: Annotated[int, typer.Option("--top-k", help="Classes shown per image.")] = 5,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Classify images with an exported model, preprocessing them as the model records."""
+    from port.engines.predictor import load
+
+    if top_k < 1:
+        raise UsageError(f"--top-k {top_k} must be at least 1")
+    with load(model) as predictor:
+        results = predictor.predict(list(images), top_k=top_k)
+    if as_json:
+        rows = [{"image": str(path), **r.to_dict()} for path, r in zip(images, results, strict=True)]
+        sys.stdout.write(json.dumps(rows, indent=2, ensure_ascii=False) + "\n")
+        return
+    for path, result in zip(images, results, strict=True):
+        console.print(f"{path}", markup=False, highlight=False)
+        for name, prob in zip(result.classes, result.probabilities, strict=True):
+            console.print(f"  {prob:7.2%}  {name}", markup=False, highlight=False)
+
+
+@app.command()
+def serve(
+    run: RunOpt,
+    artifact: Annotated[str | None, typer.Option("--artifact", help="Artifact id to serve (default: onnx-fp32, else the run's ONNX reference).")] = None,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
+    http_port: Annotated[int, typer.Option("--http-port", help="HTTP/REST port.")] = 8000,
+    grpc_port: Annotated[int, typer.Option("--grpc-port", help="gRPC port.")] = 8001,
+    metrics_port: Annotated[int, typer.Option("--metrics-port", help="Prometheus metrics port.")] = 8002,
+    max_batch: Annotated[int, typer.Option("--max-batch", help="Largest batch Triton forms.")] = 32,
+    dynamic_batching: Annotated[bool, typer.Option("--dynamic-batching/--no-dynamic-batching", help="Let Triton merge concurrent requests into batches.")] = True,
+    queue_delay_us: Annotated[int, typer.Option("--queue-delay-us", help="How long a request may wait for others to batch with.")] = 500,
+    threads: Annotated[int | None, typer.Option("--threads", help="ONNX Runtime intra-op threads (default: all cores).")] = None,
+) -> None:
+    """Serve the run's ONNX model on a real Triton Inference Server (PyTriton, CPU); Ctrl-C stops it."""
+    from port.serve.launch import ServeRequest, serve_run
+
+    code = serve_run(run, ServeRequest(artifact=artifact, host=host, http_port=http_port,
+                                       grpc_port=grpc_port, metrics_port=metrics_port,
+                                       max_batch=max_batch, dynamic_batching=dynamic_batching,
+                                       queue_delay_us=queue_delay_us, threads=threads),
+                     console=console)
+    if code:
+        raise Exit(code)
+
+
 # --------------------------------------------------------------------------------------------
 # entry point
 # --------------------------------------------------------------------------------------------
