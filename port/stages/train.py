@@ -36,7 +36,7 @@ def run_train(
     from port.train.launch import LaunchSpec, launch_workers, resolve_world
     from port.train.loop import train
     from port.train.recipe import resolve
-    from port.train.run_dir import saved_config
+    from port.train.run_dir import RunPaths, saved_config
 
     saved = saved_config(run) if resume and recipe is None else None
     if saved is not None:
@@ -68,9 +68,14 @@ def run_train(
         # The resolved TrainConfig (data among it) and the card; the rest of the config stays
         # extra.
         params = ReferenceParams.from_dict({**result.params, "card": result.card.to_dict()})
+        # The files training wrote beside the model are covered by its record too (an edited
+        # train.yaml or metrics.jsonl shows as `modified`); the resumable state in checkpoints/
+        # is not: it is training's scratch, re-made by --resume.
+        paths = RunPaths(run)
+        companions = [p for p in (paths.config, paths.metrics, paths.curves) if p.is_file()]
         record = manifest.record(
             "train", "checkpoint", result.model_path, id=REFERENCE_ID, params=params,
-            metrics=result.metrics,
+            metrics=result.metrics, companions=companions,
         )
     shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                       for k, v in result.metrics.items() if not isinstance(v, dict | list))
