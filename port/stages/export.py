@@ -120,8 +120,8 @@ def _claim(ctx: ExportContext, out: Path, art_id: str) -> None:
 
 
 def _record(ctx: ExportContext, fmt: Format, precision: str, out: Path, *, art_id: str,
-            parents: list[Record], params: dict[str, Any], metrics: dict[str, Any] | None
-            ) -> Record:
+            parents: list[Record], params: dict[str, Any], metrics: dict[str, Any] | None,
+            companions: tuple[Path, ...] = ()) -> Record:
     """Record an export after proving the file carries the precision the record will claim.
 
     A mismatch is a porter bug (the wrong converter ran), never something to record: the file
@@ -135,7 +135,8 @@ def _record(ctx: ExportContext, fmt: Format, precision: str, out: Path, *, art_i
     typed = ExportParams.from_dict({**params, "to": fmt.name, "precision": precision,
                                     "card": ctx.card.to_dict()})
     return ctx.manifest.record("export", fmt.kind, out, id=art_id, parents=parents,
-                               params=typed, metrics=metrics)
+                               params=typed, metrics=metrics,
+                               companions=[p for p in companions if p.is_file()])
 
 
 def _ensure_fp32_onnx(ctx: ExportContext) -> Record:
@@ -316,8 +317,12 @@ def export_trt(ctx: ExportContext, fmt: Format, precision: str) -> Record:
                            quantizer=quantizer)
     metrics.setdefault("build_seconds", time.perf_counter() - start)
     params.update(build_options.to_dict())
+    from port.engines.trt_sidecar import sidecar_path
+
+    # The sidecar apps read and the build log are covered by the engine's record.
     record = _record(ctx, fmt, precision, out, art_id=fmt.artifact_id(precision),
-                     parents=[source], params=params, metrics=metrics)
+                     parents=[source], params=params, metrics=metrics,
+                     companions=(sidecar_path(out), out.with_suffix(".build.log")))
     ctx.console.print(f"[green]built[/green] {record.path} ({precision}, "
                       f"{metrics['build_seconds']:.1f} s)")
     return record
