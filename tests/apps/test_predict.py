@@ -138,3 +138,17 @@ def test_metadata_is_utf8_and_flat_keys_have_one_format() -> None:
     with pytest.raises(Exception, match="line break"):
         card_metadata(ModelCard("x", 1, ["a\nb"], card.preprocess), precision="fp32",
                       source_sha256=None)
+
+
+def test_python_example_classifies_a_folder(app_run: AppRun) -> None:
+    folder = app_run.images[0].parent
+    result = subprocess.run([sys.executable, "examples/python/classify_folder.py",
+                             str(app_run.onnx), str(folder), "--top-k", "2"], cwd=REPO,
+                            capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert lines[-1].endswith("(CPUExecutionProvider)") and "images/s" in lines[-1]
+    with port.load(app_run.onnx) as predictor:
+        first = sorted(folder.iterdir())[0]
+        assert lines[0].startswith(f"{first}: {predictor.predict(first).label} ")
