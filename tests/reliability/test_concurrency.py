@@ -42,7 +42,8 @@ def test_second_writer_is_refused_naming_the_holder(run: Path, holder: subproces
     before = snapshot(run)
     for args in (["export", "--run", run, "--to", "onnx"],
                  ["evaluate", "--run", run, "--limit", "8", "--batch-sizes", "1"],
-                 ["import", state_dict, "--run", run, "--arch", "resnet18_cifar"]):
+                 ["import", state_dict, "--run", run, "--arch", "resnet18_cifar"],
+                 ["train", "--run", run, "--data", "synthetic", "--arch", "resnet18_cifar"]):
         line = refused(cli(*args), f"run {run} is in use by `porter export`",
                        f"pid {holder.pid}", "since", "wait for it to finish")
         assert "UTC" in line
