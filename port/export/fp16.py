@@ -386,7 +386,9 @@ def _ort_cpu_check(fp32_onnx: Path, fp16_onnx: Path, model: onnx.ModelProto,
     evaluate row must say whether "FP16 on CPU" really computed in FP16.
     """
     compute = {n.name for n in model.graph.node if n.op_type not in ("Cast", "Identity")} - keep
-    with tempfile.TemporaryDirectory(prefix="porter-fp16-") as tmp:
+    # Scratch beside the output, never /tmp: a killed run leaves nothing outside its run folder,
+    # and the run lock's sweep removes `.porter-*` leftovers.
+    with tempfile.TemporaryDirectory(dir=Path(fp16_onnx).parent, prefix=".porter-fp16-") as tmp:
         seen_path = Path(tmp) / "session.onnx"
         # Level 0 keeps node names, so the casts ORT must insert can be attributed to nodes.
         try:
