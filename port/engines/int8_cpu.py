@@ -77,7 +77,7 @@ def resolve_int8_kernels(requested: str = "auto", *, cpu_saturates: bool,
     saturating = can_saturate and not exact
     if not cpu_saturates:
         kernels = "ORT default int8 kernels" + (" with the U8U8 option" if exact else "")
-        why = ("this CPU sums int8 products in 32 bits: ONNX Runtime's int8 kernels are exact "
+        why = ("this CPU sums int8 products in 32 bits, so ONNX Runtime's int8 kernels are exact "
                "here")
     elif exact:
         kernels = f"ORT exact U8U8 kernels ({PRECISION_CONFIG_KEY}=1)"
@@ -86,7 +86,7 @@ def resolve_int8_kernels(requested: str = "auto", *, cpu_saturates: bool,
     elif weight_bits == 7:
         kernels = "ORT default U8S8 kernels"
         why = ("7-bit weights keep ONNX Runtime's U8S8 pair sums within 16 bits on this CPU "
-               "without VNNI: the fast kernels are exact for this graph")
+               "without VNNI, so the fast kernels are exact for this graph")
     else:
         kernels = "ORT default U8S8 kernels (saturating)"
         why = ("this CPU has no VNNI and --int8-cpu-kernels fast kept ONNX Runtime's U8S8 "

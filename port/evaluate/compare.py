@@ -194,7 +194,7 @@ def _note(cand: Candidate, got: _Measured) -> str | None:
     parts = [cand.notes.get(got.device)]
     int8 = got.details.get("int8_cpu")
     if int8:
-        parts.append(f"{int8['kernels']}: {int8['why']}")
+        parts.append(f"{int8['kernels']} ({int8['why']})")
     text = "; ".join(p for p in parts if p)
     return text or None
 
