@@ -7,7 +7,7 @@ from pathlib import Path
 
 from PIL import Image, ImageOps
 
-from port.data.transforms import to_rgb
+from port.data.pixels import to_rgb
 from port.errors import DataError
 
 # What PIL raises on broken files: OSError (unidentified, truncated, missing), SyntaxError and

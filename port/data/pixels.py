@@ -31,12 +31,19 @@ _READ_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionB
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
-    """8-bit RGB from any PIL mode (16-bit grayscale is scaled down, not clipped)."""
+    """Convert grayscale, RGBA, palette, CMYK, 16-bit... images to 8-bit RGB.
+
+    The one conversion of porter (training transforms use it too). Palette images with a
+    transparent colour go through RGBA first, which is what PIL asks for (it warns otherwise);
+    alpha is then dropped like torchvision's default loader does.
+    """
     if img.mode == "RGB":
         return img
     if img.mode == "P" and "transparency" in img.info:
-        img = img.convert("RGBA")  # what PIL asks for; alpha is then dropped
+        img = img.convert("RGBA")
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16-bit grayscale (PNG): PIL's convert("L") clips at 255 instead of scaling, which
+        # would turn most images white; scale the 16-bit range down to 8 bits instead.
         wide = np.asarray(img, dtype=np.float64)
         img = Image.fromarray(np.clip(np.rint(wide / 257.0), 0, 255).astype(np.uint8))
     return img.convert("RGB")

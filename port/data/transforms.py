@@ -19,33 +19,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import numpy as np
 import torch
 from PIL import Image
 from torchvision import transforms as T
 
+from port.data.pixels import to_rgb  # the one RGB conversion (torch-free; re-exported here)
 from port.data.preprocess import Preprocess
 
 SMALL_IMAGE_MAX = 64  # input sizes up to this use the CIFAR-style pad-and-crop preset
 Transform = Callable[[Image.Image], torch.Tensor]
-
-
-def to_rgb(img: Image.Image) -> Image.Image:
-    """Convert grayscale, RGBA, palette, CMYK, 16-bit... images to 8-bit RGB.
-
-    Palette images with a transparent colour go through RGBA first, which is what PIL asks for
-    (it warns otherwise); alpha is then dropped like torchvision's default loader does.
-    """
-    if img.mode == "RGB":
-        return img
-    if img.mode == "P" and "transparency" in img.info:
-        img = img.convert("RGBA")
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        # 16-bit grayscale (PNG): PIL's convert("L") clips at 255 instead of scaling, which would
-        # turn most images white; scale the 16-bit range down to 8 bits instead.
-        wide = np.asarray(img, dtype=np.float64)
-        img = Image.fromarray(np.clip(np.rint(wide / 257.0), 0, 255).astype(np.uint8))
-    return img.convert("RGB")
 
 
 class ToRGB:
