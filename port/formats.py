@@ -95,6 +95,11 @@ ONNX_OPTIONS = (
     Option("int8_weights", str, "full: TensorRT, GPUs, VNNI CPUs (default); 7bit: ONNX "
            "Runtime's fast kernels on x86 CPUs without VNNI.", _INT8, choices=("full", "7bit")),
 )
+TRITON_OPTIONS = (
+    Option("model_repo", Path, "Triton: the model repository folder to write (required; "
+           "outside any other run)."),
+    Option("instances", int, "Triton: model instances per device (instance_group count)."),
+)
 TRT_OPTIONS = (
     _DATA, *_CALIB, _KEEP_FP32,
     Option("min_batch", int, "Optimisation profile: smallest batch."),
@@ -134,7 +139,9 @@ class Format:
     kind: str  # manifest artifact kind
     suffixes: tuple[str, ...]  # file suffixes, lower case; the first is what porter writes
     backend: str  # the runner's backend name (report rows, engines.load)
-    runner: str  # "module:Class" of the Runner
+    # "module:Class" of the Runner; None for a format porter makes but does not run itself (a
+    # Triton model repository): evaluate, engines.load and the suffix map leave it out.
+    runner: str | None
     # Python modules the runner needs beyond porter's dependencies, and what to do without them.
     needs: tuple[tuple[str, str], ...] = ()
     hardware: str | None = None  # "cuda-gpu" when it only runs on an NVIDIA GPU
@@ -149,6 +156,11 @@ class Format:
     def exportable(self) -> bool:
         """Whether ``porter export --to NAME`` makes this format."""
         return bool(self.exporters)
+
+    @property
+    def runnable(self) -> bool:
+        """Whether porter runs this format's artifacts (``evaluate``, ``engines.load``)."""
+        return self.runner is not None
 
     @property
     def options_type(self) -> type:
@@ -169,7 +181,9 @@ class Format:
         return resolve(self.exporters[precision])
 
     def runner_class(self) -> Any:
-        """The Runner class (imported now)."""
+        """The Runner class (imported now); ``UsageError`` for a format porter does not run."""
+        if self.runner is None:
+            raise UsageError(f"porter does not run --to {self.name} artifacts ({self.description})")
         return resolve(self.runner)
 
     def read_precision(self, path: str | Path) -> str | None:
@@ -204,6 +218,14 @@ FORMATS: dict[str, Format] = {
             exporters=dict.fromkeys(PRECISION_NAMES, f"{_STAGE}:export_trt"),
             options=TRT_OPTIONS,
             precision_of="port.engines.trt_sidecar:sidecar_precision",
+        ),
+        Format(
+            name="triton",
+            description="Triton Inference Server model repository of the run's ONNX files and "
+                        "engines at the precision",
+            kind="triton", suffixes=(".triton.json",), backend="triton", runner=None,
+            exporters=dict.fromkeys(PRECISION_NAMES, f"{_STAGE}:export_triton"),
+            options=TRITON_OPTIONS,
         ),
         Format(
             name="checkpoint",
@@ -312,27 +334,28 @@ def format_for_kind(kind: str) -> Format | None:
 
 
 def exported_kinds() -> tuple[str, ...]:
-    """Manifest kinds that ``porter export`` makes (what ``evaluate --compare`` runs)."""
-    return tuple(dict.fromkeys(f.kind for f in export_formats()))
+    """Manifest kinds that ``porter export`` makes and porter runs (``evaluate --compare``)."""
+    return tuple(dict.fromkeys(f.kind for f in export_formats() if f.runnable))
 
 
 def suffix_backends() -> dict[str, str]:
-    """File suffix -> runner backend name, for every format (``engines.load``)."""
-    return {s: f.backend for f in FORMATS.values() for s in f.suffixes}
+    """File suffix -> runner backend name, for every format porter runs (``engines.load``)."""
+    return {s: f.backend for f in FORMATS.values() if f.runnable for s in f.suffixes}
 
 
 def backend_formats() -> dict[str, Format]:
-    """Runner backend name -> its format."""
-    return {f.backend: f for f in FORMATS.values()}
+    """Runner backend name -> its format (formats porter runs)."""
+    return {f.backend: f for f in FORMATS.values() if f.runnable}
 
 
 def format_for_path(path: str | Path) -> Format:
-    """The format whose suffix ``path`` ends with; ``UsageError`` listing the suffixes."""
+    """The format porter runs whose suffix ``path`` ends with; ``UsageError`` listing them."""
     suffix = Path(path).suffix.lower()
-    for fmt in FORMATS.values():
+    runnable = [f for f in FORMATS.values() if f.runnable]
+    for fmt in runnable:
         if suffix in fmt.suffixes:
             return fmt
-    known = ", ".join(s for f in FORMATS.values() for s in f.suffixes)
+    known = ", ".join(s for f in runnable for s in f.suffixes)
     raise UsageError(f"cannot run '{Path(path).name}': porter runs {known} files")
 
 

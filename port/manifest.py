@@ -212,10 +212,22 @@ class Manifest:
 
     def _cover(self, companions: Iterable[str | os.PathLike[str]],
                metrics: dict[str, Any] | None) -> dict[str, Any]:
-        """``{"files": {relpath: sha256}}`` for the companion files (empty when none)."""
+        """``{"files": {relpath: sha256}}`` for the companion files (empty when none).
+
+        A companion outside the run (a Triton model repository the user chose) is keyed by its
+        absolute path: ``run_dir / key`` then still names it, so the state solver checks it
+        like the run's own files.
+        """
         files = {}
         run = self.run_dir.resolve()
         for path in companions:
+            given = Path(path)
+            if given.is_absolute() and not _is_within(given.resolve(), run):
+                if not given.is_file():
+                    raise ManifestError(f"companion file {path} does not exist: write it "
+                                        "before recording it")
+                files[given.resolve().as_posix()] = _hash_stable(given.resolve())[0]
+                continue
             file = self._resolve_artifact(path)
             files[file.relative_to(run).as_posix()] = _hash_stable(file)[0]
         if files and metrics and "files" in metrics:

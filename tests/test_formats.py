@@ -44,16 +44,20 @@ def test_every_format_and_precision_in_any_case_has_exporter_runner_and_gate(
             assert normalize_precision(fmt, precision_text) == precision
     exporter = fmt.exporter(precision)
     assert list(inspect.signature(exporter).parameters)[:3] == ["ctx", "fmt", "precision"]
+    assert Gates().for_precision(precision) is not None
+    if not fmt.runnable:  # made, never run by porter (a Triton repository): no runner, no reader
+        with pytest.raises(UsageError, match=f"does not run --to {fmt.name}"):
+            fmt.runner_class()
+        return
     runner = fmt.runner_class()
     assert issubclass(runner, engines.Runner) and runner.backend == fmt.backend
-    assert Gates().for_precision(precision) is not None
     assert fmt.precision_of and callable(resolve(fmt.precision_of))
 
 
 def test_unknown_names_are_refused_with_the_choices() -> None:
-    with pytest.raises(UsageError, match="choose one of onnx, trt"):
+    with pytest.raises(UsageError, match="choose one of onnx, trt, triton"):
         normalize_format("tflite")
-    with pytest.raises(UsageError, match="choose one of onnx, trt"):
+    with pytest.raises(UsageError, match="choose one of onnx, trt, triton"):
         normalize_format("checkpoint")  # a format porter reads, not one it exports
     with pytest.raises(UsageError, match="choose one of fp32, fp16, int8"):
         normalize_precision(FORMATS["onnx"], "bf16")
@@ -81,11 +85,13 @@ def test_option_checks_derive_from_the_registry() -> None:
 
 
 def test_evaluate_engines_and_doctor_derive_from_the_registry() -> None:
-    assert set(exported_kinds()) == {f.kind for f in export_formats()}
-    assert {s: f.backend for f in FORMATS.values() for s in f.suffixes} == engines.SUFFIXES
-    assert set(engines.RUNNERS) == {f.backend for f in FORMATS.values()}
+    runnable = [f for f in FORMATS.values() if f.runnable]
+    assert set(exported_kinds()) == {f.kind for f in export_formats() if f.runnable}
+    assert {s: f.backend for f in runnable for s in f.suffixes} == engines.SUFFIXES
+    assert set(engines.RUNNERS) == {f.backend for f in runnable}
     for fmt in FORMATS.values():
         assert format_for_kind(fmt.kind) is fmt
+    for fmt in runnable:
         for suffix in fmt.suffixes:
             assert format_for_path(Path(f"x/model.fp32{suffix.upper()}")) is fmt
     from port.doctor import targets
@@ -113,3 +119,28 @@ def test_a_new_format_is_one_entry(monkeypatch: pytest.MonkeyPatch) -> None:
     assert all(not t.available and "tflite_runtime" in t.why for t in rows)
     with pytest.raises(UsageError, match="does not apply to --to tflite"):
         normalize_options(extra, "fp32", {"opset": 17})
+
+
+def test_a_format_without_a_runner_is_exported_but_never_run(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # A deployment bundle (like the Triton repository) is one entry with runner=None: --to and
+    # doctor list it, evaluate's kinds, engines.load's suffixes and runners leave it out.
+    bundle = Format(name="bundle", description="a folder for some server", kind="bundle",
+                    suffixes=(".bundle.json",), backend="bundle", runner=None,
+                    precisions=("fp32",),
+                    exporters={"fp32": "port.stages.export:export_triton"})
+    monkeypatch.setitem(FORMATS, "bundle", bundle)
+    assert normalize_format("Bundle") is bundle and not bundle.runnable
+    assert "bundle" not in exported_kinds()
+    from port.formats import backend_formats, suffix_backends
+
+    assert "bundle" not in backend_formats() and ".bundle.json" not in suffix_backends()
+    with pytest.raises(UsageError, match=r"porter runs \.onnx"):
+        format_for_path("x/model.fp32.bundle.json")
+    from port.doctor import targets
+
+    assert [(t.to, t.precision, t.available) for t in targets({}) if t.to == "bundle"] == [
+        ("bundle", "fp32", True)]
+    # The real one: the Triton model repository.
+    assert not FORMATS["triton"].runnable and FORMATS["triton"].exportable
+    assert "triton" not in exported_kinds() and "triton" not in engines.RUNNERS
