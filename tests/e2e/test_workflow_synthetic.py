@@ -193,7 +193,11 @@ def test_status_tracks_edits_and_evaluate_refuses_modified(run: Path, tmp_path: 
     assert states["onnx-int8"] == "stale" and states["onnx-fp16"] == "stale"
     assert states["model"] == "fresh"
     assert_usage_error(porter("evaluate", "--run", copy, "--compare"), "onnx-fp32", "modified")
-    # Re-exporting re-makes it; the report made from the old file is now stale.
+    # An edited file is never overwritten (as with an edited checkpoint): the user moves it
+    # away first. Re-exporting then re-makes it; the report made from the old file is stale.
+    assert_usage_error(porter("export", "--run", copy, "--to", "onnx"), "modified",
+                       "will not overwrite")
+    onnx_file.rename(copy / "edited.onnx")
     assert porter("export", "--run", copy, "--to", "onnx").code == 0
     states = manifest_states(copy)
     assert states["onnx-fp32"] == "fresh" and states["report"] == "stale"
