@@ -67,15 +67,33 @@ def _gib(n: float) -> str:
     return f"{n / 2**30:.1f} GiB"
 
 
-def check_allocation(what: str, nbytes: int, fix: str) -> None:
+def check_allocation(what: str, nbytes: int, fix: str, *, free: int | None = None,
+                     where: str = "this machine") -> None:
     """Refuse an allocation of ``nbytes`` for ``what`` that this machine cannot hold.
 
-    ``fix`` says which flag to lower. Unknown free memory (not Linux) checks nothing.
+    ``fix`` says which flag to lower. ``free`` is the memory to compare with (default: the
+    host's ``MemAvailable``; a GPU's free memory for device allocations, named by ``where``).
+    Unknown free memory (not Linux) checks nothing.
     """
-    free = available_memory()
+    free = available_memory() if free is None else free
     if free is not None and nbytes > MEMORY_SHARE * free:
-        raise UsageError(f"{what} needs {_gib(nbytes)} but this machine has {_gib(free)} free: "
+        raise UsageError(f"{what} needs {_gib(nbytes)} but {where} has {_gib(free)} free: "
                          f"{fix}")
+
+
+# Training keeps, per image of a batch, the input, its augmented copy and every layer's
+# activations for the backward pass: far more than the input itself. 20x the input is a floor
+# that every porter network exceeds (a CIFAR ResNet-9 keeps ~250x), so a refusal from it is a
+# typo (a batch or image size off by orders of magnitude), never a tight but workable setting.
+TRAIN_BYTES_PER_INPUT_BYTE = 20
+
+
+def check_training_batch(batch_size: int, image_size: int, *, free: int | None = None,
+                         where: str = "this machine") -> None:
+    """Refuse a training batch that cannot fit: the floor estimate of one step's memory."""
+    need = batch_size * image_bytes(image_size) * TRAIN_BYTES_PER_INPUT_BYTE
+    check_allocation(f"a training step of {batch_size} images at {image_size} px", need,
+                     "lower --batch-size or --image-size", free=free, where=where)
 
 
 def image_bytes(image_size: int, channels: int = 3) -> int:

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from port.errors import DataError, UsageError
+from port.limits import check_training_batch
 from port.models.card import ModelCard
 from port.models.checkpoint import save_model
 from port.train.curves import draw_curves
@@ -262,6 +263,9 @@ def _run(
 ) -> TrainResult:
     """The body of :func:`train` once the run directory has been checked."""
     data = build_data(cfg, runtime, ctx, download=download)
+    # Before the model and the first batch exist: a batch that cannot fit is a one-line refusal.
+    check_training_batch(cfg.batch_size, data.preprocess.image_size,
+                         **runtime.free_memory())
     if ctx.is_main:
         paths.checkpoint.parent.mkdir(parents=True, exist_ok=True)
         write_config(paths, cfg)  # train.yaml: how to reproduce this run

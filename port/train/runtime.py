@@ -83,6 +83,14 @@ class Runtime:
         """Loss scaler for fp16 gradients; disabled (a pass-through) otherwise."""
         return torch.amp.GradScaler(self.device.type, enabled=self.loss_scaling)
 
+    def free_memory(self) -> dict[str, Any]:
+        """Where training allocates and how much is free there (``free``/``where`` keywords for
+        ``port.limits.check_allocation``): the GPU's free memory on CUDA, else the host's."""
+        if self.device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(self.device)
+            return {"free": int(free), "where": str(self.device)}
+        return {}
+
     def describe(self) -> dict[str, Any]:
         """For metrics and logs: the device name and the effective switches."""
         name = (torch.cuda.get_device_name(self.device) if self.device.type == "cuda"

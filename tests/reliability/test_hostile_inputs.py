@@ -214,6 +214,18 @@ def test_train_refuses_non_finite_and_conflicting_flags(flags: list[str], fragme
     assert not run.exists()
 
 
+def test_train_batch_beyond_this_machines_memory(tmp_path: Path) -> None:
+    # 4096 images of 2048 px: petabytes for one step. Refused after the data is opened (the
+    # image size is the data's) and before the model or a batch is allocated.
+    run = tmp_path / "run"
+    refused(cli("train", "--run", run, "--data", "synthetic", "--arch", "resnet18_cifar",
+                "--width", "0.125", "--limit", "20", "--val-limit", "10", "--epochs", "1",
+                "--warmup-epochs", "0", "--workers", "0",
+                "--batch-size", "4096", "--image-size", "2048", "--loader", "dataloader"),
+            "a training step of 4096 images at 2048 px needs", "lower --batch-size")
+    assert not (run / "model.pt").exists() and not (run / "checkpoints").exists()
+
+
 def test_run_naming_a_file(tmp_path: Path, state_dict: Path) -> None:
     file = tmp_path / "notes.txt"
     file.write_text("mine")
