@@ -164,6 +164,8 @@ def import_(
     classes: Annotated[str | None, typer.Option(help="Comma-separated names, or a text file with one per line.")] = None,
     data: Annotated[str | None, typer.Option(help="Data set the model belongs to (default for later stages).")] = None,
     width: Annotated[float | None, typer.Option()] = None,
+    weights_key: Annotated[str | None, typer.Option(help="Checkpoint entry holding the weights (default: state_dict, model_state_dict, model_state, model; an EMA such as model_ema only when asked or alone).")] = None,
+    key_map: Annotated[list[str] | None, typer.Option(help="Rename a key prefix before matching, OLD=NEW (repeatable; e.g. backbone.= or head.=fc.).")] = None,
 ) -> None:
     """Register an existing model (state_dict or ONNX) as the run's reference."""
     from port.stages.importing import ImportRequest, run_import
@@ -171,7 +173,7 @@ def import_(
     req = ImportRequest(
         source=model, arch=arch, num_classes=num_classes, image_size=image_size,
         mean=_floats3(mean, "--mean"), std=_floats3(std, "--std"), classes=classes, data=data,
-        width=width,
+        width=width, weights_key=weights_key, key_map=tuple(key_map or ()),
     )
     run_import(run, req, console=console)
 
@@ -255,6 +257,7 @@ def evaluate(
     int8_min_ratio: Annotated[float | None, typer.Option(help="INT8 gate: min fraction of reference top-1 kept (default 0.99).")] = None,
     int8_cpu_kernels: Annotated[str, typer.Option(help="INT8 graphs on ONNX Runtime's CPU: auto (exact U8U8 kernels where this CPU has no VNNI and would saturate) | exact | fast.")] = "auto",
     download: Annotated[bool, typer.Option("--download", help="Let torchvision download CIFAR.")] = False,
+    ignore_class_names: Annotated[bool, typer.Option("--ignore-class-names", help="Evaluate although the data's class names differ from the model's (same count).")] = False,
 ) -> None:
     """Top-1 parity and latency of the reference and (with --compare) every export."""
     from port.stages.evaluate import EvaluateRequest, run_evaluate
@@ -263,7 +266,7 @@ def evaluate(
         compare=compare, data=data, limit=limit, batch_sizes=_batch_sizes(batch_sizes),
         max_top1_drop=max_top1_drop, min_agreement=min_agreement,
         fp16_min_ratio=fp16_min_ratio, int8_min_ratio=int8_min_ratio, download=download,
-        int8_cpu_kernels=int8_cpu_kernels.lower(),
+        int8_cpu_kernels=int8_cpu_kernels.lower(), ignore_class_names=ignore_class_names,
     )
     passed = run_evaluate(run, req, console=console)
     if not passed:

@@ -41,6 +41,8 @@ class EvaluateRequest:
     download: bool = False
     # INT8 graphs on ONNX Runtime's CPU provider: auto | exact | fast (port.engines.int8_cpu).
     int8_cpu_kernels: str = "auto"
+    # Evaluate on data whose class names differ from the model's (same count): recorded.
+    ignore_class_names: bool = False
 
 
 def _gates(req: EvaluateRequest) -> Any:
@@ -132,7 +134,11 @@ def _evaluate_locked(run: Path, manifest: Manifest, req: EvaluateRequest, *,
     spec_text = run_data(ref, req.data, "evaluation")
     spec = parse_data_spec(spec_text, download=req.download)
     split = load_split(spec, "val", preprocess=card.preprocess, limit=req.limit, seed=0)
-    check_classes(card, split.classes, spec_text)
+    differ = check_classes(card, split.classes, spec_text, ignore_names=req.ignore_class_names,
+                           override="--ignore-class-names")
+    if differ:  # only reached with --ignore-class-names: say what the numbers rest on
+        console.print(f"[yellow]{differ} class names of the data differ from the model's "
+                      "(--ignore-class-names): labels are matched by position[/yellow]")
     check_eval_numbers(req.limit, req.batch_sizes, card, len(split))
     images, labels = materialize(split)  # preprocessing happens once, for every row
 
@@ -160,7 +166,9 @@ def _evaluate_locked(run: Path, manifest: Manifest, req: EvaluateRequest, *,
         companions=[p for p in written if p != report_json],
         params=ReportParams(data=str(spec), limit=req.limit, batch_sizes=list(req.batch_sizes),
                             compare=req.compare,
-                            extra={"int8_cpu_kernels": req.int8_cpu_kernels}),
+                            extra={"int8_cpu_kernels": req.int8_cpu_kernels,
+                                   "ignore_class_names": req.ignore_class_names,
+                                   "class_names_differ": differ}),
         metrics={"passed": report["passed"], "rows": len(report["rows"])},
     )
     console.print(render_table(report))

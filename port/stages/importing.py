@@ -45,6 +45,10 @@ class ImportRequest:
     classes: str | None = None  # comma-separated names or a file with one per line
     data: str | None = None
     width: float | None = None
+    # State dicts from other code bases: the container entry holding the weights (default:
+    # the usual ones, see port.models.checkpoint.read_state_dict) and prefix renames OLD=NEW.
+    weights_key: str | None = None
+    key_map: tuple[str, ...] = ()
 
 
 def check_import_flags(req: ImportRequest) -> None:
@@ -125,13 +129,16 @@ def _card_from_flags(req: ImportRequest, arch: str, inferred_classes: int | None
                      preprocess=Preprocess.for_size(size, mean, std), model_kwargs=kwargs)
 
 
-def _import_state_dict(run: Path, req: ImportRequest) -> tuple[Path, dict]:
-    from port.models.checkpoint import apply_state_dict, load_state_dict, save_model
+def _import_state_dict(run: Path, req: ImportRequest) -> tuple[Path, dict, dict]:
+    """Rebuild ``--arch`` from the file's weights: (model.pt, card, how the weights were read)."""
+    from port.models.checkpoint import apply_state_dict, parse_key_map, read_state_dict, save_model
     from port.models.registry import create_model
 
     if not req.arch:
         raise UsageError("importing a state_dict needs --arch (see `porter models`)")
-    state = load_state_dict(req.source)  # str keys and tensors only (checked there)
+    renames = [parse_key_map(text) for text in req.key_map]  # before the file is read
+    foreign = read_state_dict(req.source, weights_key=req.weights_key, key_map=renames)
+    state = foreign.state  # str keys and tensors only (checked there)
     # The classifier's weight tells the class count when no flag does; a 0-dim "weight" tells
     # nothing (the shape check below names it).
     inferred = next((int(v.shape[0]) for k, v in state.items()
@@ -141,10 +148,16 @@ def _import_state_dict(run: Path, req: ImportRequest) -> tuple[Path, dict]:
     check_card(card.to_dict(), str(req.source))
     model = create_model(req.arch, card.num_classes, **card.model_kwargs)
     apply_state_dict(model, state, str(req.source),
-                     hint=f"check --arch {req.arch} and --num-classes {card.num_classes}")
+                     hint=f"check --arch {req.arch} and --num-classes {card.num_classes}, or "
+                          "rename keys with --key-map OLD=NEW")
     out = run / "model.pt"
     save_model(out, model, card, extra={"imported_from": str(req.source)})
-    return out, card.to_dict()
+    # What was done to reach the weights goes into the import record: a reader of the manifest
+    # can tell the EMA from the plain weights and repeat the renames.
+    how = {"weights_key": foreign.container, "stripped_prefixes": foreign.stripped,
+           "dropped_keys": foreign.dropped,
+           "key_map": foreign.key_map, "describe": foreign.describe()}
+    return out, card.to_dict(), how
 
 
 def _import_onnx(run: Path, req: ImportRequest) -> tuple[Path, dict]:
@@ -194,6 +207,9 @@ def run_import(run: Path, req: ImportRequest, *, console: Console) -> None:
     if suffix not in importable:
         raise UsageError(f"cannot import '{req.source.name}': expected a "
                          f"{', '.join(importable)} file")
+    if suffix in FORMATS["onnx"].suffixes and (req.weights_key or req.key_map):
+        raise UsageError("--weights-key and --key-map apply to state_dict files (.pt/.pth), "
+                         f"not to {req.source.name}")
     check_import_flags(req)
     # The run lock from the first read to the record: a concurrent train/import/export of this
     # run is refused; a refused import leaves no run directory it created behind.
@@ -212,14 +228,18 @@ def run_import(run: Path, req: ImportRequest, *, console: Console) -> None:
                     "not overwrite it; move it away or import into a new --run directory"
                 )
         source_sha256 = sha256_file(req.source)  # the bytes this import reads
+        how: dict = {}
         if suffix in FORMATS["onnx"].suffixes:
             path, card = _import_onnx(run, req)
             kind = "onnx"
         else:
-            path, card = _import_state_dict(run, req)
+            path, card, how = _import_state_dict(run, req)
             kind = "checkpoint"
+        described = how.pop("describe", "")
         params = ReferenceParams(card=card, data=req.data, extra={
-            "source": str(req.source), "source_sha256": source_sha256})
+            "source": str(req.source), "source_sha256": source_sha256, **how})
         record = manifest.record("import", kind, path, id=REFERENCE_ID, params=params)
+    if described:
+        console.print(described, highlight=False, markup=False)
     console.print(f"[green]imported[/green] {req.source} as {record.path} ({kind}, "
                   f"{card['num_classes']} classes, {card['preprocess']['image_size']} px)")
