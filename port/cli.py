@@ -129,7 +129,6 @@ def train(
 ) -> None:
     """Train a model on a data set; records the checkpoint as the run's reference."""
     from port.stages.train import run_train
-    from port.train.launch import LaunchSpec
     from port.train.recipe import FIELD_NAMES
 
     # The generated config options, by field name; None = not given (the recipe decides).
@@ -143,8 +142,12 @@ def train(
         import yaml
 
         overrides[key.strip().replace("-", "_")] = yaml.safe_load(value)
-    launch = LaunchSpec(nproc_per_node=nproc_per_node, nnodes=nnodes, node_rank=node_rank,
-                        rdzv_endpoint=rdzv_endpoint)
+    launch = None  # no launcher flag: the stage checks the settings before importing torch
+    if any(v is not None for v in (nproc_per_node, nnodes, node_rank, rdzv_endpoint)):
+        from port.train.launch import LaunchSpec  # imports torch (torch.distributed)
+
+        launch = LaunchSpec(nproc_per_node=nproc_per_node, nnodes=nnodes, node_rank=node_rank,
+                            rdzv_endpoint=rdzv_endpoint)
     run_train(run, recipe=recipe, overrides=overrides, resume=resume, download=download,
               console=console, launch=launch)
 

@@ -13,14 +13,25 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
-from torchvision.models import resnet as tv
 
 from port.errors import UsageError
 from port.models.layers import GhostBatchNorm2d, PatchWhitening, make_activation
 from port.models.registry import register_model
+
+if TYPE_CHECKING:
+    from types import ModuleType
+
+
+def _tv() -> ModuleType:
+    """torchvision's ResNet module, imported when a model that uses it is built: importing
+    torchvision costs seconds, and ResNet-9 (the fast recipes) never needs it."""
+    from torchvision.models import resnet
+
+    return resnet
 
 
 def _channels(base: int, width: float) -> int:
@@ -34,25 +45,31 @@ def _channels(base: int, width: float) -> int:
 @register_model(native_size=224)
 def resnet18(num_classes: int, zero_init_residual: bool = False) -> nn.Module:
     """ResNet-18 (torchvision), 224 px ImageNet stem."""
-    return tv.resnet18(weights=None, num_classes=num_classes, zero_init_residual=zero_init_residual)
+    return _tv().resnet18(
+        weights=None, num_classes=num_classes, zero_init_residual=zero_init_residual
+    )
 
 
 @register_model(native_size=224)
 def resnet34(num_classes: int, zero_init_residual: bool = False) -> nn.Module:
     """ResNet-34 (torchvision), 224 px ImageNet stem."""
-    return tv.resnet34(weights=None, num_classes=num_classes, zero_init_residual=zero_init_residual)
+    return _tv().resnet34(
+        weights=None, num_classes=num_classes, zero_init_residual=zero_init_residual
+    )
 
 
 @register_model(native_size=224)
 def resnet50(num_classes: int, zero_init_residual: bool = False) -> nn.Module:
     """ResNet-50 v1.5 (torchvision, stride on the 3x3 conv), 224 px ImageNet stem."""
-    return tv.resnet50(weights=None, num_classes=num_classes, zero_init_residual=zero_init_residual)
+    return _tv().resnet50(
+        weights=None, num_classes=num_classes, zero_init_residual=zero_init_residual
+    )
 
 
 @register_model(native_size=224)
 def resnet101(num_classes: int, zero_init_residual: bool = False) -> nn.Module:
     """ResNet-101 (torchvision), 224 px ImageNet stem."""
-    return tv.resnet101(
+    return _tv().resnet101(
         weights=None, num_classes=num_classes, zero_init_residual=zero_init_residual
     )
 
@@ -60,7 +77,7 @@ def resnet101(num_classes: int, zero_init_residual: bool = False) -> nn.Module:
 @register_model(native_size=224)
 def resnet152(num_classes: int, zero_init_residual: bool = False) -> nn.Module:
     """ResNet-152 (torchvision), 224 px ImageNet stem."""
-    return tv.resnet152(
+    return _tv().resnet152(
         weights=None, num_classes=num_classes, zero_init_residual=zero_init_residual
     )
 
@@ -103,10 +120,11 @@ class CifarResNet(nn.Module):
         if zero_init_residual:
             # Each block starts as the identity (Goyal et al. 2017): helps large-batch training.
             for m in self.modules():
-                if isinstance(m, tv.BasicBlock):
+                if isinstance(m, _tv().BasicBlock):
                     nn.init.zeros_(m.bn2.weight)
 
     def _make_layer(self, planes: int, blocks: int, stride: int) -> nn.Sequential:
+        tv = _tv()
         downsample = None
         if stride != 1 or self.inplanes != planes:
             downsample = nn.Sequential(

@@ -33,18 +33,29 @@ def run_train(
     ``launch`` (``--nproc-per-node``/``--nnodes``/...): start that many DDP worker processes
     through torch.distributed's launcher instead; rank 0 of them records the result.
     """
-    from port.train.launch import LaunchSpec, launch_workers, resolve_world
-    from port.train.loop import train
+    # The settings and the data path are checked before anything imports torch (the launcher,
+    # the loop and the run directory's resumable state do): a refused flag answers in well
+    # under a second instead of after seconds of imports.
+    from port.data.spec import parse_data_spec
     from port.train.recipe import resolve
-    from port.train.run_dir import RunPaths, saved_config
 
-    saved = saved_config(run) if resume and recipe is None else None
+    saved = None
+    if resume and recipe is None:
+        from port.train.run_dir import saved_config
+
+        saved = saved_config(run)
     if saved is not None:
         # `--resume` alone continues with the run's own settings; flags given on top are
         # checked by the loop, which refuses changes that would alter the result.
         cfg = resolve(None, {**saved.to_dict(), **overrides})
     else:
         cfg = resolve(recipe or DEFAULT_RECIPE, overrides)
+    parse_data_spec(cfg.data, download=download)  # a missing data directory: DataError
+
+    from port.train.launch import LaunchSpec, launch_workers, resolve_world
+    from port.train.loop import train
+    from port.train.run_dir import RunPaths
+
     launch = launch or LaunchSpec()
     cfg = resolve_world(cfg, launch)  # world_size from the launcher flags or the environment
     # The run lock is held from before anything is read until the model is recorded: a second

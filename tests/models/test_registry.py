@@ -144,15 +144,59 @@ def test_registry_names_no_model_module() -> None:
         assert "port.models.registry" in _imported_modules(source), name
 
 
-def test_model_modules_load_on_first_lookup_not_on_import() -> None:
-    """The card stays torch-free; the registry imports the model modules when first asked."""
+def test_lookups_import_no_model_module() -> None:
+    """Listing and looking up read the declaration (no torch); building imports the module."""
     code = (
         "import sys\n"
         "import port.models.card, port.models.registry as r\n"
+        "r.list_models(), r.get_entry('resnet9')\n"
         "print('torch' in sys.modules, 'port.models.resnet' in sys.modules)\n"
-        "r.get_entry('resnet9')\n"
-        "print('port.models.resnet' in sys.modules)\n"
+        "r.create_model('resnet9', 10, width=0.25)\n"
+        "print('port.models.resnet' in sys.modules, 'torchvision' in sys.modules)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                          check=True)
-    assert out.stdout.split() == ["False", "False", "True"]
+    # ResNet-9 needs no torchvision: resnet.py imports it only for the models built from it.
+    assert out.stdout.split() == ["False", "False", "True", "False"]
+
+
+def test_declarations_match_the_builders() -> None:
+    """Every declared model is registered by its builder, and nothing undeclared is.
+
+    Registration already refuses a builder that differs from its line in ``MODELS``; this also
+    catches a line whose builder registers nothing, and shows each line equal to what the
+    function itself says (signature-derived kwargs, docstring first line).
+    """
+    import importlib
+
+    from port.models import MODELS, import_model_modules
+    from port.models.registry import _BUILDERS, describe
+
+    import_model_modules()
+    assert set(_BUILDERS) == {entry.name for entry in MODELS}
+    for entry in MODELS:
+        module, _, qualname = entry.builder.partition(":")
+        fn = getattr(importlib.import_module(module), qualname)
+        assert fn is _BUILDERS[entry.name]
+        assert describe(fn, entry.native_size) == entry
+
+
+def test_a_builder_unlike_its_declaration_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    from port.models import ModelEntry
+    from port.models.registry import _DECLARED, register_model
+
+    def tiny(num_classes: int, depth: int = 2) -> torch.nn.Module:
+        """A tiny model."""
+        return torch.nn.Linear(depth, num_classes)
+
+    declared = ModelEntry("tiny", 32, ("depth",), "A tiny model.",
+                          f"{__name__}:{tiny.__qualname__}")
+    monkeypatch.setitem(_DECLARED, "tiny", declared)
+    with pytest.raises(ValueError, match="does not match its declaration"):
+        register_model(native_size=224)(tiny)  # native size differs
+    monkeypatch.setitem(_DECLARED, "tiny", ModelEntry(**{**declared.__dict__, "kwargs": ()}))
+    with pytest.raises(ValueError, match="does not match its declaration"):
+        register_model(native_size=32)(tiny)  # a keyword the declaration lacks
+    monkeypatch.delitem(_DECLARED, "tiny")
+    with pytest.raises(ValueError, match="declared None"):
+        register_model(native_size=32)(tiny)  # not declared at all
