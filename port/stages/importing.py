@@ -132,10 +132,11 @@ def _card_from_flags(req: ImportRequest, arch: str, inferred_classes: int | None
 def _import_state_dict(run: Path, req: ImportRequest) -> tuple[Path, dict, dict]:
     """Rebuild ``--arch`` from the file's weights: (model.pt, card, how the weights were read)."""
     from port.models.checkpoint import apply_state_dict, parse_key_map, read_state_dict, save_model
-    from port.models.registry import create_model
+    from port.models.registry import create_model, get_entry
 
     if not req.arch:
         raise UsageError("importing a state_dict needs --arch (see `porter models`)")
+    get_entry(req.arch)  # an unknown name is refused before the (large) file is read
     renames = [parse_key_map(text) for text in req.key_map]  # before the file is read
     foreign = read_state_dict(req.source, weights_key=req.weights_key, key_map=renames)
     state = foreign.state  # str keys and tensors only (checked there)
