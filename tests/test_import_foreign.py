@@ -9,10 +9,7 @@ are the source tensors bit for bit.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -20,41 +17,9 @@ import torch
 
 from port.models.checkpoint import load_model
 from port.models.registry import create_model
+from tests.inprocess import cli, refused
 
 ARCH = ["--arch", "resnet18_cifar", "--width", "0.125", "--data", "synthetic"]
-
-
-@dataclass
-class Outcome:
-    """Exit code and captured streams of one in-process ``porter`` call."""
-
-    code: int
-    out: str
-    err: str
-
-
-def cli(*args: str | Path) -> Outcome:
-    """``porter ARGS`` through ``port.cli.main`` in this process."""
-    from port.cli import main
-
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            main([str(a) for a in args])
-            code = 0
-        except SystemExit as exc:
-            code = int(exc.code or 0)
-    return Outcome(code, out.getvalue(), err.getvalue())
-
-
-def refused(outcome: Outcome, *fragments: str) -> str:
-    """Exit 2 and exactly one ``porter: error:`` line holding every fragment."""
-    assert outcome.code == 2, (outcome.code, outcome.out[-2000:], outcome.err[-2000:])
-    lines = [line for line in outcome.err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("porter: error: "), outcome.err[-3000:]
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ that actually runs the graph (ORT silently falls back when a provider fails to i
 
 from __future__ import annotations
 
+import mmap
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -196,6 +197,19 @@ _INT8_OPS = (b"QuantizeLinear", b"DequantizeLinear", b"QLinearConv", b"QLinearMa
              b"MatMulInteger", b"ConvInteger")
 
 
+def _has_int8_ops(model: str | bytes, path: Path | None) -> bool:
+    """Whether the serialised graph names an integer-quantized op. A file is searched through
+    a read-only memory map: no copy of a multi-GB model in Python memory, and the pages are the
+    ones ONNX Runtime reads next anyway."""
+    if path is None:
+        assert isinstance(model, bytes)
+        return any(op in model for op in _INT8_OPS)
+    if path.stat().st_size == 0:
+        return False
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        return any(data.find(op) != -1 for op in _INT8_OPS)
+
+
 def _int8_choice(requested: str, model: str | bytes, path: Path | None) -> Int8Kernels | None:
     """The INT8 kernel choice for ``model`` on the CPU provider; ``None`` for a float graph.
 
@@ -205,9 +219,7 @@ def _int8_choice(requested: str, model: str | bytes, path: Path | None) -> Int8K
     """
     from port.engines.int8_cpu import int8_weight_bits, ort_u8s8_saturates, resolve_int8_kernels
 
-    data = path.read_bytes() if path is not None else model
-    assert isinstance(data, bytes)
-    if not any(op in data for op in _INT8_OPS):
+    if not _has_int8_ops(model, path):
         return None
     saturates = ort_u8s8_saturates()
     bits = None

@@ -9,51 +9,20 @@ recorded file are byte-for-byte unchanged. The run is made once per session by a
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from tests.inprocess import Outcome, cli
+from tests.inprocess import refused as _refused
+
 REPO = Path(__file__).resolve().parents[2]
 WIDTH = "0.125"  # a resnet18_cifar this narrow imports and exports in about a second
 IMPORT_FLAGS = ["--arch", "resnet18_cifar", "--width", WIDTH, "--data", "synthetic"]
-
-
-@dataclass
-class Outcome:
-    """Exit code and captured streams of one porter invocation."""
-
-    code: int
-    out: str
-    err: str
-
-    @property
-    def error_line(self) -> str:
-        """The single error line; fails the test unless stderr is exactly one such line."""
-        lines = [line for line in self.err.splitlines() if line.strip()]
-        assert len(lines) == 1 and lines[0].startswith("porter: error: "), self.err[-3000:]
-        assert "Traceback" not in self.err + self.out
-        return lines[0]
-
-
-def cli(*args: str | Path) -> Outcome:
-    """``porter ARGS`` in this process (the real entry point, without a new interpreter)."""
-    from port.cli import main
-
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            main([str(a) for a in args])
-            code = 0
-        except SystemExit as exc:
-            code = int(exc.code or 0)
-    return Outcome(code, out.getvalue(), err.getvalue())
 
 
 def porter_process(*args: str | Path, user: str | None = None,
@@ -69,11 +38,7 @@ def porter_process(*args: str | Path, user: str | None = None,
 
 def refused(outcome: Outcome, *fragments: str) -> str:
     """Assert exit 2 with one error line holding every fragment (case-insensitive)."""
-    assert outcome.code == 2, (outcome.code, outcome.out[-2000:], outcome.err[-2000:])
-    line = outcome.error_line
-    for fragment in fragments:
-        assert fragment.lower() in line.lower(), (fragment, line)
-    return line
+    return _refused(outcome, *fragments, ignore_case=True)
 
 
 def snapshot(run: Path) -> dict[str, str]:

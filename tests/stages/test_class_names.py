@@ -6,8 +6,6 @@ folders (the model is imported with them) and one with as many classes under oth
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import shutil
 from pathlib import Path
@@ -20,22 +18,15 @@ from port.errors import UsageError
 from port.models.card import ModelCard
 from port.models.registry import create_model
 from port.stages.common import check_classes
+from tests.inprocess import cli
 
 NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
 def _cli(*args: str | Path) -> tuple[int, str, str]:
-    """``porter ARGS`` through ``port.cli.main`` in this process: (exit code, stdout, stderr)."""
-    from port.cli import main
-
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            main([str(a) for a in args])
-            code = 0
-        except SystemExit as exc:
-            code = int(exc.code or 0)
-    return code, out.getvalue(), err.getvalue()
+    """``porter ARGS`` in this process: (exit code, stdout, stderr)."""
+    outcome = cli(*args)
+    return outcome.code, outcome.out, outcome.err
 
 
 def _one_error_line(err: str, *fragments: str) -> str:
