@@ -41,7 +41,7 @@ import json
 import math
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -128,6 +128,7 @@ def quantize_int8(
     weight_range: str = "full",
     batch_size: int = 16,
     progress: bool = True,
+    exclude_nodes: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Quantize an FP32 ONNX classifier to INT8 QDQ, calibrated on ``calib_images``.
 
@@ -137,7 +138,7 @@ def quantize_int8(
     for the manifest: method, per_channel, activation type, weight range (and the bits the
     written weights need), QDQ node counts, seconds, bytes, and a check of the INT8 graph
     against FP32 on the first calibration images (ORT CPU, on the kernels ``porter evaluate``
-    would choose on this CPU).
+    would choose on this CPU). ``exclude_nodes`` names nodes left unquantized (FP32).
     """
     from onnxruntime.quantization import (
         CalibrationMethod,
@@ -166,6 +167,10 @@ def quantize_int8(
         raise UsageError(f"{fp32_onnx} is not an FP32 model (precision "
                          f"{props.get(PRECISION_KEY, 'quantized')}): quantize from the FP32 ONNX")
     images = check_images(calib_images, source, "calibration images")
+    unknown = sorted(set(exclude_nodes) - {n.name for n in source.graph.node})
+    if unknown:
+        raise UsageError(f"cannot keep {', '.join(unknown[:5])} in FP32: no node of "
+                         f"{fp32_onnx.name} has that name (use ONNX node names of the FP32 graph)")
     input_name = source.graph.input[0].name
 
     symmetric = activation_type == "int8"
@@ -214,6 +219,7 @@ def quantize_int8(
                 weight_type=QuantType.QInt8,
                 calibrate_method=getattr(CalibrationMethod, CALIBRATION_METHODS[method]),
                 extra_options=extra_options,
+                nodes_to_exclude=list(exclude_nodes),
             )
         bar.update(task, completed=len(images))
         model = onnx.load(str(quantized))
@@ -233,6 +239,7 @@ def quantize_int8(
         "reduce_range": weight_range == "7bit",
         "weight_range": weight_range,
         "calibration_images": len(images),
+        "excluded_nodes": list(exclude_nodes),
     }
     props[PRECISION_KEY] = "int8"
     props[QUANTIZATION_KEY] = json.dumps(settings, sort_keys=True)

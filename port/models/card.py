@@ -23,6 +23,15 @@ class ModelCard:
     model_kwargs: dict[str, Any] = field(default_factory=dict)  # extra create_model arguments
     input_name: str = "input"
     output_name: str = "logits"
+    # What the graph's input and output look like, read from the file at import (models made
+    # elsewhere) and defaulted for porter's own models. Layout and colour order live in
+    # ``preprocess`` (``layout`` NCHW|NHWC); porter's canonical batch is NCHW float32, and the
+    # runners convert it to what the card says at the boundary.
+    channels: int = 3  # 1 (grayscale) or 3 (colour, in preprocess.color_order)
+    batch: int | None = None  # the fixed batch size the graph takes; None = any batch
+    input_dtype: str = "float32"  # float16 | float32 | float64 (cast at the boundary)
+    output_layout: str = "NC"  # "NC" or "NC11" (an [N, C, 1, 1] output, squeezed)
+    output_softmax: bool = False  # the output is already probabilities, not logits
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-data form (safe for ``torch.load(weights_only=True)`` and JSON)."""
@@ -34,6 +43,11 @@ class ModelCard:
             "model_kwargs": dict(self.model_kwargs),
             "input_name": self.input_name,
             "output_name": self.output_name,
+            "channels": self.channels,
+            "batch": self.batch,
+            "input_dtype": self.input_dtype,
+            "output_layout": self.output_layout,
+            "output_softmax": self.output_softmax,
         }
 
     @classmethod
@@ -47,10 +61,16 @@ class ModelCard:
             model_kwargs=dict(d.get("model_kwargs", {})),
             input_name=str(d.get("input_name", "input")),
             output_name=str(d.get("output_name", "logits")),
+            # Cards written before these fields existed describe porter's own models.
+            channels=int(d.get("channels", 3)),
+            batch=None if d.get("batch") is None else int(d["batch"]),
+            input_dtype=str(d.get("input_dtype", "float32")),
+            output_layout=str(d.get("output_layout", "NC")),
+            output_softmax=bool(d.get("output_softmax", False)),
         )
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
-        """C, H, W of one image."""
+        """C, H, W of one image (porter's canonical layout, whatever the graph's)."""
         s = self.preprocess.image_size
-        return (3, s, s)
+        return (self.channels, s, s)
