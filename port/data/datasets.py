@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision.datasets import ImageFolder
 
 from port.data.imageio import read_image
+from port.data.pixels import image_channels
 from port.data.preprocess import Preprocess
 from port.data.sources import ArraySplit, class_dirs
 from port.data.spec import DataSpec
@@ -277,6 +278,7 @@ def _fast_array_path(split: SplitData) -> bool:
         and not split.augment
         and p.resize == p.crop
         and base.images.shape[1:3] == (p.crop, p.crop)
+        and len(p.mean) == 3  # a grayscale model's images go through the per-image "L" step
     )
 
 
@@ -322,7 +324,7 @@ def materialize(split: SplitData, batch_size: int = 256) -> tuple[np.ndarray, np
     """
     n = len(split)
     p = split.preprocess
-    images = np.empty((n, 3, p.crop, p.crop), dtype=np.float32)
+    images = np.empty((n, image_channels(p), p.crop, p.crop), dtype=np.float32)
     labels = np.empty(n, dtype=np.int64)
     if _fast_array_path(split):
         base, indices = _unwrap(split)

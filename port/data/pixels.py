@@ -5,13 +5,16 @@ module computes the same numbers, bit for bit, from the same :class:`Preprocess`
 ``port.load(...).predict`` needs neither torch nor torchvision. The steps and their rules are
 torchvision's (``Resize`` with an int size, ``CenterCrop``, ``ToTensor``, ``Normalize``):
 
-1. RGB: grayscale, palette, RGBA, 16-bit... converted like porter's loaders do.
+1. RGB: grayscale, palette, RGBA, 16-bit... converted like porter's loaders do; for a
+   1-channel model (a one-value mean/std, ``card.channels == 1``) then to PIL's "L" (ITU-R 601-2
+   luma, what torchvision's ``Grayscale`` computes).
 2. Resize the shorter side to ``resize`` (the longer one to ``int(resize * long / short)``) with
    PIL's bilinear filter, which antialiases (widens the filter) when it shrinks; an image that
    already has that size is left alone.
 3. Centre-crop ``crop`` x ``crop``: top/left offsets ``int(round((size - crop) / 2))``; an image
    smaller than the crop is zero-padded first (left/top get the smaller half).
-4. float32: ``x / 255``, then ``(x - mean) / std`` per channel, in float32, as NCHW.
+4. float32: ``x / 255``, then ``(x - mean) / std`` per channel, in float32, as NCHW (C = 1 or
+   3: porter's canonical batch; runners convert it to the graph's layout and dtype).
 """
 
 from __future__ import annotations
@@ -49,6 +52,33 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+def image_channels(pre: Preprocess, channels: int | None = None) -> int:
+    """The channel count a preprocessing feeds: ``channels`` when given, else one per mean value.
+
+    A card's mean/std hold one value per channel (1 for grayscale, 3 for colour); a ``channels``
+    that contradicts them is refused, since normalising would silently broadcast.
+    """
+    per_mean = len(pre.mean)
+    found = channels if channels is not None else (1 if per_mean == 1 else 3)
+    if found not in (1, 3) or per_mean not in (1, found) or len(pre.std) not in (1, found):
+        raise UsageError(f"a {found}-channel model cannot be normalised with {per_mean} mean and "
+                         f"{len(pre.std)} std values: give one value per channel (1 or 3)")
+    return found
+
+
+def to_gray(img: Image.Image) -> Image.Image:
+    """8-bit grayscale ("L"): any mode through :func:`to_rgb`, then PIL's 601-2 luma.
+
+    An "L" image is returned as is (its RGB copy would convert back to the same values).
+    """
+    return img if img.mode == "L" else to_rgb(img).convert("L")
+
+
+def to_channels(img: Image.Image, channels: int) -> Image.Image:
+    """``img`` as the 8-bit mode a ``channels``-channel model reads: "L" (1) or "RGB" (3)."""
+    return to_gray(img) if channels == 1 else to_rgb(img)
+
+
 def open_image(path: str | Path) -> Image.Image:
     """Decode ``path`` fully into an RGB image; ``DataError`` naming the file when it is broken."""
     try:
@@ -71,13 +101,15 @@ def resized_size(width: int, height: int, resize: int) -> tuple[int, int]:
     return (new_short, new_long) if width <= height else (new_long, new_short)
 
 
-def geometry(img: Image.Image, pre: Preprocess) -> np.ndarray:
-    """RGB, resized and centre-cropped: a uint8 (crop, crop, 3) array."""
-    img = to_rgb(img)
+def geometry(img: Image.Image, pre: Preprocess, channels: int | None = None) -> np.ndarray:
+    """RGB (or "L" for 1 channel), resized and centre-cropped: a uint8 (crop, crop, C) array."""
+    img = to_channels(img, image_channels(pre, channels))
     size = resized_size(img.width, img.height, pre.resize)
     if size != img.size:
         img = img.resize(size, Image.Resampling.BILINEAR)
     pixels = np.asarray(img, dtype=np.uint8)
+    if pixels.ndim == 2:  # "L": one channel axis, like RGB's three
+        pixels = pixels[:, :, None]
     crop = pre.crop
     height, width = pixels.shape[:2]
     if crop > width or crop > height:
@@ -91,7 +123,7 @@ def geometry(img: Image.Image, pre: Preprocess) -> np.ndarray:
 
 
 def normalize(batch: np.ndarray, pre: Preprocess) -> np.ndarray:
-    """uint8 (N, H, W, 3) -> float32 (N, 3, H, W): ``x / 255``, ``- mean``, ``/ std``.
+    """uint8 (N, H, W, C) -> float32 (N, C, H, W): ``x / 255``, ``- mean``, ``/ std``.
 
     The same float32 operations in the same order as torchvision's ``ToTensor`` +
     ``Normalize``, hence identical bits.
@@ -132,9 +164,12 @@ def _to_pil(image: Any) -> Image.Image:
                      "PIL image or a uint8 HWC array")
 
 
-def preprocess_images(images: Any, pre: Preprocess) -> np.ndarray:
-    """Any accepted image input -> the float32 NCHW batch the model takes."""
+def preprocess_images(images: Any, pre: Preprocess, *, channels: int | None = None
+                      ) -> np.ndarray:
+    """Any accepted image input -> porter's canonical float32 NCHW batch for the model
+    (``channels``: the card's; by default one per mean value)."""
     items = as_images(images)
     if not items:
         raise UsageError("no images given: pass at least one image")
-    return normalize(np.stack([geometry(_to_pil(item), pre) for item in items]), pre)
+    count = image_channels(pre, channels)
+    return normalize(np.stack([geometry(_to_pil(item), pre, count) for item in items]), pre)

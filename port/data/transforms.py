@@ -3,6 +3,9 @@
 Every pipeline takes a PIL image of any mode and size and returns a float32 CHW tensor,
 normalised with the preprocess mean/std:
 
+Images become RGB, or 8-bit grayscale ("L") for a 1-channel model (a preprocess with one
+mean/std value), so the tensor has the model's channel count.
+
 - eval: RGB, resize the shorter side to ``resize``, centre-crop ``crop``, scale, normalise. This is
   exactly what an app feeding an exported model must do (see :mod:`port.data.preprocess`).
 - train, small images (<= 64 px, CIFAR-style): resize to the input size if needed, reflect-pad
@@ -23,7 +26,8 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
-from port.data.pixels import to_rgb  # the one RGB conversion (torch-free; re-exported here)
+# The one RGB / grayscale conversion (torch-free; to_rgb re-exported here).
+from port.data.pixels import image_channels, to_channels, to_rgb
 from port.data.preprocess import Preprocess
 
 SMALL_IMAGE_MAX = 64  # input sizes up to this use the CIFAR-style pad-and-crop preset
@@ -38,6 +42,25 @@ class ToRGB:
 
     def __repr__(self) -> str:
         return "ToRGB()"
+
+
+class ToChannels:
+    """PIL image -> "RGB" (3 channels) or "L" (1 channel): :func:`port.data.pixels.to_channels`."""
+
+    def __init__(self, channels: int) -> None:
+        self.channels = channels
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        return to_channels(img, self.channels)
+
+    def __repr__(self) -> str:
+        return f"ToChannels({self.channels})"
+
+
+def _colour(preprocess: Preprocess) -> Callable:
+    # ToRGB for colour models (unchanged pipeline), ToChannels(1) for grayscale ones.
+    channels = image_channels(preprocess)
+    return ToRGB() if channels == 3 else ToChannels(channels)
 
 
 class Cutout:
@@ -78,7 +101,7 @@ def eval_transform(preprocess: Preprocess) -> Transform:
     A 32x32 image with ``resize == crop == 32`` passes through the geometry unchanged.
     """
     return T.Compose(
-        [ToRGB(), T.Resize(preprocess.resize), T.CenterCrop(preprocess.crop),
+        [_colour(preprocess), T.Resize(preprocess.resize), T.CenterCrop(preprocess.crop),
          *_tensor_steps(preprocess)]
     )
 
@@ -89,7 +112,7 @@ def train_transform(preprocess: Preprocess, *, cutout: int = 0) -> Transform:
     ``cutout`` > 0 adds a Cutout square of that many pixels after normalisation.
     """
     size = preprocess.image_size
-    steps: list[Callable] = [ToRGB()]
+    steps: list[Callable] = [_colour(preprocess)]
     if size <= SMALL_IMAGE_MAX:
         pad = max(1, size // 8)  # 4 px at 32 px, the CIFAR standard
         steps += [
@@ -108,5 +131,6 @@ def train_transform(preprocess: Preprocess, *, cutout: int = 0) -> Transform:
 
 
 def geometry_transform(preprocess: Preprocess) -> Callable[[Image.Image], Image.Image]:
-    """The eval pipeline without the tensor steps: RGB PIL image at ``crop`` x ``crop``."""
-    return T.Compose([ToRGB(), T.Resize(preprocess.resize), T.CenterCrop(preprocess.crop)])
+    """The eval pipeline without the tensor steps: RGB (or "L") PIL image, ``crop`` x ``crop``."""
+    return T.Compose([_colour(preprocess), T.Resize(preprocess.resize),
+                      T.CenterCrop(preprocess.crop)])

@@ -37,6 +37,39 @@ class TensorMeta:
     shape: tuple[int | None, ...]
 
 
+def shape_mismatch(got: tuple[int, ...], want: tuple[int | None, ...]) -> str:
+    """The real difference between a fed image batch's shape and the input's, and the fix.
+
+    Only a spatial difference is a resize/crop problem; a transposed batch is a layout problem,
+    a wrong channel count a colour one and a wrong first axis a fixed batch.
+    """
+    shown = tuple("?" if s is None else s for s in want)
+    head = f"has shape {got}, the model expects {shown}"
+    if len(got) != len(want):
+        return f"{head}: feed a rank-{len(want)} batch"
+
+    def fits(g: tuple[int, ...], w: tuple[int | None, ...]) -> bool:
+        return all(b is None or a == b for a, b in zip(g, w, strict=True))
+
+    if len(got) == 4:
+        if fits((got[0], got[2], got[3], got[1]), want):
+            return (f"{head}: the model takes NHWC (channels last) and the batch is NCHW; its "
+                    "model card must say layout NHWC (porter import --layout NHWC)")
+        if fits((got[0], got[3], got[1], got[2]), want):
+            return (f"{head}: the model takes NCHW (channels first) and the batch is NHWC; "
+                    "transpose it to NCHW")
+        if fits(got[1:], want[1:]):
+            return (f"{head}: the model takes a fixed batch of {want[0]}; feed batches of "
+                    f"{want[0]} (porter pads a short last batch when the card says batch "
+                    f"{want[0]})")
+        channel_axis = 1 if want[1] in (1, 3) else 3 if want[3] in (1, 3) else None
+        if channel_axis is not None and got[channel_axis] != want[channel_axis]:
+            return (f"{head}: the model takes {want[channel_axis]} channel(s), the batch has "
+                    f"{got[channel_axis]}; preprocess with the model's card "
+                    f"({want[channel_axis]}-channel mean/std)")
+    return f"{head}: resize/crop the images to the model's input size"
+
+
 class Runner(abc.ABC):
     """Base class of every backend runner. Use as a context manager."""
 
@@ -126,11 +159,8 @@ class Runner(abc.ABC):
                 want is not None and want != got
                 for want, got in zip(meta.shape, arr.shape, strict=True)
             ):
-                shown = tuple("?" if s is None else s for s in meta.shape)
-                raise UsageError(
-                    f"{self.backend} runner: input '{name}' has shape {tuple(arr.shape)}, the "
-                    f"model expects {shown}: resize/crop the images to the model's input size"
-                )
+                raise UsageError(f"{self.backend} runner: input '{name}' "
+                                 f"{shape_mismatch(tuple(arr.shape), tuple(meta.shape))}")
 
     def time_phases(self, feed: dict[str, np.ndarray], runs: int = 50
                     ) -> dict[str, float] | None:

@@ -88,8 +88,8 @@ class Predictor:
         return self.runner.device
 
     def preprocess(self, images: Any) -> np.ndarray:
-        """The float32 NCHW batch the model takes, from any accepted image input."""
-        return pixels.preprocess_images(images, self.card.preprocess)
+        """The float32 NCHW batch (``card.channels`` channels) from any accepted image input."""
+        return pixels.preprocess_images(images, self.card.preprocess, channels=self.card.channels)
 
     def logits(self, images: Any, *, batch_size: int = DEFAULT_BATCH) -> np.ndarray:
         """Raw model outputs (N, classes) for images (or an already preprocessed NCHW float32
@@ -118,7 +118,9 @@ class Predictor:
         single = isinstance(images, str | Path) or not (
             isinstance(images, list | tuple) or (isinstance(images, np.ndarray)
                                                  and images.ndim == 4))
-        probs = softmax(self.logits(images))
+        scores = self.logits(images)
+        # A graph that ends in a softmax already answers probabilities (its card says so).
+        probs = scores.astype(np.float64) if self.card.output_softmax else softmax(scores)
         k = min(top_k, probs.shape[1])
         out = []
         for row in probs:
@@ -168,10 +170,16 @@ def load(path: str | Path, *, backend: str | None = None, **runner_kwargs: Any) 
     """
     path = Path(path)
     backend = backend or runner_for(path)
+    from port.engines.adapter import adapt
+
     runner = load_runner(path, backend=backend, **runner_kwargs)
     runner.activate()
     try:
-        return Predictor(runner, _card_for(runner, path, backend), path)
+        card = _card_for(runner, path, backend)
+        # Fed porter's canonical batch, converted to what the card says the graph takes.
+        adapted = adapt(runner, card)
+        adapted.activate()
+        return Predictor(adapted, card, path)
     except BaseException:
         runner.deactivate()
         raise

@@ -158,7 +158,9 @@ def _measure(cand: Candidate, images: np.ndarray, sizes: list[int], bar: Any, *,
                 bar.advance(task, len(batch))
         latency: dict[str, dict[str, float]] = {}
         phases: dict[str, dict[str, float]] = {}
-        for size in sizes:
+        # A fixed-batch graph runs at its batch only: timed there, its row says so.
+        fixed = getattr(runner, "fixed_batch", None)
+        for size in [fixed] if fixed else sizes:
             if bar:
                 bar.update(task, description=f"{label} latency @ batch {size}")
             picked = np.take(images, np.arange(size) % len(images), axis=0)
@@ -170,8 +172,9 @@ def _measure(cand: Candidate, images: np.ndarray, sizes: list[int], bar: Any, *,
                 phases[str(size)] = timed
         if bar:
             bar.update(task, description=label)
+        details = {**runner.details(), **({"fixed_batch": fixed} if fixed else {})}
         return _Measured(runner.backend, runner.device, np.concatenate(chunks), latency, phases,
-                         details=runner.details(), timing=runner.timing_mode)
+                         details=details, timing=runner.timing_mode)
 
 
 # -- rows --------------------------------------------------------------------------------------
@@ -192,6 +195,9 @@ def _verdict(row: dict[str, Any], gates: Gates, ref_top1: float) -> tuple[bool |
 def _note(cand: Candidate, got: _Measured) -> str | None:
     """The candidate's note for this device, plus how an INT8 graph ran on the CPU and why."""
     parts = [cand.notes.get(got.device)]
+    if got.details.get("fixed_batch"):
+        batch = got.details["fixed_batch"]
+        parts.append(f"fixed batch {batch}: latency at batch {batch} only, short batches padded")
     int8 = got.details.get("int8_cpu")
     if int8:
         parts.append(f"{int8['kernels']} ({int8['why']})")

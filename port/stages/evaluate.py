@@ -61,9 +61,14 @@ def _candidate(manifest: Manifest, record: Record, precision: str,
                req: EvaluateRequest) -> Any:
     """An evaluate Candidate whose runner is made from the artifact's file when needed."""
     from port import engines
+    from port.engines.adapter import adapt
     from port.evaluate.compare import Candidate
 
     path = manifest.run_dir / record.path
+    # The runner takes porter's canonical batch and feeds the graph what its card says (layout,
+    # dtype, fixed batch, [N,C,1,1] output): an export carries the card it was made with, an
+    # imported ONNX's card lives only in the manifest.
+    card = reference_card(manifest, record) if record.typed_params.card else None
     notes = {}
     how = ((record.metrics or {}).get("ort_cpu") or {}).get("how")
     if how:  # the FP16 exporter measured how ONNX Runtime's CPU provider runs this graph
@@ -72,7 +77,8 @@ def _candidate(manifest: Manifest, record: Record, precision: str,
     kwargs = {"int8_kernels": req.int8_cpu_kernels} if record.kind == "onnx" else {}
     return Candidate(
         artifact_id=record.id, precision=precision, kind=record.kind, path=path,
-        size_bytes=record.bytes, make_runner=lambda: engines.load(path, **kwargs), notes=notes,
+        size_bytes=record.bytes, make_runner=lambda: adapt(engines.load(path, **kwargs), card),
+        notes=notes,
     )
 
 
