@@ -157,7 +157,7 @@ def train(
 # --------------------------------------------------------------------------------------------
 @app.command("import")
 def import_(
-    model: Annotated[Path, typer.Argument(help="A state_dict (.pt/.pth) or an ONNX file.")],
+    model: Annotated[Path, typer.Argument(help="A state_dict (.pt/.pth), an ONNX file, or weights (.npz, see `porter weights export`).")],
     run: RunOpt,
     arch: Annotated[str | None, typer.Option(help="Registry architecture of a state_dict.")] = None,
     num_classes: Annotated[int | None, typer.Option()] = None,
@@ -274,6 +274,32 @@ def evaluate(
     passed = run_evaluate(run, req, console=console)
     if not passed:
         raise typer.Exit(code=1)
+
+
+# --------------------------------------------------------------------------------------------
+# weights (framework-neutral tensors for hand ports)
+# --------------------------------------------------------------------------------------------
+weights_app = typer.Typer(
+    name="weights", no_args_is_help=True, add_completion=False, rich_markup_mode=None,
+    help="Framework-neutral weights of the run's PyTorch reference (docs/weights.md).",
+)
+app.add_typer(weights_app)
+
+
+@weights_app.command("export")
+def weights_export(
+    run: RunOpt,
+    fmt: Annotated[str, typer.Option("--format", help="File format: npz (NumPy zip of .npy files plus a JSON index).")] = "npz",
+    out: Annotated[Path | None, typer.Option("--out", help="Where to write it (default RUN/model.weights.npz; outside the run: a copy of it).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the index (tensors, layers, card) as JSON.")] = False,
+) -> None:
+    """Every parameter and buffer of the reference, keyed by module path, with a layer index."""
+    from port.stages.weights import run_weights_export
+
+    _, index = run_weights_export(run, fmt=fmt, out=out, console=err_console if as_json
+                                  else console)
+    if as_json:
+        sys.stdout.write(json.dumps(index, indent=2, ensure_ascii=False) + "\n")
 
 
 # --------------------------------------------------------------------------------------------

@@ -110,6 +110,8 @@ class Manifest:
             return f"`porter train --run {run}`"
         if rec.stage == "import":
             return f"`porter import {p.get('source', 'MODEL')} --run {run}`"
+        if rec.stage == "export" and rec.kind == "weights":  # port.stages.weights
+            return f"`porter weights export --run {run}`"
         if rec.stage == "export":
             to = p.get("to") or p.get("format") or ("trt" if rec.kind == "engine" else rec.kind)
             precision = f" --precision {p['precision']}" if p.get("precision") else ""

@@ -204,7 +204,8 @@ def run_import(run: Path, req: ImportRequest, *, console: Console) -> None:
     if not req.source.is_file():
         raise UsageError(f"{req.source} not found: pass the path of a .pt/.pth or .onnx file")
     suffix = req.source.suffix.lower()
-    importable = (*FORMATS["checkpoint"].suffixes, *FORMATS["onnx"].suffixes)
+    # .npz: framework-neutral weights (port.stages.weights), rebuilt like a state_dict.
+    importable = (*FORMATS["checkpoint"].suffixes, *FORMATS["onnx"].suffixes, ".npz")
     if suffix not in importable:
         raise UsageError(f"cannot import '{req.source.name}': expected a "
                          f"{', '.join(importable)} file")
@@ -233,6 +234,12 @@ def run_import(run: Path, req: ImportRequest, *, console: Console) -> None:
         if suffix in FORMATS["onnx"].suffixes:
             path, card = _import_onnx(run, req)
             kind = "onnx"
+        elif suffix == ".npz":
+            from port.models.weights_npz import import_npz
+
+            path, card, how = import_npz(run, req, card_from_flags=_card_from_flags,
+                                         class_names=_class_names)
+            kind = "checkpoint"
         else:
             path, card, how = _import_state_dict(run, req)
             kind = "checkpoint"
