@@ -261,8 +261,28 @@ def evaluate(
     int8_cpu_kernels: Annotated[str, typer.Option(help="INT8 graphs on ONNX Runtime's CPU: auto (exact U8U8 kernels where this CPU has no VNNI and would saturate) | exact | fast.")] = "auto",
     download: Annotated[bool, typer.Option("--download", help="Let torchvision download CIFAR.")] = False,
     ignore_class_names: Annotated[bool, typer.Option("--ignore-class-names", help="Evaluate although the data's class names differ from the model's (same count).")] = False,
+    layerwise: Annotated[str | None, typer.Option("--layerwise", help="Compare ARTIFACT (export id, .onnx file, or 'model') with the reference layer by layer; writes RUN/layerwise/.")] = None,
+    images: Annotated[int, typer.Option("--images", help="--layerwise: validation images to compare on.")] = 32,
+    against: Annotated[Path | None, typer.Option("--against", help="--layerwise: compare with <module>.npy activations in DIR (another implementation's dump).")] = None,
+    dump: Annotated[Path | None, typer.Option("--dump", help="--layerwise: also write the reference's activations to DIR (input.npy + <module>.npy).")] = None,
+    tolerance: Annotated[float | None, typer.Option("--tolerance", help="--layerwise: relative L2 error over which a layer diverges (default by precision: fp32 1e-4, fp16 1e-2, int8 0.3).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="--layerwise: print the result as JSON.")] = False,
 ) -> None:
     """Top-1 parity and latency of the reference and (with --compare) every export."""
+    if layerwise is not None or against is not None or dump is not None:
+        from port.stages.layerwise import LayerwiseRequest, run_layerwise
+
+        if layerwise is None:
+            raise UsageError("--against and --dump go with --layerwise ARTIFACT (use "
+                             "--layerwise model for the reference itself)")
+        if compare:
+            raise UsageError("--layerwise and --compare are two runs: drop one")
+        result = run_layerwise(run, LayerwiseRequest(
+            artifact=layerwise, images=images, against=against, dump=dump, tolerance=tolerance,
+            data=data, as_json=as_json, download=download), console=console)
+        if result["first_divergence"] is not None:
+            raise typer.Exit(code=1)
+        return
     from port.stages.evaluate import EvaluateRequest, run_evaluate
 
     req = EvaluateRequest(
