@@ -10,6 +10,7 @@ that actually runs the graph (ORT silently falls back when a provider fails to i
 
 from __future__ import annotations
 
+import dataclasses
 import mmap
 import os
 from collections.abc import Sequence
@@ -21,7 +22,7 @@ import numpy as np
 from port.engines.base import Loader, Runner, TensorMeta
 from port.engines.int8_cpu import Int8Kernels
 from port.engines.ort_session import create_session
-from port.errors import BackendUnavailable, ModelError
+from port.errors import BackendUnavailable, ModelError, UsageError
 
 ProviderSpec = str | tuple[str, dict[str, Any]]
 
@@ -29,6 +30,7 @@ TRT_EP = "TensorrtExecutionProvider"
 CUDA_EP = "CUDAExecutionProvider"
 CPU_EP = "CPUExecutionProvider"
 AUTO_ORDER = (TRT_EP, CUDA_EP, CPU_EP)  # fastest first; the CPU always works
+INT8_GRAPH_FORMS = ("cpu", "file")  # how an INT8 graph runs on the CPU provider
 
 # ORT type strings (NodeArg.type) -> numpy dtypes porter can feed.
 _ORT_DTYPES: dict[str, np.dtype] = {
@@ -50,7 +52,10 @@ class OnnxRuntimeRunner(Runner):
     ORT use every core). ``int8_kernels``: for an INT8 graph on the CPU provider, ``auto`` runs
     ONNX Runtime's exact U8U8 kernels where this CPU's default ones saturate (no VNNI) and the
     graph's weights can make them; ``exact``/``fast`` force a choice (see
-    :mod:`port.engines.int8_cpu`). What ran and why is in :meth:`details`.
+    :mod:`port.engines.int8_cpu`). ``int8_graph``: ``cpu`` (default) runs such a graph in its
+    CPU form, the Q/DQ pairs of ReLU outputs as uint8 so ONNX Runtime fuses them (the file is not
+    changed; :mod:`port.engines.int8_cpu_graph`), ``file`` as written. What ran and why is in
+    :meth:`details`.
     """
 
     backend = "onnxruntime"
@@ -61,11 +66,18 @@ class OnnxRuntimeRunner(Runner):
         providers: Sequence[ProviderSpec] | None = None,
         threads: int | None = None,
         int8_kernels: str = "auto",
+        int8_graph: str = "cpu",
     ) -> None:
         super().__init__(loader)
         self.providers = list(providers) if providers is not None else None
         self.threads = threads
         self.int8_kernels = int8_kernels
+        # "cpu": an INT8 graph on the CPU provider runs in its CPU form (port.engines.
+        # int8_cpu_graph: ReLU-side Q/DQ pairs as uint8, what ORT fuses); "file": as on disk.
+        if int8_graph not in INT8_GRAPH_FORMS:
+            raise UsageError(f"unknown INT8 CPU graph form {int8_graph!r}: choose one of "
+                             f"{', '.join(INT8_GRAPH_FORMS)}")
+        self.int8_graph = int8_graph
         self.int8: Int8Kernels | None = None  # the choice made for an INT8 graph on the CPU
         self._session: Any = None
         self._inputs: list[TensorMeta] = []
@@ -113,8 +125,14 @@ class OnnxRuntimeRunner(Runner):
         model, path = self._resolve_loader()
         what = str(path) if path is not None else "the in-memory ONNX model"
         providers = self._pick_providers(ort, path)
-        on_cpu = CPU_EP in [p if isinstance(p, str) else p[0] for p in providers]
+        on_cpu = CPU_EP in _names(providers)
         self.int8 = _int8_choice(self.int8_kernels, model, path) if on_cpu else None
+        # Only where the CPU runs the graph: TensorRT/CUDA providers get the file's own graph.
+        if self.int8 is not None and self.int8_graph == "cpu" and _names(providers)[0] == CPU_EP:
+            from port.engines.int8_cpu_graph import cpu_form
+
+            model, graph = cpu_form(model, what)
+            self.int8 = dataclasses.replace(self.int8, graph=graph)
         session = create_session(model, what=what, providers=providers, threads=self.threads,
                                  config=self.int8.session_config() if self.int8 else None)
         self._inputs = [_tensor_meta(i, what) for i in session.get_inputs()]
@@ -195,6 +213,10 @@ class OnnxRuntimeRunner(Runner):
 # op_type strings only an integer-quantized graph holds (protobuf stores them as plain bytes).
 _INT8_OPS = (b"QuantizeLinear", b"DequantizeLinear", b"QLinearConv", b"QLinearMatMul",
              b"MatMulInteger", b"ConvInteger")
+
+
+def _names(providers: Sequence[ProviderSpec]) -> list[str]:
+    return [p if isinstance(p, str) else p[0] for p in providers]
 
 
 def _has_int8_ops(model: str | bytes, path: Path | None) -> bool:

@@ -201,6 +201,8 @@ def _note(cand: Candidate, got: _Measured) -> str | None:
     int8 = got.details.get("int8_cpu")
     if int8:
         parts.append(f"{int8['kernels']} ({int8['why']})")
+        if (int8.get("graph") or {}).get("why"):  # which graph ran (port.engines.int8_cpu_graph)
+            parts.append(int8["graph"]["why"])
     text = "; ".join(p for p in parts if p)
     return text or None
 

@@ -225,7 +225,10 @@ def quantize_int8(
         model = onnx.load(str(quantized))
     seconds = time.perf_counter() - t0
 
+    float_outputs = _float_graph_outputs(model)
+    tied = 0
     if symmetric:
+        tied = _tie_relu_input_scales(model)
         _unshare_q_params(model)
     n_q, n_dq = count_qdq(model)
     settings = {
@@ -240,6 +243,8 @@ def quantize_int8(
         "weight_range": weight_range,
         "calibration_images": len(images),
         "excluded_nodes": list(exclude_nodes),
+        "float_outputs": float_outputs,
+        "relu_input_scales_tied": tied,
     }
     props[PRECISION_KEY] = "int8"
     props[QUANTIZATION_KEY] = json.dumps(settings, sort_keys=True)
@@ -260,6 +265,92 @@ def quantize_int8(
     metrics["weight_bits"] = int8_weight_bits(out_path)
     metrics.update(_spot_check(fp32_onnx, out_path, images[:8], input_name))
     return metrics
+
+
+def _float_graph_outputs(model: onnx.ModelProto) -> list[str]:
+    """Drop the Q/DQ pair ``quantize_static`` puts on each graph output; return the outputs.
+
+    Why: a quantized output snaps the logits to an 8-bit grid, so classes tie exactly (issue 9)
+    and the softmax sees steps of one scale. Without the pair the last layer (Gemm/MatMul/Conv)
+    still reads quantized inputs and weights, and ORT fuses DQ->Gemm into QGemm with a float
+    output; TensorRT likewise runs the last layer in INT8 and writes float.
+    """
+    producer = {out: n for n in model.graph.node for out in n.output}
+    readers: dict[str, int] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            readers[name] = readers.get(name, 0) + 1
+    dropped, kept = set(), []
+    for output in model.graph.output:
+        dq = producer.get(output.name)
+        q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" \
+            else None
+        source = producer.get(q.input[0]) if q is not None and q.op_type == "QuantizeLinear" \
+            else None
+        if source is None or readers.get(q.output[0], 0) != 1 \
+                or readers.get(q.input[0], 0) != 1:
+            continue  # not a plain "layer -> Q -> DQ -> output": leave it alone
+        for i, name in enumerate(source.output):
+            if name == q.input[0]:
+                source.output[i] = output.name  # the layer writes the graph output itself
+        dropped.update((id(q), id(dq)))
+        kept.append(output.name)
+    if dropped:
+        nodes = [n for n in model.graph.node if id(n) not in dropped]
+        del model.graph.node[:]
+        model.graph.node.extend(nodes)
+        _drop_unused_initializers(model)
+    return kept
+
+
+def _tie_relu_input_scales(model: onnx.ModelProto) -> int:
+    """Give ``X -> Q1 -> DQ1 -> Relu -> Q2`` one scale: Q1 takes Q2's; return how many tied.
+
+    ``quantize_static`` with symmetric activations keeps each ReLU and calibrates its input and
+    its output separately, so the positive values are rounded twice, on two grids (the input's
+    range also covers the negative values the ReLU discards). With Q2's scale on Q1 they are
+    rounded once, on the grid the next layer reads: closer to FP32, still symmetric INT8 for
+    TensorRT, and on ONNX Runtime's CPU provider the ReLU and the second rounding vanish exactly
+    (``port.engines.int8_cpu_graph``). Only Q1 whose single reader is the ReLU's DQ is tied,
+    and only when every Q2 of the ReLU has the same scale.
+    """
+    from onnx import numpy_helper
+
+    inits = {t.name: t for t in model.graph.initializer}
+    producer = {out: n for n in model.graph.node for out in n.output}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    tied = 0
+    for relu in model.graph.node:
+        if relu.op_type != "Relu":
+            continue
+        dq1 = producer.get(relu.input[0])
+        q1 = producer.get(dq1.input[0]) if dq1 is not None else None
+        q2s = readers.get(relu.output[0], [])
+        if (dq1 is None or dq1.op_type != "DequantizeLinear" or q1 is None
+                or q1.op_type != "QuantizeLinear" or len(readers.get(dq1.output[0], [])) != 1
+                or len(readers.get(q1.output[0], [])) != 1 or not q2s
+                or any(q.op_type != "QuantizeLinear" or q.input[1] not in inits for q in q2s)):
+            continue
+        scales = [numpy_helper.to_array(inits[q.input[1]]) for q in q2s]
+        if any(s.shape != scales[0].shape or not np.array_equal(s, scales[0]) for s in scales):
+            continue
+        name = f"{relu.input[0]}_scale_tied"
+        model.graph.initializer.append(numpy_helper.from_array(scales[0].copy(), name))
+        q1.input[1] = dq1.input[1] = name
+        tied += 1
+    if tied:
+        _drop_unused_initializers(model)
+    return tied
+
+
+def _drop_unused_initializers(model: onnx.ModelProto) -> None:
+    used = {name for n in model.graph.node for name in n.input}
+    live = [t for t in model.graph.initializer if t.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(live)
 
 
 def _unshare_q_params(model: onnx.ModelProto) -> int:

@@ -345,3 +345,31 @@ def test_ort_cpu_fuses_every_conv_of_the_symmetric_graph(untrained: dict,
     ops = [n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node]
     n_conv = sum(n.op_type == "Conv" for n in model.graph.node)
     assert ops.count("QLinearConv") == n_conv and "Conv" not in ops
+
+
+def test_logits_stay_float_and_relu_inputs_share_the_relu_output_scale(untrained: dict) -> None:
+    model = onnx.load(str(untrained["int8"]))
+    producer = {out: n for n in model.graph.node for out in n.output}
+    # No Q/DQ on the graph output: the last layer writes float logits (no 8-bit grid, no ties).
+    last = producer[model.graph.output[0].name]
+    assert last.op_type == "Gemm", last.op_type
+    info = json.loads({p.key: p.value for p in model.metadata_props}["porter.quantization"])
+    assert info["float_outputs"] == [model.graph.output[0].name]
+    logits = OnnxRuntimeRunner(untrained["int8"], providers=["CPUExecutionProvider"])
+    with logits as r:
+        out = r.infer({"input": untrained["images"]})[r.logits_output()]
+    top2 = np.sort(out, axis=1)[:, -2:]
+    assert (top2[:, 1] > top2[:, 0]).all()  # no exact ties between the two best classes
+    # X -> Q1 -> DQ1 -> Relu -> Q2: Q1 rounds on Q2's grid (one rounding of the kept values).
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    readers: dict[str, list] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+    relus = [n for n in model.graph.node if n.op_type == "Relu"]
+    assert relus and info["relu_input_scales_tied"] == len(relus)
+    for relu in relus:
+        q1 = producer[producer[relu.input[0]].input[0]]
+        assert q1.op_type == "QuantizeLinear"
+        for q2 in readers[relu.output[0]]:
+            assert inits[q1.input[1]] == inits[q2.input[1]]
