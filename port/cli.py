@@ -241,7 +241,11 @@ def export(
             given[name] = _split_csv(given[name])
     # Names are normalised here, once: the stage only ever sees the registry's spelling.
     request = ExportRequest.from_flags(to, precision, given)
-    run_export(run, request, console=console)
+    record = run_export(run, request, console=console)
+    # --keep-fp32/--exclude auto that did not reach the gate: the best model is written and
+    # recorded, and the command fails like a failed evaluate gate.
+    if (record.metrics or {}).get("autofix", {}).get("passed") is False:
+        raise typer.Exit(code=1)
 
 
 # --------------------------------------------------------------------------------------------

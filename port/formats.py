@@ -84,12 +84,19 @@ _CALIB = (
     Option("calib_seed", int, "Seed for choosing the calibration images.", _INT8),
 )
 _KEEP_FP32 = Option("keep_fp32", list[str], "Node names kept in FP32, comma-separated (the FP16 "
-                    "graph a TensorRT FP16 engine is built from too).", _FP16)
+                    "graph a TensorRT FP16 engine is built from too); 'auto' searches for the "
+                    "fewest layers that pass the FP16 gate.", _FP16)
+_FP32_FALLBACK = (
+    Option("exclude", list[str], "INT8: node names left unquantized (FP32), comma-separated; "
+           "'auto' searches for the fewest layers that pass the INT8 gate.", _INT8),
+    Option("max_fp32_layers", int, "With --keep-fp32 auto / --exclude auto: most search steps "
+           "(layers tried in FP32, one per step; default 8).", _FP16 | _INT8),
+)
 
 ONNX_OPTIONS = (
     Option("opset", int, "ONNX opset."),
     Option("exporter", str, "torch.onnx exporter.", choices=("dynamo", "torchscript")),
-    _DATA, *_CALIB, _KEEP_FP32,
+    _DATA, *_CALIB, _KEEP_FP32, *_FP32_FALLBACK,
     Option("int8_activations", str, "int8: symmetric, TensorRT-ready (default); uint8: faster "
            "on ONNX Runtime's CPU only.", _INT8, choices=("int8", "uint8")),
     Option("int8_weights", str, "full: TensorRT, GPUs, VNNI CPUs (default); 7bit: ONNX "

@@ -13,6 +13,7 @@ record will claim.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -203,11 +204,16 @@ def export_onnx_lowp(ctx: ExportContext, fmt: Format, precision: str, *,
                      variant: str | None = None) -> Record:
     """``--to onnx --precision fp16|int8``: FP16 graph or INT8 QDQ graph from the FP32 ONNX
     (``variant`` names a second graph of the same precision, e.g. ``sym``)."""
+    from port.export.autofix import parse_request
+
+    # --keep-fp32/--exclude [auto] and --max-fp32-layers are checked before anything is made.
+    fallback = parse_request(precision, ctx.options)
     fp32 = _ensure_fp32_onnx(ctx)
     src = ctx.manifest.run_dir / fp32.path
     out = ctx.manifest.run_dir / fmt.file_name(precision, variant)
     art_id = fmt.artifact_id(precision) + (f"-{variant}" if variant else "")
     _claim(ctx, out, art_id)
+    _check_fallback_names(src, fallback)
     params: dict[str, Any] = {}
     if precision == "int8":
         from port.export.quantize import quantize_int8
@@ -220,16 +226,27 @@ def export_onnx_lowp(ctx: ExportContext, fmt: Format, precision: str, *,
         # Full-range weights by default: the graph TensorRT builds. 7-bit weights are for apps
         # on ONNX Runtime's fast kernels on x86 CPUs without VNNI (see port.engines.int8_cpu).
         weights = ctx.options.get("int8_weights", "full")
-        metrics = quantize_int8(src, out, images, method=method, activation_type=activations,
-                                weight_range=weights)
+
+        def quantize(nodes: Sequence[str], path: Path) -> dict[str, Any]:
+            return quantize_int8(src, path, images, method=method, activation_type=activations,
+                                 weight_range=weights, exclude_nodes=list(nodes),
+                                 progress=not fallback.auto, card=ctx.card)
+
+        metrics = _convert_with_fallback(ctx, fallback, src, out, quantize, images)
         params.update(calib_method=method, calibration=calib, quantizer="onnxruntime",
-                      int8_activations=activations, int8_weights=weights)
+                      int8_activations=activations, int8_weights=weights,
+                      exclude=_fp32_nodes(fallback, metrics))
     elif precision == "fp16":
         from port.export.fp16 import convert_fp16
 
-        keep = list(ctx.options.get("keep_fp32", []))
-        metrics = convert_fp16(src, out, keep_fp32=keep, sample_images=_parity_sample(ctx))
-        params.update(keep_fp32=keep)
+        sample = _parity_sample(ctx)
+
+        def to_fp16(nodes: Sequence[str], path: Path) -> dict[str, Any]:
+            return convert_fp16(src, path, keep_fp32=list(nodes), sample_images=sample,
+                                card=ctx.card)
+
+        metrics = _convert_with_fallback(ctx, fallback, src, out, to_fp16, None, sample=sample)
+        params.update(keep_fp32=_fp32_nodes(fallback, metrics))
     else:  # the registry routes only fp16/int8 here
         raise ManifestError(f"export_onnx_lowp cannot make {precision}: the format registry "
                             "and the export stage disagree (a porter bug)")
@@ -237,6 +254,65 @@ def export_onnx_lowp(ctx: ExportContext, fmt: Format, precision: str, *,
                      metrics=metrics)
     ctx.console.print(f"[green]exported[/green] {record.path} ({precision})")
     return record
+
+
+def _check_fallback_names(src: Path, fallback: Any) -> None:
+    """Refuse unknown --keep-fp32/--exclude node names before calibrating or converting."""
+    if fallback.named:
+        import onnx
+
+        from port.export.autofix import FLAGS, check_node_names
+
+        check_node_names(onnx.load(str(src), load_external_data=False), fallback.named,
+                         FLAGS[fallback.precision])
+
+
+def _fp32_nodes(fallback: Any, metrics: dict[str, Any]) -> list[str]:
+    """The nodes the written graph keeps in FP32: those named, or those the search chose."""
+    auto = metrics.get("autofix")
+    return list(auto["chosen"]) if auto else list(fallback.named)
+
+
+def _convert_with_fallback(ctx: ExportContext, fallback: Any, src: Path, out: Path,
+                           convert: Any, sensitivity_images: np.ndarray | None, *,
+                           sample: np.ndarray | None = None) -> dict[str, Any]:
+    """Convert with the named layers in FP32, or search for them (``auto``,
+    ``port.export.autofix``): ranked on training images, judged on held-out validation images.
+    With ``auto`` the metrics carry ``autofix`` (chosen layers, every step, the stop reason)."""
+    if not fallback.auto:
+        return convert(fallback.named, out)
+    from port.export.autofix import (
+        FLAGS,
+        HELDOUT_IMAGES,
+        SENSITIVITY_IMAGES,
+        HeldoutCheck,
+        fp16_required,
+        run_autofix,
+    )
+
+    flag = FLAGS[fallback.precision]
+    spec_text = run_data(ctx.ref, ctx.options.get("data"), f"{flag} auto (held-out images)")
+    images, labels, _ = _load_images(spec_text, ctx.card, "val", HELDOUT_IMAGES, seed=0)
+    if sensitivity_images is None:
+        sensitivity_images, _, _ = _load_images(spec_text, ctx.card, "train",
+                                                SENSITIVITY_IMAGES, seed=0)
+    start = list(fallback.named)
+    if fallback.precision == "fp16":
+        # Layers the pre-flight says would overflow come first: without them FP16 computes inf.
+        start += [n for n in fp16_required(src, sample, start) if n not in start]
+    ctx.console.print(f"{flag} auto: {len(start)} layer(s) in FP32 to start, up to "
+                      f"{fallback.max_layers} step(s), gate judged on {len(images)} held-out "
+                      "validation images")
+    result = run_autofix(fallback, src, out, convert, start=start,
+                         sensitivity_images=sensitivity_images[:SENSITIVITY_IMAGES],
+                         heldout=HeldoutCheck(src, images, labels), console=ctx.console)
+    if not result.passed:
+        ctx.console.print(f"[red]{flag} auto did not reach the {fallback.precision} gate[/red] "
+                          f"({result.stop_reason}); wrote the best model found "
+                          f"({len(result.chosen)} FP32 layer(s)): exit 1")
+    metrics = dict(result.convert_metrics)
+    metrics["autofix"] = result.to_dict()
+    return metrics
 
 
 def _trt_int8_source(ctx: ExportContext) -> tuple[Record, str]:
