@@ -51,8 +51,8 @@ def _split_csv(text: str | None) -> list[str] | None:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
-def _floats3(text: str | None, flag: str) -> tuple[float, float, float] | None:
-    """Parse '0.5,0.5,0.5' for --mean/--std."""
+def _channel_floats(text: str | None, flag: str) -> tuple[float, ...] | None:
+    """Parse --mean/--std: one number per channel, '0.1307' (grayscale) or '0.5,0.5,0.5'."""
     if text is None:
         return None
     parts = _split_csv(text) or []
@@ -60,9 +60,10 @@ def _floats3(text: str | None, flag: str) -> tuple[float, float, float] | None:
         values = tuple(float(p) for p in parts)
     except ValueError:
         values = ()
-    if len(values) != 3:
-        raise UsageError(f"{flag} needs three comma-separated numbers (R,G,B), got '{text}'")
-    return values  # type: ignore[return-value]
+    if len(values) not in (1, 3):
+        raise UsageError(f"{flag} needs one number per channel: one (grayscale) or three "
+                         f"comma-separated (R,G,B), got '{text}'")
+    return values
 
 
 def _batch_sizes(text: str) -> tuple[int, ...]:
@@ -162,21 +163,25 @@ def import_(
     arch: Annotated[str | None, typer.Option(help="Registry architecture of a state_dict.")] = None,
     num_classes: Annotated[int | None, typer.Option()] = None,
     image_size: Annotated[int | None, typer.Option()] = None,
-    mean: Annotated[str | None, typer.Option(help="R,G,B")] = None,
-    std: Annotated[str | None, typer.Option(help="R,G,B")] = None,
+    mean: Annotated[str | None, typer.Option(help="One value per channel: R,G,B or one (grayscale).")] = None,
+    std: Annotated[str | None, typer.Option(help="One value per channel: R,G,B or one (grayscale).")] = None,
     classes: Annotated[str | None, typer.Option(help="Comma-separated names, or a text file with one per line.")] = None,
     data: Annotated[str | None, typer.Option(help="Data set the model belongs to (default for later stages).")] = None,
     width: Annotated[float | None, typer.Option()] = None,
     weights_key: Annotated[str | None, typer.Option(help="Checkpoint entry holding the weights (default: state_dict, model_state_dict, model_state, model; an EMA such as model_ema only when asked or alone).")] = None,
     key_map: Annotated[list[str] | None, typer.Option(help="Rename a key prefix before matching, OLD=NEW (repeatable; e.g. backbone.= or head.=fc.).")] = None,
+    layout: Annotated[str | None, typer.Option(help="NCHW or NHWC, for an ONNX input shape that could be either (read from the file otherwise).")] = None,
+    color_order: Annotated[str | None, typer.Option(help="RGB or BGR: the channel order the model was trained on (default RGB).")] = None,
 ) -> None:
     """Register an existing model (state_dict or ONNX) as the run's reference."""
     from port.stages.importing import ImportRequest, run_import
 
     req = ImportRequest(
         source=model, arch=arch, num_classes=num_classes, image_size=image_size,
-        mean=_floats3(mean, "--mean"), std=_floats3(std, "--std"), classes=classes, data=data,
-        width=width, weights_key=weights_key, key_map=tuple(key_map or ()),
+        mean=_channel_floats(mean, "--mean"), std=_channel_floats(std, "--std"),
+        classes=classes, data=data, width=width, weights_key=weights_key,
+        key_map=tuple(key_map or ()), layout=layout.upper() if layout else None,
+        color_order=color_order.upper() if color_order else None,
     )
     run_import(run, req, console=console)
 

@@ -23,6 +23,12 @@ MAX_TENSOR_NAME = 256  # an ONNX input/output name
 MAX_BATCH = 65_536  # images in one latency/evaluation batch
 MAX_IMAGES = 10_000_000  # --limit, --calib-images
 MAX_WIDTH = 16.0  # width multiplier: 16x channels is already ~256x the parameters
+# What a model card may say about the graph's input and output (port.models.card.ModelCard).
+CARD_CHANNELS = (1, 3)
+CARD_INPUT_DTYPES = ("float16", "float32", "float64")
+CARD_OUTPUT_LAYOUTS = ("NC", "NC11")
+CARD_LAYOUTS = ("NCHW", "NHWC")
+CARD_COLOR_ORDERS = ("RGB", "BGR")
 # Share of the available memory one allocation may take: the rest is the framework's working
 # set (model, activations, ONNX Runtime arenas) and the other processes of the machine.
 MEMORY_SHARE = 0.5
@@ -117,10 +123,13 @@ def check_class_names(names: Sequence[str], source: str) -> None:
 def check_card(card: Mapping[str, Any], source: str, *, outputs: int | None = None) -> None:
     """Validate a model card read from a file or built from flags, before anything uses it.
 
-    The card's fields decide allocations (image size, class count) and what apps print (class
-    names): mean has one value per channel, std is finite and > 0, the image size is in
-    ``[MIN_IMAGE_SIZE, MAX_IMAGE_SIZE]``, there is one bounded class name per output (and
-    ``outputs``, when the file says it, equals the class count). ``ModelError`` naming ``source``.
+    The card's fields decide allocations (image size, class count, fixed batch) and what apps
+    print (class names): channels is 1 or 3 with one mean and std value each, std is finite and
+    > 0, the image size is in ``[MIN_IMAGE_SIZE, MAX_IMAGE_SIZE]``, a fixed batch in
+    ``[1, MAX_BATCH]``, the input dtype, output layout and preprocessing layout/colour order are
+    names porter knows, there is one bounded class name per output (and ``outputs``, when the
+    file says it, equals the class count). ``ModelError`` naming ``source``. Keys absent from a
+    card written before they existed take porter's own defaults (3 channels, NCHW, float32).
     """
     def bad(what: str) -> ModelError:
         return ModelError(f"{source}: the model card {what}: fix the card (or pass the values "
@@ -152,7 +161,9 @@ def check_card(card: Mapping[str, Any], source: str, *, outputs: int | None = No
     scale = pre.get("scale", 1.0)
     if not isinstance(scale, int | float) or not math.isfinite(scale) or scale <= 0:
         raise bad(f"has scale {scale!r}; it must be a finite number > 0")
-    channels = 3  # porter models take RGB images (card.input_shape)
+    channels = card.get("channels", 3)
+    if channels not in CARD_CHANNELS or isinstance(channels, bool):
+        raise bad(f"has channels {channels!r}; porter feeds 1 (grayscale) or 3 (colour)")
     for key, values in (("mean", mean), ("std", std)):
         if len(values) != channels:
             raise bad(f"has {len(values)} {key} values for {channels} channels")
@@ -161,6 +172,21 @@ def check_card(card: Mapping[str, Any], source: str, *, outputs: int | None = No
             raise bad(f"has a non-finite or non-numeric {key} {values!r}")
     if not all(v > 0 for v in std):
         raise bad(f"has std {std!r}; every std must be > 0 (images are divided by it)")
+    batch = card.get("batch")
+    if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int)
+                              or not 1 <= batch <= MAX_BATCH):
+        raise bad(f"has a fixed batch of {batch!r}; it must be an integer in [1, {MAX_BATCH}] "
+                  "or null (any batch)")
+    for key, allowed, default, where in (
+            ("input_dtype", CARD_INPUT_DTYPES, "float32", card),
+            ("output_layout", CARD_OUTPUT_LAYOUTS, "NC", card),
+            ("layout", CARD_LAYOUTS, "NCHW", pre),
+            ("color_order", CARD_COLOR_ORDERS, "RGB", pre)):
+        value = where.get(key, default)
+        if value not in allowed:
+            raise bad(f"has {key} {value!r}; it must be one of {', '.join(allowed)}")
+    if not isinstance(card.get("output_softmax", False), bool):
+        raise bad(f"has output_softmax {card.get('output_softmax')!r}; it must be true or false")
     for key in ("input_name", "output_name", "arch"):
         value = card.get(key)
         if value is not None and (not isinstance(value, str) or len(value) > MAX_TENSOR_NAME):

@@ -26,7 +26,11 @@ PREFIX = "porter."
 CARD_KEY = "porter.card"
 PRECISION_KEY = "porter.precision"  # fp32 | fp16 | int8: what the graph carries
 SCHEMA_KEY = "porter.schema"
-# Bumped when a key changes meaning or format; readers refuse a newer major schema.
+# Bumped when a key changes meaning or format; readers refuse a newer major schema. Keys added
+# without changing any existing one (channels, output_layout, output_softmax and the card's
+# matching fields, for models made elsewhere) keep the version: a schema-1 reader that checks
+# porter.layout, porter.input_dtype and the length of porter.mean still refuses what it cannot
+# feed, and porter's own models read exactly as before.
 SCHEMA_VERSION = 1
 # How porter's evaluation resizes (torchvision's Resize on a PIL image): the shorter side to
 # ``resize`` with PIL's bilinear filter, antialiased (the filter widens on downscaling).
@@ -63,6 +67,10 @@ def card_metadata(
     """
     pre = card.preprocess
     c, h, w = card.input_shape
+    # The graph's own axis order; -1: the batch axis is dynamic (ONNX Runtime and Triton spell
+    # it the same way), else the fixed batch the graph takes.
+    n = -1 if card.batch is None else card.batch
+    shape = (n, h, w, c) if pre.layout == "NHWC" else (n, c, h, w)
     for name in card.classes:
         if "\n" in name or "\r" in name:
             raise ModelError(f"class name {name!r} contains a line break, which the metadata "
@@ -75,9 +83,9 @@ def card_metadata(
         "porter.classes": "\n".join(card.classes),
         "porter.input_name": card.input_name,
         "porter.output_name": card.output_name,
-        # -1: the batch axis is dynamic (ONNX Runtime and Triton spell it the same way).
-        "porter.input_shape": f"-1,{c},{h},{w}",
-        "porter.input_dtype": "float32",
+        "porter.input_shape": ",".join(str(d) for d in shape),
+        "porter.input_dtype": card.input_dtype,
+        "porter.channels": str(c),
         "porter.layout": pre.layout,
         "porter.color_order": pre.color_order,
         "porter.resize": str(pre.resize),
@@ -88,6 +96,8 @@ def card_metadata(
         "porter.scale": repr(float(pre.scale)),
         "porter.mean": _floats(pre.mean),
         "porter.std": _floats(pre.std),
+        "porter.output_layout": card.output_layout,
+        "porter.output_softmax": "true" if card.output_softmax else "false",
         "porter.precision": precision,
         "porter.source_sha256": source_sha256 or "",
         CARD_KEY: json.dumps(card_document(card), sort_keys=True, ensure_ascii=False),

@@ -273,15 +273,18 @@ def _output(model: Any, source: str) -> tuple[Any, tuple[Dim, ...] | None, str, 
     return output, shape, layout, classes
 
 
-def read_signature(model_or_path: Any, *, layout: str | None = None) -> Signature:
+def read_signature(model_or_path: Any, *, layout: str | None = None,
+                   source: str | None = None) -> Signature:
     """Read the image input and class output of an ONNX classifier (a path or a ModelProto).
 
     ``layout`` (NCHW|NHWC, the ``--layout`` flag) decides a shape that could be either and must
     agree with one that is not. Raises ``ModelError`` for what porter cannot feed (wrong rank,
     2 or 4 channels, no or several image inputs, a non-float input, an output without a class
-    axis) and ``UsageError`` for a contradicting ``layout``.
+    axis) and ``UsageError`` for a contradicting ``layout``. ``source`` names the model in
+    messages (default: its path, or "the model" for a proto).
     """
-    model, source = _load(model_or_path)
+    model, default_source = _load(model_or_path)
+    source = source or default_source
     graph = model.graph
     image = _image_input(graph, source)
     shape = _dims(image)

@@ -148,7 +148,10 @@ def _evaluate_locked(run: Path, manifest: Manifest, req: EvaluateRequest, *,
     check_eval_numbers(req.limit, req.batch_sizes, card, len(split))
     images, labels = materialize(split)  # preprocessing happens once, for every row
 
-    reference_candidate = _candidate(manifest, ref, "fp32", req)
+    # An imported INT8/FP16 ONNX is recorded as such (port.models.onnx_signature): its row and
+    # gate say what it is; trained and state-dict references are FP32.
+    reference_candidate = _candidate(manifest, ref, (ref.params or {}).get("precision") or "fp32",
+                                     req)
     candidates = []
     exports: list[Record] = []
     if req.compare:

@@ -3,14 +3,18 @@
 A state_dict is rebuilt with a registry architecture and saved as the run's ``model.pt`` (with
 its ModelCard), so every later stage treats it exactly like a trained model. An ONNX file is
 copied into the run as is (its bytes are what the user deploys) and its card is taken from
-porter's metadata when present, from the flags otherwise.
+porter's metadata when present, from the flags otherwise, and everything the graph itself says
+(layout, channels, batch, size, dtype, output form, precision: port.models.onnx_signature)
+overrides neither: a flag that contradicts the file is refused naming both values. External
+data files (``model.onnx.data``) are copied with the model and recorded as its companions.
 """
 
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
@@ -19,6 +23,7 @@ from port.digest import sha256_file
 from port.errors import ModelError, UsageError, first_line
 from port.formats import FORMATS
 from port.limits import (
+    MAX_BATCH,
     MAX_CLASSES,
     MAX_IMAGE_SIZE,
     MAX_WIDTH,
@@ -40,8 +45,8 @@ class ImportRequest:
     arch: str | None = None
     num_classes: int | None = None
     image_size: int | None = None
-    mean: tuple[float, float, float] | None = None
-    std: tuple[float, float, float] | None = None
+    mean: tuple[float, ...] | None = None  # one value per channel (1 or 3)
+    std: tuple[float, ...] | None = None
     classes: str | None = None  # comma-separated names or a file with one per line
     data: str | None = None
     width: float | None = None
@@ -49,6 +54,9 @@ class ImportRequest:
     # the usual ones, see port.models.checkpoint.read_state_dict) and prefix renames OLD=NEW.
     weights_key: str | None = None
     key_map: tuple[str, ...] = ()
+    # What an ONNX graph cannot say: NCHW|NHWC for a shape that could be either, RGB|BGR.
+    layout: str | None = None
+    color_order: str | None = None
 
 
 def check_import_flags(req: ImportRequest) -> None:
@@ -56,6 +64,13 @@ def check_import_flags(req: ImportRequest) -> None:
     check_int("--num-classes", req.num_classes, 1, MAX_CLASSES)
     check_int("--image-size", req.image_size, MIN_IMAGE_SIZE, MAX_IMAGE_SIZE)
     check_float("--width", req.width, lo=0.0, hi=MAX_WIDTH, lo_open=True)
+    for flag, value, allowed in (("--layout", req.layout, ("NCHW", "NHWC")),
+                                 ("--color-order", req.color_order, ("RGB", "BGR"))):
+        if value is not None and value not in allowed:
+            raise UsageError(f"{flag} must be {' or '.join(allowed)}, got {value!r}")
+    for flag, values in (("--mean", req.mean), ("--std", req.std)):
+        if values is not None and len(values) not in (1, 3):
+            raise UsageError(f"{flag} takes one value per channel (1 or 3), got {len(values)}")
     for flag, values in (("--mean", req.mean), ("--std", req.std)):
         for v in values or ():
             check_float(flag, v, lo=0.0 if flag == "--std" else None, lo_open=True)
@@ -88,12 +103,47 @@ def _class_names(req: ImportRequest) -> list[str] | None:
     return None
 
 
-def _card_from_flags(req: ImportRequest, arch: str, inferred_classes: int | None):
-    """Build a ModelCard from the flags (and the data set, when given)."""
+def _contradiction(flag: str, value: object, source: Path, said: str, fix: str) -> UsageError:
+    """A flag that says something else than the model file: name both values and the fix."""
+    return UsageError(f"{flag} {value} contradicts {source}: {said}; {fix}")
+
+
+def _size_from_graph(req: ImportRequest, sig: Any) -> int | None:
+    """The square input size the graph fixes, checked against --image-size (None: not fixed)."""
+    fixed = {d for d in (sig.height, sig.width) if d is not None}
+    if sig.height is not None and sig.width is not None and sig.height != sig.width:
+        raise ModelError(f"{req.source}: the input takes {sig.height}x{sig.width} images; porter "
+                         "feeds square images: re-export the model with a square input (or "
+                         "with a symbolic height and width)")
+    for value in fixed:
+        if req.image_size is not None and req.image_size != value:
+            raise _contradiction("--image-size", req.image_size, req.source,
+                                 f"its input {sig.input_name[:64]!r} takes {value} px",
+                                 f"drop --image-size or pass --image-size {value}")
+        if not MIN_IMAGE_SIZE <= value <= MAX_IMAGE_SIZE:
+            raise ModelError(f"{req.source}: the input takes {value} px images; porter feeds "
+                             f"{MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE} px: re-export the model with "
+                             "a supported (or symbolic) size")
+    return sig.image_size
+
+
+def _card_from_flags(req: ImportRequest, arch: str, inferred_classes: int | None, *,
+                     sig: Any = None):
+    """Build a ModelCard from the flags (and the data set, when given).
+
+    ``sig`` (an ONNX graph's :class:`~port.models.onnx_signature.Signature`) supplies what the
+    graph says: its class count and size win over nothing, and a flag that contradicts them is
+    refused; mean/std must have one value per input channel.
+    """
     from port.data.preprocess import Preprocess
     from port.models.card import ModelCard
 
     names = _class_names(req)
+    if sig is not None and sig.num_classes is not None and req.num_classes is not None \
+            and req.num_classes != sig.num_classes:
+        raise _contradiction("--num-classes", req.num_classes, req.source,
+                             f"its output {sig.output_name[:64]!r} has {sig.num_classes} "
+                             "classes", "drop --num-classes (the file says it)")
     num_classes = req.num_classes or (len(names) if names else None) or inferred_classes
     if num_classes is None:
         raise UsageError("cannot tell the number of classes: pass --num-classes or --classes")
@@ -104,7 +154,10 @@ def _card_from_flags(req: ImportRequest, arch: str, inferred_classes: int | None
             f"--classes names {len(names)} classes but the model has {num_classes}: "
             "pass one name per output"
         )
-    if req.image_size is not None:
+    graph_size = _size_from_graph(req, sig) if sig is not None else None
+    if graph_size is not None:
+        size = graph_size
+    elif req.image_size is not None:
         size = req.image_size
     elif req.data:
         from port.data.datasets import native_image_size
@@ -113,20 +166,30 @@ def _card_from_flags(req: ImportRequest, arch: str, inferred_classes: int | None
         size = native_image_size(parse_data_spec(req.data))
     else:
         raise UsageError("cannot tell the input size: pass --image-size (or --data)")
+    channels = sig.channels if sig is not None else 3
+    per_channel = "R,G,B" if channels == 3 else "one value"
+    for flag, values in (("--mean", req.mean), ("--std", req.std)):
+        if values is not None and len(values) != channels:
+            raise UsageError(f"{flag} has {len(values)} values but the model takes {channels} "
+                             f"channel{'s' if channels != 1 else ''}: pass {per_channel}")
     if req.mean is None or req.std is None:
-        if req.data:
+        if req.data and channels == 3:
             from port.data.datasets import default_preprocess
             from port.data.spec import parse_data_spec
 
             pre = default_preprocess(parse_data_spec(req.data), image_size=size)
             mean, std = req.mean or pre.mean, req.std or pre.std
         else:
-            raise UsageError("cannot tell the normalisation: pass --mean R,G,B and --std R,G,B")
+            raise UsageError(f"cannot tell the normalisation: pass --mean and --std "
+                             f"({per_channel} each)")
     else:
         mean, std = req.mean, req.std
     kwargs = {"width": req.width} if req.width is not None else {}
-    return ModelCard(arch=arch, num_classes=num_classes, classes=names,
-                     preprocess=Preprocess.for_size(size, mean, std), model_kwargs=kwargs)
+    pre = Preprocess.for_size(size, mean, std)
+    if req.color_order is not None:  # what the model was trained on; no file says it
+        pre = replace(pre, color_order=req.color_order)
+    return ModelCard(arch=arch, num_classes=num_classes, classes=names, preprocess=pre,
+                     model_kwargs=kwargs)
 
 
 def _import_state_dict(run: Path, req: ImportRequest) -> tuple[Path, dict, dict]:
@@ -161,11 +224,49 @@ def _import_state_dict(run: Path, req: ImportRequest) -> tuple[Path, dict, dict]
     return out, card.to_dict(), how
 
 
-def _import_onnx(run: Path, req: ImportRequest) -> tuple[Path, dict]:
+# Names porter itself writes in a run: an external data file must not take one (a later export
+# would overwrite it, or the run's sweep of leftovers remove it).
+_RUN_NAMES = frozenset({"manifest.json", "model.pt", "model.onnx", "report", "checkpoints",
+                        "metrics.jsonl", "train.yaml", "curves.png", "model.weights.npz"})
+_RUN_SUFFIXES = (".onnx", ".pt", ".pth", ".engine", ".plan", ".json", ".npz")
+
+
+def _load_graph(source: Path) -> Any:
+    """The ONNX proto without its external weights; unreadable bytes are a ``ModelError``."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    try:
+        return onnx.load(str(source), load_external_data=False)
+    except (DecodeError, ValueError, OSError) as exc:
+        raise ModelError(f"{source} is not a readable ONNX file ({first_line(exc, limit=120)}): "
+                         "re-export it") from None
+
+
+def _check_data_names(source: Path, files: list[str]) -> None:
+    """Refuse external data files whose names porter uses for its own files in a run."""
+    for rel in files:
+        top = rel.split("/")[0]
+        if top in _RUN_NAMES or top.startswith(".") or rel.lower().endswith(_RUN_SUFFIXES):
+            raise ModelError(f"{source}: external data file {rel[:120]!r} has a name porter uses "
+                             "in a run: re-save the model with another location (e.g. "
+                             "location='weights.data')")
+
+
+def _import_onnx(run: Path, req: ImportRequest) -> tuple[Path, dict, dict, list[Path]]:
+    """Copy the ONNX file (and its external data) into the run: (model.onnx, card, what was
+    read from the graph, the data files copied)."""
     import onnx
 
-    from port.export.metadata import read_card
+    from port.export.metadata import card_from_metadata
+    from port.models.onnx_data import external_data_files
+    from port.models.onnx_signature import apply_signature, read_signature
 
+    proto = _load_graph(req.source)
+    # Before the checker: a missing or escaping data file is named as such, not blamed on the
+    # graph (the checker's error for it mentions the opset).
+    data_files = external_data_files(proto, req.source)
+    _check_data_names(req.source, data_files)
     try:
         onnx.checker.check_model(str(req.source), full_check=False)
     except (onnx.checker.ValidationError, onnx.onnx_cpp2py_export.checker.ValidationError,
@@ -174,29 +275,47 @@ def _import_onnx(run: Path, req: ImportRequest) -> tuple[Path, dict]:
             f"{req.source} is not a valid ONNX model ({first_line(exc, limit=120)}): "
             "re-export it"
         ) from None
-    card = read_card(req.source)  # porter's card when present: untrusted, checked below
-    proto = onnx.load(str(req.source), load_external_data=False)
-    outputs = proto.graph.output
-    inits = {i.name for i in proto.graph.initializer}
-    inputs = [i for i in proto.graph.input if i.name not in inits]
-    if not inputs or not outputs:
-        raise ModelError(f"{req.source} has no graph inputs or outputs: re-export it")
-    dims = outputs[0].type.tensor_type.shape.dim
-    inferred = dims[-1].dim_value if dims and dims[-1].dim_value > 0 else None
+    sig = read_signature(proto, layout=req.layout, source=str(req.source))
+    props = {p.key: p.value for p in proto.metadata_props}
+    card = card_from_metadata(props, source=str(req.source))  # porter's card: checked below
     if card is None:
-        card = _card_from_flags(req, req.arch or "external-onnx", inferred)
-        card.input_name = inputs[0].name
-        card.output_name = outputs[0].name
-    check_card(card.to_dict(), str(req.source), outputs=inferred)
-    if card.input_name not in {i.name for i in inputs}:
-        raise ModelError(f"{req.source}: the model card's input {card.input_name[:64]!r} is not "
-                         "an input of the graph: fix the card or re-export the model")
+        card = _card_from_flags(req, req.arch or "external-onnx", sig.num_classes, sig=sig)
+    else:  # porter's card, untrusted: its own values first, then against the graph
+        check_card(card.to_dict(), str(req.source), outputs=sig.num_classes)
+        if card.input_name != sig.input_name:
+            raise ModelError(f"{req.source}: the model card's input {card.input_name[:64]!r} is "
+                             f"not an input of the graph (its image input is "
+                             f"{sig.input_name[:64]!r}): fix the card or re-export the model")
+        size = sig.image_size
+        if size is not None and size != card.preprocess.image_size:
+            raise ModelError(f"{req.source}: the model card says {card.preprocess.image_size} "
+                             f"px but the graph's input takes {size} px: fix the card or "
+                             "re-export the model")
+    if sig.batch is not None and sig.batch > MAX_BATCH:
+        raise ModelError(f"{req.source}: the input has a fixed batch of {sig.batch}; porter "
+                         f"runs at most {MAX_BATCH} images at once: re-export it with a smaller "
+                         "(or dynamic) batch")
+    card = apply_signature(card, sig)
+    check_card(card.to_dict(), str(req.source), outputs=sig.num_classes)
     out = run / "model.onnx"
+    targets = [run / rel for rel in data_files]
+    for target in targets:  # never overwrite a file that is somebody's (checked before copying)
+        if target.exists():
+            raise UsageError(f"{target} exists but is not recorded in the run: porter will not "
+                             "overwrite it; move it away or import into a new --run directory")
     # Through port.atomic (fsync before the rename): the manifest must never register a copy
-    # that a crash could leave half on disk.
+    # that a crash could leave half on disk. The data files first: the graph needs them.
+    folder = req.source.resolve().parent
+    for rel, target in zip(data_files, targets, strict=True):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(target) as tmp:
+            shutil.copyfile(folder / rel, tmp)
     with atomic_path(out) as tmp:
         shutil.copyfile(req.source, tmp)
-    return out, card.to_dict()
+    read = {"precision": sig.precision, "opset": sig.opset, "signature": sig.describe()}
+    if data_files:
+        read["external_data"] = data_files
+    return out, card.to_dict(), read, targets
 
 
 def run_import(run: Path, req: ImportRequest, *, console: Console) -> None:
@@ -211,6 +330,9 @@ def run_import(run: Path, req: ImportRequest, *, console: Console) -> None:
                          f"{', '.join(importable)} file")
     if suffix in FORMATS["onnx"].suffixes and (req.weights_key or req.key_map):
         raise UsageError("--weights-key and --key-map apply to state_dict files (.pt/.pth), "
+                         f"not to {req.source.name}")
+    if suffix not in FORMATS["onnx"].suffixes and req.layout is not None:
+        raise UsageError(f"--layout applies to ONNX files (porter's own networks take NCHW), "
                          f"not to {req.source.name}")
     check_import_flags(req)
     # The run lock from the first read to the record: a concurrent train/import/export of this
@@ -231,8 +353,9 @@ def run_import(run: Path, req: ImportRequest, *, console: Console) -> None:
                 )
         source_sha256 = sha256_file(req.source)  # the bytes this import reads
         how: dict = {}
+        companions: list[Path] = []
         if suffix in FORMATS["onnx"].suffixes:
-            path, card = _import_onnx(run, req)
+            path, card, how, companions = _import_onnx(run, req)
             kind = "onnx"
         elif suffix == ".npz":
             from port.models.weights_npz import import_npz
@@ -244,10 +367,16 @@ def run_import(run: Path, req: ImportRequest, *, console: Console) -> None:
             path, card, how = _import_state_dict(run, req)
             kind = "checkpoint"
         described = how.pop("describe", "")
+        signature = how.pop("signature", "")
         params = ReferenceParams(card=card, data=req.data, extra={
             "source": str(req.source), "source_sha256": source_sha256, **how})
-        record = manifest.record("import", kind, path, id=REFERENCE_ID, params=params)
+        # External data files are companions: `porter status` shows the model modified when
+        # one of them changes, like the .onnx itself.
+        record = manifest.record("import", kind, path, id=REFERENCE_ID, params=params,
+                                 companions=companions)
     if described:
         console.print(described, highlight=False, markup=False)
+    if signature:  # what was read from the graph, so a wrong guess is seen at once
+        console.print(f"read {signature}", highlight=False, markup=False)
     console.print(f"[green]imported[/green] {req.source} as {record.path} ({kind}, "
                   f"{card['num_classes']} classes, {card['preprocess']['image_size']} px)")
