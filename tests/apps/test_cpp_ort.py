@@ -88,14 +88,39 @@ def test_cpp_logits_match_port_load(porter_ort: Path, app_run: AppRun, tmp_path:
         assert names == list(prediction.classes)
 
 
+# (width, height) of the test images: down- and upscaled, both orientations, and the shapes
+# where Pillow runs the vertical pass first (40x90, 33x129 -> shorter side 32) or the horizontal
+# one first (64x48, 129x33, 17x20 upscaled, 224x298 shrunk 7x): the two orders round
+# differently, so a wrong order shows up as different pixels.
+SIZES = ((64, 48), (40, 90), (17, 20), (129, 33), (33, 129), (224, 298), (32, 32))
+
+
+def test_cpp_resize_matches_pillow_for_any_size(porter_ort: Path, app_run: AppRun,
+                                                tmp_path: Path) -> None:
+    # Real CIFAR-10 JPEGs brought to odd sizes (bicubic, so the pixels are not a plain
+    # repetition), written as PPM: the app resizes them to the model's 32 px like Pillow does.
+    ppms = []
+    for i, (width, height) in enumerate(SIZES):
+        source = Image.open(app_run.images[(3 * i) % len(app_run.images)]).convert("RGB")
+        ppm = tmp_path / f"{width}x{height}.ppm"
+        source.resize((width, height), Image.Resampling.BICUBIC).save(ppm)
+        ppms.append(ppm)
+    done = subprocess.run([str(porter_ort), str(app_run.onnx), *map(str, ppms), "--logits"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    rows = [line.split() for line in done.stdout.splitlines() if line.startswith("logits ")]
+    assert [r[1] for r in rows] == [str(p) for p in ppms]
+    cpp = np.array([[float(v) for v in r[2:]] for r in rows], dtype=np.float32)
+    with port.load(app_run.onnx) as predictor:
+        python = predictor.logits(ppms)
+    np.testing.assert_allclose(cpp, python, rtol=1e-5, atol=1e-5)
+
+
 def test_cpp_app_refuses_what_it_cannot_preprocess(porter_ort: Path, app_run: AppRun,
                                                    tmp_path: Path) -> None:
-    big = tmp_path / "big.ppm"
-    Image.open(app_run.images[0]).convert("RGB").resize((64, 48)).save(big)
     not_ppm = tmp_path / "x.ppm"
     not_ppm.write_text("P3\n1 1\n255\n0 0 0\n")
-    for image, says in ((big, "resize it first"), (not_ppm, "not a binary PPM")):
-        done = subprocess.run([str(porter_ort), str(app_run.onnx), str(image)],
-                              capture_output=True, text=True, timeout=60)
-        assert done.returncode == 2 and says in done.stderr, done.stderr
-        assert len(done.stderr.strip().splitlines()) == 1
+    done = subprocess.run([str(porter_ort), str(app_run.onnx), str(not_ppm)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "not a binary PPM" in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1

@@ -6,9 +6,9 @@
 // output names, classes, resize/crop, scale, mean and std. Images are binary PPM (P6, 8-bit
 // RGB): decoding JPEG/PNG would need a third-party library, and any tool writes PPM (Pillow:
 // `Image.open(p).convert("RGB").save("x.ppm")`). Preprocessing follows docs/metadata.md step by
-// step; the resize step (PIL's antialiased bilinear filter) is not reimplemented here, so an
-// image whose shorter side differs from `porter.resize` is refused: resize it first (Pillow) or
-// feed images at the model's size, as CIFAR images are.
+// step, including the resize: Pillow's BILINEAR filter (antialiased when shrinking), computed
+// with the same fixed-point arithmetic and pass order as Pillow, so the pixels are Pillow's bit
+// for bit and the logits match `port.load(...).predict` for images of any size.
 //
 // Output: per image, its path and the top-5 classes with probabilities (softmax of the logits);
 // with --logits also one line `logits PATH v0 v1 ...` (what the tests compare with Python).
@@ -25,6 +25,7 @@
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -134,17 +135,117 @@ Image read_ppm(const std::string& path) {
   return img;
 }
 
+// -- the resize: Pillow's BILINEAR resample, reproduced bit for bit ------------------------------
+// Pillow resizes in two separable passes (one per axis). Each output pixel is a weighted sum of
+// input pixels under a triangle filter whose support is widened by the scale factor when the
+// axis shrinks (that is the antialiasing). The weights are normalised to sum to 1, converted to
+// fixed point with 22 fractional bits, and each pass rounds and clips to uint8, so the order of
+// the passes matters: see resize_like_pillow.
+constexpr int kPrecisionBits = 32 - 8 - 2;  // Pillow's PRECISION_BITS: 8-bit values, 2 spare
+
+struct AxisWeights {
+  std::vector<int> first;                 // first input index of each output index
+  std::vector<std::vector<int32_t>> taps;  // fixed-point weights from `first` on
+};
+
+// The weights of one axis, in Pillow's arithmetic: double precision, the filter evaluated at
+// (input centre - output centre) / filter scale, normalised by their sequential sum, then
+// rounded half away from zero to fixed point.
+AxisWeights axis_weights(int in_size, int out_size) {
+  const double scale = static_cast<double>(in_size) / out_size;
+  const double filter_scale = std::max(scale, 1.0);  // widen only when shrinking
+  const double support = 1.0 * filter_scale;          // the triangle's support is 1
+  const double inverse = 1.0 / filter_scale;          // Pillow multiplies by the inverse
+  AxisWeights w;
+  for (int o = 0; o < out_size; ++o) {
+    const double centre = (o + 0.5) * scale;
+    // (int) truncates toward zero, as in C; the bounds are then clamped to the image.
+    int lo = std::max(static_cast<int>(centre - support + 0.5), 0);
+    int hi = std::min(static_cast<int>(centre + support + 0.5), in_size);
+    std::vector<double> k(static_cast<size_t>(std::max(hi - lo, 0)));
+    double sum = 0.0;
+    for (size_t i = 0; i < k.size(); ++i) {
+      double t = std::fabs((static_cast<double>(i) + lo - centre + 0.5) * inverse);
+      k[i] = t < 1.0 ? 1.0 - t : 0.0;
+      sum += k[i];
+    }
+    std::vector<int32_t> taps(k.size());
+    for (size_t i = 0; i < k.size(); ++i) {
+      double v = sum != 0.0 ? k[i] / sum : k[i];
+      double fixed = v * (1 << kPrecisionBits);
+      taps[i] = static_cast<int32_t>(v < 0 ? fixed - 0.5 : fixed + 0.5);
+    }
+    w.first.push_back(lo);
+    w.taps.push_back(std::move(taps));
+  }
+  return w;
+}
+
+// One pass along x (horizontal = true) or y: width x height x 3 in, the resized axis out.
+Image resample_axis(const Image& in, int out_size, bool horizontal) {
+  Image out;
+  out.width = horizontal ? out_size : in.width;
+  out.height = horizontal ? in.height : out_size;
+  out.rgb.resize(static_cast<size_t>(out.width) * out.height * 3);
+  const AxisWeights w = axis_weights(horizontal ? in.width : in.height, out_size);
+  for (int y = 0; y < out.height; ++y) {
+    for (int x = 0; x < out.width; ++x) {
+      const int o = horizontal ? x : y;
+      const auto& taps = w.taps[o];
+      for (int c = 0; c < 3; ++c) {
+        int32_t acc = 1 << (kPrecisionBits - 1);  // + 0.5: round to nearest on the shift
+        for (size_t i = 0; i < taps.size(); ++i) {
+          const int sx = horizontal ? w.first[o] + static_cast<int>(i) : x;
+          const int sy = horizontal ? y : w.first[o] + static_cast<int>(i);
+          acc += in.rgb[(static_cast<size_t>(sy) * in.width + sx) * 3 + c] * taps[i];
+        }
+        const int32_t v = acc < 0 ? 0 : std::min<int32_t>(acc >> kPrecisionBits, 255);
+        out.rgb[(static_cast<size_t>(y) * out.width + x) * 3 + c] = static_cast<uint8_t>(v);
+      }
+    }
+  }
+  return out;
+}
+
+// Pillow's Image.resize(size, BILINEAR) of an RGB image. Pillow (13.0) runs the horizontal pass
+// first unless the height shrinks by more than twice the pixels the width loses, i.e.
+// (in_h - out_h) > 2 * (in_w - out_w) with out_h < in_h: then vertical first. The two orders
+// round differently, so following Pillow's choice is what makes the pixels identical.
+Image resize_like_pillow(const Image& img, int width, int height) {
+  const bool need_h = width != img.width, need_v = height != img.height;
+  const bool vertical_first =
+      height < img.height && (img.height - height) > 2 * (img.width - width);
+  Image out = img;
+  if (vertical_first) {
+    if (need_v) out = resample_axis(out, height, false);
+    if (need_h) out = resample_axis(out, width, true);
+  } else {
+    if (need_h) out = resample_axis(out, width, true);
+    if (need_v) out = resample_axis(out, height, false);
+  }
+  return out;
+}
+
+// (width, height) with the shorter side resized to `resize` and the longer one to
+// int(resize * long / short), torchvision's Resize(int) rule (the exact integer product, one
+// correctly rounded division, truncated: the same as Python's).
+std::pair<int, int> resized_size(int width, int height, int resize) {
+  const int shorter = std::min(width, height), longer = std::max(width, height);
+  const int other = static_cast<int>(static_cast<double>(static_cast<int64_t>(resize) * longer) /
+                                     shorter);
+  return width <= height ? std::make_pair(resize, other) : std::make_pair(other, resize);
+}
+
 // Python's round() of a half-integer: half to even (torchvision's centre-crop offset).
 int round_half_even(double x) { return static_cast<int>(std::nearbyint(x)); }
 
-// docs/metadata.md steps 2-4: (resize), centre crop with zero padding, scale, normalise.
-std::vector<float> preprocess(const Image& img, const Card& card, const std::string& path) {
-  int shorter = std::min(img.width, img.height);
-  if (shorter != card.resize) {
-    throw std::runtime_error(path + " has shorter side " + std::to_string(shorter) +
-                             ", the model resizes to " + std::to_string(card.resize) +
-                             ": resize it first (PIL bilinear, see docs/metadata.md)");
-  }
+// docs/metadata.md steps 2-4: resize, centre crop with zero padding, scale, normalise.
+std::vector<float> preprocess(const Image& original, const Card& card) {
+  const auto [width_r, height_r] = resized_size(original.width, original.height, card.resize);
+  // An image already at that size is used as it is (Pillow is not called then either).
+  const Image img = (width_r == original.width && height_r == original.height)
+                        ? original
+                        : resize_like_pillow(original, width_r, height_r);
   const int crop = card.crop;
   // Zero padding when the image is smaller than the crop: the smaller half on the left/top.
   int pad_w = std::max(crop - img.width, 0), pad_h = std::max(crop - img.height, 0);
@@ -228,7 +329,7 @@ int main(int argc, char** argv) {
           "creating CPU memory info");
     Card card = read_card(session);
     for (const auto& path : images) {
-      std::vector<float> input = preprocess(read_ppm(path), card, path);
+      std::vector<float> input = preprocess(read_ppm(path), card);
       std::vector<float> logits = run(session, memory, card, input);
       if (logits.size() != card.classes.size())
         throw std::runtime_error("the model gave " + std::to_string(logits.size()) +
