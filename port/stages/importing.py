@@ -367,7 +367,7 @@ def run_import(run: Path, req: ImportRequest, *, console: Console) -> None:
             path, card, how = _import_state_dict(run, req)
             kind = "checkpoint"
         described = how.pop("describe", "")
-        signature = how.pop("signature", "")
+        signature = how.get("signature", "")  # printed below and kept in the record
         params = ReferenceParams(card=card, data=req.data, extra={
             "source": str(req.source), "source_sha256": source_sha256, **how})
         # External data files are companions: `porter status` shows the model modified when
