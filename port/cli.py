@@ -270,6 +270,7 @@ def evaluate(
     int8_cpu_kernels: Annotated[str, typer.Option(help="INT8 graphs on ONNX Runtime's CPU: auto (exact U8U8 kernels where this CPU has no VNNI and would saturate) | exact | fast.")] = "auto",
     download: Annotated[bool, typer.Option("--download", help="Let torchvision download CIFAR.")] = False,
     ignore_class_names: Annotated[bool, typer.Option("--ignore-class-names", help="Evaluate although the data's class names differ from the model's (same count).")] = False,
+    workers: Annotated[int | None, typer.Option(help="Processes that decode and preprocess images (default: half the CPUs, 1-8; 0 = in this process).")] = None,
     layerwise: Annotated[str | None, typer.Option("--layerwise", help="Compare ARTIFACT (export id, .onnx file, or 'model') with the reference layer by layer; writes RUN/layerwise/.")] = None,
     images: Annotated[int, typer.Option("--images", help="--layerwise: validation images to compare on.")] = 32,
     against: Annotated[Path | None, typer.Option("--against", help="--layerwise: compare with <module>.npy activations in DIR (another implementation's dump).")] = None,
@@ -299,9 +300,34 @@ def evaluate(
         max_top1_drop=max_top1_drop, min_agreement=min_agreement,
         fp16_min_ratio=fp16_min_ratio, int8_min_ratio=int8_min_ratio, download=download,
         int8_cpu_kernels=int8_cpu_kernels.lower(), ignore_class_names=ignore_class_names,
+        workers=workers,
     )
     passed = run_evaluate(run, req, console=console)
     if not passed:
+        raise typer.Exit(code=1)
+
+
+@app.command()
+def gate(
+    run: RunOpt,
+    max_top1_drop: Annotated[float | None, typer.Option(help="FP32 gate: max top-1 drop in pp (default: the report's).")] = None,
+    min_agreement: Annotated[float | None, typer.Option(help="FP32 gate: min top-1 agreement (default: the report's).")] = None,
+    fp16_min_ratio: Annotated[float | None, typer.Option(help="FP16 gate: min fraction of reference top-1 kept (default: the report's).")] = None,
+    int8_min_ratio: Annotated[float | None, typer.Option(help="INT8 gate: min fraction of reference top-1 kept (default: the report's).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Re-apply the gates to the last evaluation's saved outputs at new thresholds (runs no model)."""
+    from port.stages.gate import GateRequest, gate_lines, run_gate
+
+    result = run_gate(run, GateRequest(max_top1_drop=max_top1_drop, min_agreement=min_agreement,
+                                       fp16_min_ratio=fp16_min_ratio,
+                                       int8_min_ratio=int8_min_ratio))
+    if as_json:
+        sys.stdout.write(json.dumps(result, indent=2) + "\n")
+    else:
+        for line in gate_lines(result):
+            console.print(line, highlight=False, markup=False)
+    if not result["passed"]:
         raise typer.Exit(code=1)
 
 
@@ -451,7 +477,11 @@ def main(argv: list[str] | None = None) -> None:
     """Console-script entry: run the app and map errors to exit codes (2 = usage, 1 = gate)."""
     args = sys.argv[1:] if argv is None else list(argv)
     try:
-        app(args=args or ["--help"], prog_name="porter", standalone_mode=False)
+        # Without standalone mode, typer *returns* the code of a `raise typer.Exit(code=1)`
+        # (a failed gate) instead of raising it: exit with it, or a failure would exit 0.
+        code = app(args=args or ["--help"], prog_name="porter", standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except Exit as exc:
         sys.exit(exc.exit_code)
     except Abort:

@@ -1,7 +1,10 @@
 """Run the reference and every candidate on the same images; build the report (DESIGN.md schema).
 
-Preprocessing happens once, by the caller (``data.materialize``); every runner sees the same
-float32 NCHW batches, converted to its input dtype once, outside any timing. A candidate whose
+One pass over the data (:func:`evaluate_stream`): every runner is open at once and each batch,
+preprocessed once by the caller's source (:mod:`port.data.stream`, or arrays), is fed to every
+row before the next batch is read; only per-image logits are kept, so memory does not grow with
+the number of images. Each runner sees the same float32 NCHW batches, converted to its input
+dtype once per batch, outside any timing; latency is measured after the pass. A candidate whose
 runner cannot run on this machine (``BackendUnavailable``: no GPU, no TensorRT) gets a row with
 ``passed = None`` and ``why = "skipped: ..."`` and every measurement ``None``, so one report can
 list everything in a run directory; the top-level ``passed`` is true when every row that ran
@@ -15,7 +18,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -88,97 +91,314 @@ def evaluate(
     min_seconds: float = 1.0,
     console: Any = None,
 ) -> dict[str, Any]:
-    """Score ``reference`` and ``candidates`` on ``images``/``labels``; return the report dict.
+    """Score ``reference`` and ``candidates`` on in-memory ``images``/``labels``; the report dict.
 
-    ``images`` is float32 NCHW (already preprocessed), ``labels`` int class indices. Accuracy and
-    parity use every image, in batches of ``eval_batch_size`` (default: the largest of
-    ``batch_sizes``; the last batch may be smaller). Latency is measured per batch size on the
-    first images (repeated when there are fewer). ``dataset`` (spec, split, ...) is copied into
-    the report with ``images`` set to the count. The reference must run here.
+    ``images`` is float32 NCHW (already preprocessed), ``labels`` int class indices: streamed as
+    slices through :func:`evaluate_stream` (same numbers; see there for the rest).
+    """
+    images, labels = _check_inputs(images, labels)
+    report, _ = evaluate_stream(
+        reference, candidates, ArrayChunks(images, labels), batch_sizes, gates, dataset=dataset,
+        progress=progress, eval_batch_size=eval_batch_size, warmup=warmup, min_runs=min_runs,
+        min_seconds=min_seconds, console=console)
+    return report
+
+
+class ChunkSource(Protocol):
+    """What :func:`evaluate_stream` reads: a length and, per pass, ``(images, labels)`` chunks.
+
+    ``images`` float32 NCHW (preprocessed), ``labels`` int64; chunks may have any sizes (e.g.
+    :class:`port.data.stream.ImageStream`).
+    """
+
+    def __len__(self) -> int: ...
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]: ...
+
+
+@dataclass
+class ArrayChunks:
+    """In-memory preprocessed arrays as a :class:`ChunkSource` (one chunk: nothing is copied)."""
+
+    images: np.ndarray
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        yield self.images, self.labels
+
+
+@dataclass
+class Outputs:
+    """What every row computed, per image: the labels and each row's float32 logits (by id)."""
+
+    labels: np.ndarray
+    logits: dict[str, np.ndarray]
+
+
+def evaluate_stream(
+    reference: Candidate,
+    candidates: Sequence[Candidate],
+    source: ChunkSource,
+    batch_sizes: Sequence[int] = (1, 32),
+    gates: Gates | None = None,
+    *,
+    dataset: dict[str, Any] | None = None,
+    progress: bool = True,
+    eval_batch_size: int | None = None,
+    warmup: int = 10,
+    min_runs: int = 20,
+    min_seconds: float = 1.0,
+    console: Any = None,
+) -> tuple[dict[str, Any], Outputs]:
+    """Score every row in one pass over ``source``; return the report dict and the outputs.
+
+    Every runner is opened first (a candidate whose backend is not here gets a skipped row; the
+    reference must run), then each chunk is cut into batches of ``eval_batch_size`` (default: the
+    largest of ``batch_sizes``; the last batch may be smaller) and every batch is fed to every
+    row before the next is read. Batches are formed across chunk boundaries, so the logits do not
+    depend on how the source chunks the data. Only the per-image logits are kept, plus the first
+    images for latency, which is measured per row and batch size after the pass (repeating the
+    images when there are fewer than a batch). ``dataset`` (spec, split, ...) is copied into the
+    report with ``images`` set to the count.
     """
     gates = gates or Gates()
-    images, labels = _check_inputs(images, labels)
     sizes = _check_batch_sizes(batch_sizes)
     settings = {"eval_batch_size": eval_batch_size or max(sizes), "warmup": warmup,
                 "min_runs": min_runs, "min_seconds": min_seconds}
     gates.for_precision(reference.precision)  # unknown precisions fail before any work
     for cand in candidates:
         gates.for_precision(cand.precision)
+    if len(source) == 0:
+        raise DataError("evaluate needs at least one image: the data set or --limit gave none")
 
-    with _progress(progress, console) as bar:
-        ref = _measure(reference, images, sizes, bar, **settings)
-        ref_acc = accuracy(ref.logits, labels)
-        rows = [_row(reference, ref, ref_acc, ref_acc["top1"], parity(ref.logits, ref.logits))]
-        rows[0]["passed"], rows[0]["why"] = True, None
+    rows: list[_Row] = []
+    try:
+        ref_row = _Row.open(reference)  # BackendUnavailable propagates: the reference must run
+        rows.append(ref_row)
         for cand in candidates:
             try:
-                got = _measure(cand, images, sizes, bar, **settings)
+                rows.append(_Row.open(cand))
             except BackendUnavailable as err:
-                rows.append(_skipped_row(cand, str(err)))
-                continue
-            row = _row(cand, got, accuracy(got.logits, labels), ref_acc["top1"],
-                       parity(got.logits, ref.logits))
-            row["passed"], row["why"] = _verdict(row, gates, ref_acc["top1"])
-            rows.append(row)
+                rows.append(_Row(cand, skipped=str(err)))
+        with _progress(progress, console) as bar:
+            labels = _accuracy_pass(rows, source, settings["eval_batch_size"],
+                                    _needed_images(rows, sizes), bar)
+            for row in rows:
+                row.time(sizes, bar, warmup=warmup, min_runs=min_runs, min_seconds=min_seconds)
+            if bar:
+                bar.update(bar.task_ids[0], description=_labels(rows))
+    finally:
+        for row in rows:
+            row.close()
 
-    ran = [r for r in rows if r["passed"] is not None]
-    return {
+    if ref_row.skipped:
+        raise BackendUnavailable(ref_row.skipped)  # the reference stopped running mid-way
+    ref = ref_row.measured()
+    ref_acc = accuracy(ref.logits, labels)
+    report_rows = [_row(reference, ref, ref_acc, ref_acc["top1"], parity(ref.logits, ref.logits))]
+    report_rows[0]["passed"], report_rows[0]["why"] = True, None
+    outputs = Outputs(labels=labels, logits={reference.artifact_id: ref.logits})
+    for row in rows[1:]:
+        if row.skipped:
+            report_rows.append(_skipped_row(row.cand, row.skipped))
+            continue
+        got = row.measured()
+        out = _row(row.cand, got, accuracy(got.logits, labels), ref_acc["top1"],
+                   parity(got.logits, ref.logits))
+        out["passed"], out["why"] = verdict(out, gates, ref_acc["top1"])
+        report_rows.append(out)
+        outputs.logits[row.cand.artifact_id] = got.logits
+
+    ran = [r for r in report_rows if r["passed"] is not None]
+    report = {
         "passed": all(r["passed"] for r in ran),
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "dataset": {**(dataset or {}), "images": len(images)},
+        "dataset": {**(dataset or {}), "images": len(labels)},
         "reference": {"artifact": reference.artifact_id, "backend": ref.backend,
                       "device": ref.device, "top1": ref_acc["top1"]},
         "gates": gates.to_dict(),
         "batch_sizes": sizes,
         "latency_settings": settings,
         "env": env_info(),  # versions, device and the CPU (int8 flags) the rows ran on
-        "rows": rows,
+        "rows": report_rows,
     }
+    return report, outputs
 
 
-# -- running one candidate ---------------------------------------------------------------------
-def _measure(cand: Candidate, images: np.ndarray, sizes: list[int], bar: Any, *,
-             eval_batch_size: int, warmup: int, min_runs: int, min_seconds: float) -> _Measured:
-    runner = cand.make_runner()
-    with runner:
-        meta = runner.input_metadata()
-        if len(meta) != 1:
-            raise ModelError(f"{cand.artifact_id} has {len(meta)} inputs: porter evaluates "
-                             "single-input image classifiers only")
-        name, dtype = meta[0].name, np.dtype(meta[0].dtype)
-        logits_name = runner.logits_output()  # from the runner's output metadata, once
-        label = f"{cand.artifact_id} ({runner.backend})"  # no [..]: rich reads it as markup
-        task = bar.add_task(label, total=len(images)) if bar else None
-        chunks = []
-        for start in range(0, len(images), eval_batch_size):
-            # One conversion per batch, to the runner's own input dtype (e.g. float16 graphs).
-            batch = np.ascontiguousarray(images[start:start + eval_batch_size], dtype=dtype)
-            chunks.append(np.asarray(runner.infer({name: batch})[logits_name], dtype=np.float32))
-            if bar:
-                bar.advance(task, len(batch))
-        latency: dict[str, dict[str, float]] = {}
-        phases: dict[str, dict[str, float]] = {}
-        # A fixed-batch graph runs at its batch only: timed there, its row says so.
-        fixed = getattr(runner, "fixed_batch", None)
-        for size in [fixed] if fixed else sizes:
-            if bar:
-                bar.update(task, description=f"{label} latency @ batch {size}")
-            picked = np.take(images, np.arange(size) % len(images), axis=0)
-            feed = {name: np.ascontiguousarray(picked, dtype=dtype)}
-            latency[str(size)] = measure_latency(runner, feed, warmup=warmup, min_runs=min_runs,
-                                                 min_seconds=min_seconds)
-            timed = runner.time_phases(feed, runs=min_runs)  # None: backend cannot split them
-            if timed is not None:
-                phases[str(size)] = timed
+# -- running the rows --------------------------------------------------------------------------
+class _Row:
+    """One candidate's open runner and what it has computed so far."""
+
+    def __init__(self, cand: Candidate, runner: Runner | None = None, *,
+                 skipped: str | None = None) -> None:
+        self.cand, self.runner, self.skipped = cand, runner, skipped
+        self.chunks: list[np.ndarray] = []
+        self.latency: dict[str, dict[str, float]] = {}
+        self.phases: dict[str, dict[str, float]] = {}
+        self.name = self.logits_name = ""
+        self.dtype = np.dtype(np.float32)
+        self.fixed: int | None = None
+        self.label = cand.artifact_id
+        self.kept: np.ndarray | None = None  # the pass's first images, for latency
+        self._closed = False
+
+    @classmethod
+    def open(cls, cand: Candidate) -> _Row:
+        """Make and activate the candidate's runner; ``BackendUnavailable`` if it cannot run."""
+        runner = cand.make_runner()
+        runner.__enter__()
+        row = cls(cand, runner)
+        try:
+            meta = runner.input_metadata()
+            if len(meta) != 1:
+                raise ModelError(f"{cand.artifact_id} has {len(meta)} inputs: porter evaluates "
+                                 "single-input image classifiers only")
+            row.name, row.dtype = meta[0].name, np.dtype(meta[0].dtype)
+            row.logits_name = runner.logits_output()  # from the runner's output metadata, once
+            # A fixed-batch graph runs at its batch only: timed there, its row says so.
+            row.fixed = getattr(runner, "fixed_batch", None)
+        except BaseException:
+            row.close()
+            raise
+        row.label = f"{cand.artifact_id} ({runner.backend})"  # no [..]: rich reads it as markup
+        return row
+
+    @property
+    def running(self) -> bool:
+        return self.runner is not None and not self.skipped
+
+    def infer(self, batch: np.ndarray) -> None:
+        """Logits of one batch, kept as float32 (converted once to the runner's input dtype)."""
+        assert self.runner is not None
+        feed = {self.name: np.ascontiguousarray(batch, dtype=self.dtype)}
+        out = self.runner.infer(feed)[self.logits_name]
+        self.chunks.append(np.asarray(out, dtype=np.float32))
+
+    def time(self, sizes: list[int], bar: Any, *, warmup: int, min_runs: int,
+             min_seconds: float) -> None:
+        """Latency (and device phases where the backend splits them) per batch size."""
+        if not self.running:
+            return
+        runner = self.runner
+        assert runner is not None and self.kept is not None
+        try:
+            for size in [self.fixed] if self.fixed else sizes:
+                if bar:
+                    bar.update(bar.task_ids[0],
+                               description=f"{self.label} latency @ batch {size}")
+                picked = np.take(self.kept, np.arange(size) % len(self.kept), axis=0)
+                feed = {self.name: np.ascontiguousarray(picked, dtype=self.dtype)}
+                self.latency[str(size)] = measure_latency(
+                    runner, feed, warmup=warmup, min_runs=min_runs, min_seconds=min_seconds)
+                timed = runner.time_phases(feed, runs=min_runs)  # None: cannot split them
+                if timed is not None:
+                    self.phases[str(size)] = timed
+        except BackendUnavailable as err:
+            self.skip(str(err))
+
+    def skip(self, reason: str) -> None:
+        """The backend gave up part-way (e.g. a device that went away): a skipped row."""
+        self.skipped = reason
+        self.chunks.clear()
+        self.close()
+
+    def measured(self) -> _Measured:
+        runner = self.runner
+        assert runner is not None
+        details = {**runner.details(), **({"fixed_batch": self.fixed} if self.fixed else {})}
+        return _Measured(runner.backend, runner.device, np.concatenate(self.chunks),
+                         self.latency, self.phases, details=details, timing=runner.timing_mode)
+
+    def close(self) -> None:
+        """Deactivate the runner (idempotent); its details stay readable."""
+        if self.runner is not None and not self._closed:
+            self._closed = True
+            self.runner.__exit__(None, None, None)
+
+
+def _needed_images(rows: list[_Row], sizes: list[int]) -> int:
+    """How many of the first images latency needs: the largest batch any row is timed at."""
+    return max([*sizes, *(r.fixed for r in rows if r.fixed)])
+
+
+def _labels(rows: list[_Row]) -> str:
+    return ", ".join(r.label for r in rows if r.running)
+
+
+def _batches(source: ChunkSource, size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Batches of exactly ``size`` images (the last may be smaller), whatever the chunking."""
+    carry_x: list[np.ndarray] = []
+    carry_y: list[np.ndarray] = []
+    held = 0
+    for images, labels in source:
+        images = np.asarray(images)
+        labels = np.asarray(labels)
+        if images.ndim != 4 or len(images) != len(labels):
+            raise DataError(f"a chunk of {len(labels)} labels came with images of shape "
+                            f"{images.shape}: the data source must yield NCHW batches")
+        start = 0
+        if held:  # complete the batch left over from the previous chunk
+            take = min(size - held, len(images))
+            carry_x.append(images[:take])
+            carry_y.append(labels[:take])
+            held += take
+            start = take
+            if held < size:
+                continue
+            yield np.concatenate(carry_x), np.concatenate(carry_y)
+            carry_x, carry_y, held = [], [], 0
+        while len(images) - start >= size:
+            yield images[start:start + size], labels[start:start + size]
+            start += size
+        if start < len(images):
+            carry_x, carry_y = [images[start:]], [labels[start:]]
+            held = len(images) - start
+    if held:
+        yield np.concatenate(carry_x), np.concatenate(carry_y)
+
+
+def _accuracy_pass(rows: list[_Row], source: ChunkSource, batch_size: int, keep: int,
+                   bar: Any) -> np.ndarray:
+    """Feed every batch of ``source`` to every running row; returns the labels in order.
+
+    The first ``keep`` images are copied aside for the latency runs that follow.
+    """
+    total = len(source)
+    task = bar.add_task(_labels(rows), total=total) if bar else None
+    labels: list[np.ndarray] = []
+    kept: list[np.ndarray] = []
+    n_kept = 0
+    for batch, batch_labels in _batches(source, batch_size):
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        if n_kept < keep:
+            kept.append(batch[:keep - n_kept].copy())
+            n_kept += len(kept[-1])
+        for row in rows:
+            if not row.running:
+                continue
+            try:
+                row.infer(batch)
+            except BackendUnavailable as err:
+                if row is rows[0]:
+                    raise
+                row.skip(str(err))
+        labels.append(np.asarray(batch_labels, dtype=np.int64))
         if bar:
-            bar.update(task, description=label)
-        details = {**runner.details(), **({"fixed_batch": fixed} if fixed else {})}
-        return _Measured(runner.backend, runner.device, np.concatenate(chunks), latency, phases,
-                         details=details, timing=runner.timing_mode)
+            bar.advance(task, len(batch))
+    got = np.concatenate(labels) if labels else np.empty(0, dtype=np.int64)
+    if len(got) != total:
+        raise DataError(f"the data source gave {len(got)} images, not the {total} it announced")
+    first = np.concatenate(kept)
+    for row in rows:
+        row.kept = first
+    return got
 
 
 # -- rows --------------------------------------------------------------------------------------
-def _verdict(row: dict[str, Any], gates: Gates, ref_top1: float) -> tuple[bool | None, str | None]:
+def verdict(row: dict[str, Any], gates: Gates, ref_top1: float) -> tuple[bool | None, str | None]:
     """The gate's verdict, except where the row measured the CPU rather than the model.
 
     An INT8 graph run on saturating int8 kernels (an x86 CPU without VNNI, forced onto ONNX

@@ -11,17 +11,36 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from port.atomic import atomic_path, atomic_write_text
+from port.digest import sha256_file
 
-REPORT_FILES = ("report.json", "report.md", "latency.png", "accuracy_vs_latency.png")
+if TYPE_CHECKING:
+    from port.evaluate.compare import Outputs
+
+REPORT_FILES = ("report.json", "report.md", "latency.png", "accuracy_vs_latency.png",
+                "outputs.npz")
+OUTPUTS_FILE = "outputs.npz"
 
 
-def write_report(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
-    """Write the report files into ``out_dir`` (created); returns their paths, JSON first."""
+def write_report(report: dict[str, Any], out_dir: str | Path, *,
+                 outputs: Outputs | None = None) -> list[Path]:
+    """Write the report files into ``out_dir`` (created); returns their paths, JSON first.
+
+    With ``outputs``, every row's per-image logits go to ``outputs.npz`` first and
+    ``report["outputs"]`` records that file's sha256, rows and image count, so ``porter gate``
+    can re-apply the gates to exactly these numbers later (:func:`write_outputs`).
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    written_outputs = []
+    if outputs is not None:
+        npz = out / OUTPUTS_FILE
+        report["outputs"] = write_outputs(outputs, npz)
+        written_outputs.append(npz)
     json_path = out / "report.json"
     atomic_write_text(json_path, json.dumps(_finite(report), indent=2, allow_nan=False) + "\n")
     md_path = out / "report.md"
@@ -30,7 +49,27 @@ def write_report(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
     plot_latency(report, latency_png)
     scatter_png = out / "accuracy_vs_latency.png"
     plot_accuracy_vs_latency(report, scatter_png)
-    return [json_path, md_path, latency_png, scatter_png]
+    return [json_path, md_path, latency_png, scatter_png, *written_outputs]
+
+
+# -- per-image outputs -------------------------------------------------------------------------
+def write_outputs(outputs: Outputs, path: Path) -> dict[str, Any]:
+    """``outputs.npz``: ``labels`` (int64) and, per row that ran, ``logits/<artifact>`` (float32
+    images x classes) and ``predictions/<artifact>`` (int64 top-1 class); returns its summary for
+    report.json: ``{"file", "sha256", "rows", "images", "classes"}``.
+
+    Plain arrays only (``np.load(..., allow_pickle=False)`` reads it), written atomically.
+    """
+    arrays: dict[str, np.ndarray] = {"labels": np.asarray(outputs.labels, dtype=np.int64)}
+    for artifact, logits in outputs.logits.items():
+        logits = np.asarray(logits, dtype=np.float32)
+        arrays[f"logits/{artifact}"] = logits
+        arrays[f"predictions/{artifact}"] = logits.argmax(axis=1).astype(np.int64)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+    first = next(iter(outputs.logits.values()))
+    return {"file": path.name, "sha256": sha256_file(path), "rows": list(outputs.logits),
+            "images": len(outputs.labels), "classes": int(first.shape[1])}
 
 
 # -- text --------------------------------------------------------------------------------------

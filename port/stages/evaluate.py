@@ -23,6 +23,7 @@ from port.stages.common import (
 )
 
 REPORT_ID = "report"
+MAX_WORKERS = 64  # --workers: port.data.stream.MAX_WORKERS (not imported: flags need no numpy)
 REPORT_DIR = "report"
 
 
@@ -43,6 +44,8 @@ class EvaluateRequest:
     int8_cpu_kernels: str = "auto"
     # Evaluate on data whose class names differ from the model's (same count): recorded.
     ignore_class_names: bool = False
+    # Processes that decode and preprocess images (None: half the CPUs; 0: in this process).
+    workers: int | None = None
 
 
 def _gates(req: EvaluateRequest) -> Any:
@@ -123,6 +126,7 @@ def _check_flags(req: EvaluateRequest) -> None:
                         ("--int8-min-ratio", req.int8_min_ratio)):
         check_float(flag, value, lo=0.0, hi=1.0)
     check_int("--limit", req.limit, 1, MAX_IMAGES)
+    check_int("--workers", req.workers, 0, MAX_WORKERS)
     for size in req.batch_sizes:
         check_int("--batch-sizes", size, 1, MAX_BATCH)
 
@@ -130,9 +134,10 @@ def _check_flags(req: EvaluateRequest) -> None:
 def _evaluate_locked(run: Path, manifest: Manifest, req: EvaluateRequest, *,
                      console: Console) -> bool:
     """:func:`run_evaluate` under the run lock."""
-    from port.data.datasets import load_split, materialize
+    from port.data.datasets import load_split
     from port.data.spec import parse_data_spec
-    from port.evaluate.compare import evaluate
+    from port.data.stream import stream_split
+    from port.evaluate.compare import evaluate_stream
     from port.evaluate.report import notes_lines, render_table, write_report
 
     ref = reference(manifest)
@@ -146,7 +151,9 @@ def _evaluate_locked(run: Path, manifest: Manifest, req: EvaluateRequest, *,
         console.print(f"[yellow]{differ} class names of the data differ from the model's "
                       "(--ignore-class-names): labels are matched by position[/yellow]")
     check_eval_numbers(req.limit, req.batch_sizes, card, len(split))
-    images, labels = materialize(split)  # preprocessing happens once, for every row
+    # Read, decoded and preprocessed chunk by chunk in worker processes, once for every row:
+    # memory is bounded by the chunk size, not by the number of images.
+    stream = stream_split(split, workers=req.workers)
 
     # An imported INT8/FP16 ONNX is recorded as such (port.models.onnx_signature): its row and
     # gate say what it is; trained and state-dict references are FP32.
@@ -160,18 +167,20 @@ def _evaluate_locked(run: Path, manifest: Manifest, req: EvaluateRequest, *,
         if not candidates:
             console.print("[yellow]no exports in this run yet: only the reference is evaluated "
                           "(porter export --to onnx first)[/yellow]")
-    dataset = {"spec": str(spec), "split": split.split, "images": len(labels),
+    dataset = {"spec": str(spec), "split": split.split, "images": len(stream),
                "limit": req.limit}
-    report = evaluate(reference_candidate, candidates, images, labels,
-                      batch_sizes=req.batch_sizes, gates=_gates(req), dataset=dataset)
+    report, outputs = evaluate_stream(reference_candidate, candidates, stream,
+                                      batch_sizes=req.batch_sizes, gates=_gates(req),
+                                      dataset=dataset)
     out_dir = run / REPORT_DIR
-    written = write_report(report, out_dir)
+    written = write_report(report, out_dir, outputs=outputs)
     report_json = next(p for p in written if p.name == "report.json")
     manifest.record(
         "evaluate", "report", report_json, id=REPORT_ID,
         # The records read above: a parent re-made meanwhile is refused, never claimed.
         parents=[ref, *exports],
-        # report.md and the plots are covered by the record too (status: modified if edited).
+        # report.md, the plots and outputs.npz are covered by the record too (status: modified
+        # if edited; porter gate refuses an edited outputs.npz).
         companions=[p for p in written if p != report_json],
         params=ReportParams(data=str(spec), limit=req.limit, batch_sizes=list(req.batch_sizes),
                             compare=req.compare,
@@ -184,5 +193,6 @@ def _evaluate_locked(run: Path, manifest: Manifest, req: EvaluateRequest, *,
     for line in notes_lines(report):
         console.print(line.replace("`", ""), highlight=False)
     verdict = "[green]PASSED[/green]" if report["passed"] else "[red]FAILED[/red]"
-    console.print(f"{verdict}: report in {out_dir}/ (report.json, report.md, plots)")
+    console.print(f"{verdict}: report in {out_dir}/ (report.json, report.md, plots, per-image "
+                  "outputs.npz: re-gate with porter gate)")
     return bool(report["passed"])

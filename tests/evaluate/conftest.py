@@ -58,11 +58,12 @@ FAST_LATENCY = {"warmup": 1, "min_runs": 3, "min_seconds": 0.0}  # keep tests qu
 
 
 @pytest.fixture(scope="session")
-def torch_and_onnx_report(artifacts: dict[str, Path],
-                          eval_data: tuple[np.ndarray, np.ndarray, list[str]]) -> dict:
-    """evaluate() of the checkpoint (torch, reference) against its ONNX (onnxruntime)."""
+def torch_and_onnx_evaluation(artifacts: dict[str, Path],
+                              eval_data: tuple[np.ndarray, np.ndarray, list[str]]) -> tuple:
+    """evaluate_stream() of the checkpoint (torch, reference) against its ONNX (onnxruntime):
+    the report and the per-image outputs."""
     from port import engines
-    from port.evaluate.compare import Candidate, evaluate
+    from port.evaluate.compare import ArrayChunks, Candidate, evaluate_stream
     from port.evaluate.gates import Gates
 
     ckpt, onnx_path = artifacts["checkpoint"], artifacts["onnx"]
@@ -70,6 +71,13 @@ def torch_and_onnx_report(artifacts: dict[str, Path],
     onnx_fp32 = Candidate("onnx-fp32", "fp32", "onnx", onnx_path, None,
                           lambda: engines.load(onnx_path))
     images, labels, _ = eval_data
-    return evaluate(reference, [onnx_fp32], images, labels, batch_sizes=(1, 16), gates=Gates(),
-                    dataset={"spec": "synthetic", "split": "val"}, progress=False,
-                    **FAST_LATENCY)
+    return evaluate_stream(reference, [onnx_fp32], ArrayChunks(images, labels),
+                           batch_sizes=(1, 16), gates=Gates(),
+                           dataset={"spec": "synthetic", "split": "val"}, progress=False,
+                           **FAST_LATENCY)
+
+
+@pytest.fixture(scope="session")
+def torch_and_onnx_report(torch_and_onnx_evaluation: tuple) -> dict:
+    """The report of :func:`torch_and_onnx_evaluation`."""
+    return torch_and_onnx_evaluation[0]

@@ -12,12 +12,30 @@ from rich.console import Console
 from port.evaluate.report import REPORT_FILES, render_markdown, render_table, write_report
 
 
-def test_write_report_writes_every_file(tmp_path: Path, torch_and_onnx_report: dict) -> None:
-    written = write_report(torch_and_onnx_report, tmp_path / "report")
+def test_write_report_writes_every_file(tmp_path: Path, torch_and_onnx_evaluation: tuple
+                                        ) -> None:
+    import numpy as np
+
+    from port.digest import sha256_file
+
+    report, outputs = copy.deepcopy(torch_and_onnx_evaluation)
+    written = write_report(report, tmp_path / "report", outputs=outputs)
     assert [p.name for p in written] == list(REPORT_FILES)
     assert sorted(p.name for p in (tmp_path / "report").iterdir()) == sorted(REPORT_FILES)
-    assert json.loads(written[0].read_text()) == torch_and_onnx_report
-    for png in written[2:]:
+    assert json.loads(written[0].read_text()) == report
+    # outputs.npz: what report.json says it is, each row's logits as evaluated, no pickles
+    npz_path = written[-1]
+    assert report["outputs"] == {"file": "outputs.npz", "sha256": sha256_file(npz_path),
+                                 "rows": ["model", "onnx-fp32"], "images": 40, "classes": 10}
+    with np.load(npz_path, allow_pickle=False) as npz:
+        assert np.array_equal(npz["labels"], outputs.labels)
+        for row in ("model", "onnx-fp32"):
+            assert npz[f"logits/{row}"].dtype == np.float32
+            assert np.array_equal(npz[f"logits/{row}"], outputs.logits[row])
+            assert np.array_equal(npz[f"predictions/{row}"], outputs.logits[row].argmax(1))
+    top1 = float(np.mean(outputs.logits["model"].argmax(1) == outputs.labels))
+    assert top1 == report["rows"][0]["top1"]
+    for png in written[2:4]:
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
     md = written[1].read_text()
     assert md.startswith("# porter evaluation report") and "**PASSED**" in md
