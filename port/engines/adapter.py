@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from port.engines.base import Runner, TensorMeta
-from port.errors import ModelError, UsageError
+from port.errors import DataError, ModelError, UsageError
 
 LAYOUTS = ("NCHW", "NHWC")
 INPUT_DTYPES = ("float16", "float32", "float64")
@@ -104,6 +104,27 @@ class GraphIO:
                    layout=layout, dtype=dtype, batch=batch,
                    output_layout=str(card.output_layout), height=height, width=width)
 
+    @classmethod
+    def for_onnx(cls, model: Any, card: Any = None) -> GraphIO:
+        """From an ONNX graph (ModelProto or path) and, when known, its card.
+
+        The graph's signature (:func:`port.models.onnx_signature.read_signature`: the image
+        input that is not an initializer, its layout, batch, dtype, output form) decides; the
+        card's layout settles a shape that could be either. Without a card the signature alone
+        describes the graph (porter's own exports carry theirs in the metadata).
+        """
+        from port.models.onnx_signature import read_signature
+
+        layout = card.preprocess.layout if card is not None else None
+        sig = read_signature(model, layout=layout)
+        shape = tuple(d if isinstance(d, int) else None for d in sig.input_shape)
+        if card is not None:
+            return cls.from_card(card, input_name=sig.input_name, graph_shape=shape,
+                                 graph_dtype=sig.input_dtype)
+        return cls(input_name=sig.input_name, channels=sig.channels, layout=sig.layout,
+                   dtype=sig.input_dtype, batch=sig.batch, output_layout=sig.output_layout,
+                   height=sig.height, width=sig.width)
+
     # -- properties --------------------------------------------------------------------------
     @property
     def is_identity(self) -> bool:
@@ -134,21 +155,22 @@ class GraphIO:
 
     # -- conversion --------------------------------------------------------------------------
     def check(self, images: np.ndarray, what: str = "images") -> None:
-        """Refuse a canonical batch whose channels or size do not fit the graph, naming which."""
+        """Refuse (``DataError``) a canonical batch whose channels or size do not fit the graph,
+        naming which."""
         if not isinstance(images, np.ndarray) or images.ndim != 4:
             raise UsageError(f"{what} must be a canonical NCHW batch, got shape "
                              f"{getattr(images, 'shape', None)}: preprocess them with the "
                              "model's card")
         _, c, h, w = images.shape
         if c != self.channels:
-            raise UsageError(
-                f"{what} have {c} channel(s) but the model takes {self.channels} "
-                f"({'grayscale' if self.channels == 1 else 'colour'}): preprocess with the "
-                f"model's card ({self.channels}-channel mean/std)")
+            raise DataError(
+                f"{what} have shape {(c, h, w)} per image, {c} channel(s), but the model takes "
+                f"{self.channels} ({'grayscale' if self.channels == 1 else 'colour'}): "
+                f"preprocess with the model's card ({self.channels}-channel mean/std)")
         want = (self.height, self.width)
         if any(x is not None and x != y for x, y in zip(want, (h, w), strict=True)):
-            raise UsageError(
-                f"{what} are {h}x{w} px but the model takes "
+            raise DataError(
+                f"{what} have shape {(c, h, w)} per image, {h}x{w} px, but the model takes "
                 f"{'x'.join('?' if s is None else str(s) for s in want)} px: resize/crop the "
                 "images to the model's input size")
 
@@ -214,14 +236,16 @@ class AdaptedRunner(Runner):
     from ``inner.metadata()``; an artifact without one is fed as porter's own models are,
     except for what its graph itself says: fixed batch, dtype, ``[N, C, 1, 1]`` output).
     Everything else (device, details, timing mode, backend-specific attributes) is the inner
-    runner's.
+    runner's. ``io``: the conversion itself, when the caller already has it (the exporters read
+    it from the graph they convert).
     """
 
-    def __init__(self, inner: Runner, card: Any = None) -> None:
+    def __init__(self, inner: Runner, card: Any = None, *, io: GraphIO | None = None) -> None:
         super().__init__(inner.loader, name=inner.name)
         self.inner = inner
         self.backend = inner.backend
         self.card = card
+        self._given_io = io
         self.io: GraphIO | None = None
 
     def __getattr__(self, name: str) -> Any:
@@ -252,6 +276,9 @@ class AdaptedRunner(Runner):
             raise ModelError(f"{self.inner.name} has {len(metas)} inputs "
                              f"({', '.join(m.name for m in metas[:4])}): porter feeds "
                              "single-input image classifiers only")
+        if self._given_io is not None:
+            self.io = self._given_io
+            return
         card = self.card
         if card is None and hasattr(self.inner, "metadata"):
             from port.export.metadata import card_from_metadata
@@ -280,11 +307,17 @@ class AdaptedRunner(Runner):
         return out
 
     def check_feed(self, feed: dict[str, np.ndarray]) -> None:
-        """The base checks on the canonical input, with the channel/size mismatch named."""
+        """The feed must be the canonical batch under the input's name, with the graph's
+        channels and size (a mismatch is named); any float dtype is cast at the boundary."""
         io = self._io()
-        if set(feed) == {io.input_name}:
-            io.check(feed[io.input_name], f"{self.backend} runner: input '{io.input_name}'")
-        super().check_feed(feed)
+        if set(feed) != {io.input_name}:
+            raise UsageError(f"{self.backend} runner: feed names {sorted(feed)} do not match the "
+                             f"model's input ['{io.input_name}']: pass exactly that name")
+        images = feed[io.input_name]
+        io.check(images, f"{self.backend} runner: input '{io.input_name}'")
+        if not np.issubdtype(images.dtype, np.floating):
+            raise UsageError(f"{self.backend} runner: input '{io.input_name}' has dtype "
+                             f"{images.dtype}: feed preprocessed float images")
 
     def _infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         io = self._io()

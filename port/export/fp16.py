@@ -28,7 +28,13 @@ import onnx
 from port.engines.ort_session import create_session
 from port.errors import ModelError, UsageError, first_line
 from port.export.metadata import PRECISION_KEY, set_metadata
-from port.export.onnx_files import check_images, load_onnx, read_props, save_onnx_atomic
+from port.export.onnx_files import (
+    check_images,
+    load_onnx,
+    read_props,
+    save_onnx_atomic,
+    without_initializer_inputs,
+)
 
 FP16_MAX = 65504.0  # largest finite float16
 FP16_MIN_SUBNORMAL = 2.0**-24  # ~5.96e-8: non-zero values below this flush to 0 (or round up)
@@ -154,7 +160,7 @@ def _weight_findings(model: onnx.ModelProto, kept: set[str]) -> list[Fp16Finding
 
 
 def _activation_findings(model: onnx.ModelProto, images: np.ndarray, batch_size: int,
-                         kept: set[str]) -> list[Fp16Finding]:
+                         kept: set[str], io: Any) -> list[Fp16Finding]:
     """Run the FP32 model with every float node output exposed; judge each tensor's range."""
 
     inferred = onnx.shape_inference.infer_shapes(model)
@@ -179,10 +185,11 @@ def _activation_findings(model: onnx.ModelProto, images: np.ndarray, batch_size:
     # No fusion: every tensor we look at must be the one the FP32 graph computes, node by node.
     session = create_session(probe.SerializeToString(), what="the FP32 graph (FP16 pre-flight)",
                              optimize=False)
-    input_name = model.graph.input[0].name
     stats = {name: _Stats() for name in watched}
-    for start in range(0, len(images), batch_size):
-        outs = session.run(watched, {input_name: images[start:start + batch_size]})
+    # Fed as the graph takes them (layout, dtype, fixed batch: port.engines.adapter); a padded
+    # last batch repeats a real image, so every range seen is a real image's.
+    for batch in io.graph_batches(images, batch_size):
+        outs = session.run(watched, {io.input_name: batch})
         for name, value in zip(watched, outs, strict=True):
             stats[name].add(value)
 
@@ -202,6 +209,7 @@ def preflight_fp16(
     *,
     keep_fp32: Iterable[str] = (),
     batch_size: int = 8,
+    card: Any = None,
 ) -> list[Fp16Finding]:
     """Find the weights and activations of an FP32 ONNX model that FP16 cannot hold.
 
@@ -209,14 +217,16 @@ def preflight_fp16(
     (preprocessed float32 NCHW); with ``None`` only weights are inspected. Each finding names the
     tensor, its node and op type, and the nodes to keep in FP32 to avoid it (an activation stays
     FP32 only if the node producing it and every node reading it do). ``kept_fp32`` says whether
-    ``keep_fp32`` already covers it. Overflows are listed first.
+    ``keep_fp32`` already covers it. Overflows are listed first. ``card``: the model card, for a
+    graph that takes another form than porter's canonical batch (else the one in its metadata).
     """
-    model = load_onnx(Path(fp32_onnx))
+    model = without_initializer_inputs(load_onnx(Path(fp32_onnx)))
     kept = set(_check_keep(model, keep_fp32))
     findings = _weight_findings(model, kept)
     if sample_images is not None:
-        images = check_images(sample_images, model, "FP16 pre-flight images")
-        findings += _activation_findings(model, images, max(1, batch_size), kept)
+        io = _graph_io(model, card)
+        images = check_images(sample_images, model, "FP16 pre-flight images", io=io)
+        findings += _activation_findings(model, images, max(1, batch_size), kept, io)
     order = {"overflow": 0, "underflow": 1, "subnormal": 2}
     return sorted(findings, key=lambda f: order[f.kind])
 
@@ -309,6 +319,7 @@ def convert_fp16(
     keep_fp32: Iterable[str] = (),
     sample_images: np.ndarray | None = None,
     batch_size: int = 8,
+    card: Any = None,
 ) -> dict[str, Any]:
     """Convert an FP32 ONNX classifier to FP16 (FP32 inputs/outputs) after a pre-flight.
 
@@ -318,23 +329,29 @@ def convert_fp16(
     ``--keep-fp32`` value that avoids them. The result is checked with ``onnx.checker`` and run
     on ONNX Runtime's CPU provider; metrics say how it ran (this CPU provider has FP16 kernels for
     few ops and computes the rest in FP32 through inserted casts) or why it could not run.
-    Metadata is kept, with ``porter.precision`` = ``fp16``. Written atomically.
+    Metadata is kept, with ``porter.precision`` = ``fp16``; a source without porter's card (an
+    imported ONNX) gets ``card``'s. ``card`` also says how to feed ``sample_images`` (porter's
+    canonical NCHW float32 batch) to a graph that takes NHWC, float64 or a fixed batch. The
+    graph's input keeps its dtype and shape. Written atomically.
     """
     from onnxruntime.transformers.float16 import convert_float_to_float16
     from onnxruntime.transformers.onnx_model import OnnxModel
 
     fp32_onnx, out_path = Path(fp32_onnx), Path(out_path)
-    source = load_onnx(fp32_onnx)
+    # IR 3 files list weights as inputs: unlisted, the converter converts them like any weight.
+    source = without_initializer_inputs(load_onnx(fp32_onnx))
     props = read_props(source)
     if props.get(PRECISION_KEY, "fp32") != "fp32":
         raise UsageError(f"{fp32_onnx} is a {props[PRECISION_KEY]} model: convert the FP32 ONNX "
                          "to FP16")
     keep = _check_keep(source, keep_fp32)
+    io = _graph_io(source, card)
     images = None
     if sample_images is not None:
-        images = check_images(sample_images, source, "FP16 pre-flight images")
+        images = check_images(sample_images, source, "FP16 pre-flight images", io=io)
     t0 = time.perf_counter()
-    findings = preflight_fp16(fp32_onnx, images, keep_fp32=keep, batch_size=batch_size)
+    findings = preflight_fp16(fp32_onnx, images, keep_fp32=keep, batch_size=batch_size,
+                              card=card)
     blocking = [f for f in findings if f.kind == "overflow" and not f.kept_fp32]
     if blocking:
         layers = ", ".join(dict.fromkeys(f"{f.node} ({f.op_type}, max |x| {f.max_abs:.3g})"
@@ -354,6 +371,7 @@ def convert_fp16(
         "preflight": "weights+activations" if images is not None else "weights only",
         "preflight_images": 0 if images is None else len(images),
     }
+    _add_card(props, card, "fp16")
     props[PRECISION_KEY] = "fp16"
     props[FP16_KEY] = json.dumps(settings, sort_keys=True)
     set_metadata(model, props)
@@ -373,12 +391,12 @@ def convert_fp16(
         "bytes": size,
         "fp32_bytes": fp32_onnx.stat().st_size,
     })
-    metrics["ort_cpu"] = _ort_cpu_check(fp32_onnx, out_path, model, images, set(keep))
+    metrics["ort_cpu"] = _ort_cpu_check(fp32_onnx, out_path, model, images, set(keep), io)
     return metrics
 
 
 def _ort_cpu_check(fp32_onnx: Path, fp16_onnx: Path, model: onnx.ModelProto,
-                   images: np.ndarray | None, keep: set[str]) -> dict[str, Any]:
+                   images: np.ndarray | None, keep: set[str], io: Any) -> dict[str, Any]:
     """Can ONNX Runtime's CPU provider run the FP16 graph, and does it compute in FP16?
 
     ORT inserts Cast nodes (named ``InsertedPrecisionFreeCast_*``) around ops that have no FP16
@@ -415,9 +433,8 @@ def _ort_cpu_check(fp32_onnx: Path, fp16_onnx: Path, model: onnx.ModelProto,
         result["how"] = "ONNX Runtime CPU: all converted nodes computed in FP16"
     if images is not None:
         check = images[:8]
-        name = session.get_inputs()[0].name
-        got = session.run(None, {name: check})[0]
-        ref = create_session(fp32_onnx, what="the FP32 graph").run(None, {name: check})[0]
+        got = _first_output(session, io, check)
+        ref = _first_output(create_session(fp32_onnx, what="the FP32 graph"), io, check)
         result.update({
             "check_images": len(check),
             "finite": bool(np.all(np.isfinite(got))),
@@ -425,6 +442,31 @@ def _ort_cpu_check(fp32_onnx: Path, fp16_onnx: Path, model: onnx.ModelProto,
             "check_max_abs_diff": float(np.max(np.abs(got.astype(np.float32) - ref))),
         })
     return result
+
+
+def _graph_io(model: onnx.ModelProto, card: Any) -> Any:
+    """How to feed ``model`` porter's canonical batch: ``card``'s form, else its metadata's."""
+    from port.engines.adapter import GraphIO
+    from port.export.metadata import card_from_metadata
+
+    if card is None:
+        card = card_from_metadata(read_props(model), source="the FP32 graph")
+    return GraphIO.for_onnx(model, card)
+
+
+def _add_card(props: dict[str, str], card: Any, precision: str) -> None:
+    """Give a graph made from an imported ONNX (no porter metadata) the run's card."""
+    from port.export.metadata import CARD_KEY, card_metadata
+
+    if card is not None and CARD_KEY not in props:
+        props.update(card_metadata(card, precision=precision, source_sha256=None))
+
+
+def _first_output(session: Any, io: Any, images: np.ndarray) -> np.ndarray:
+    """The first output of ``session`` for a canonical batch, in porter's form."""
+    names = [o.name for o in session.get_outputs()]
+    outs = io.run(lambda feed: dict(zip(names, session.run(names, feed), strict=True)), images)
+    return outs[names[0]]
 
 
 def _copy(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -33,10 +33,33 @@ def load_onnx(path: Path) -> onnx.ModelProto:
     except onnx.checker.ValidationError as exc:
         raise ModelError(f"{path} is not a valid ONNX model ({first_line(exc)}): re-export it "
                          "with `porter export --to onnx`") from exc
-    if len(model.graph.input) != 1 or len(model.graph.output) < 1:
-        raise ModelError(f"{path} must have exactly one image input (has "
-                         f"{len(model.graph.input)}): porter exports classifiers with one input")
+    # Old exporters (IR 3) list every initializer as a graph input too: those are weights.
+    weights = {init.name for init in model.graph.initializer}
+    inputs = [i.name for i in model.graph.input if i.name not in weights]
+    if len(inputs) != 1 or len(model.graph.output) < 1:
+        raise ModelError(f"{path} must have exactly one image input (has {len(inputs)}: "
+                         f"{', '.join(inputs[:4])}): porter exports classifiers with one input")
     return model
+
+
+def without_initializer_inputs(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with initializers no longer listed as graph inputs (IR 3 files list them).
+
+    The converters (FP16, INT8 quantization) treat every graph input as data to feed and keep in
+    FP32; a weight listed as an input would stay unconverted/unquantized. Unlisted, they are
+    constants, which IR 4 and later allow, so the copy's IR version is raised to at least 4. The
+    model itself is returned when there is nothing to change.
+    """
+    weights = {init.name for init in model.graph.initializer}
+    if not any(i.name in weights for i in model.graph.input):
+        return model
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    kept = [i for i in out.graph.input if i.name not in weights]
+    del out.graph.input[:]
+    out.graph.input.extend(kept)
+    out.ir_version = max(out.ir_version, 4)
+    return out
 
 
 def save_onnx_atomic(model: onnx.ModelProto, out_path: Path) -> int:
@@ -53,8 +76,13 @@ def read_props(model: onnx.ModelProto) -> dict[str, str]:
     return {p.key: p.value for p in model.metadata_props}
 
 
-def check_images(images: Any, model: onnx.ModelProto, what: str) -> np.ndarray:
-    """Validate preprocessed NCHW float images against the model's input; return float32 array."""
+def check_images(images: Any, model: onnx.ModelProto, what: str, io: Any = None) -> np.ndarray:
+    """Validate preprocessed NCHW float images against the model's input; return float32 array.
+
+    ``io`` (a :class:`port.engines.adapter.GraphIO`): the images are porter's canonical batch
+    and the graph's own form (NHWC, another dtype, a fixed batch) is the adapter's business; the
+    channels and size are checked against what it says, naming which one differs.
+    """
     if not isinstance(images, np.ndarray) or images.ndim != 4:
         shape = getattr(images, "shape", None)
         raise UsageError(f"{what} must be a float32 NCHW array of preprocessed images "
@@ -64,6 +92,9 @@ def check_images(images: Any, model: onnx.ModelProto, what: str) -> np.ndarray:
     if not np.issubdtype(images.dtype, np.floating):
         raise UsageError(f"{what} must be preprocessed float images, got dtype {images.dtype}: "
                          "apply the model's Preprocess (mean/std) first")
+    if io is not None:
+        io.check(images, what)
+        return np.ascontiguousarray(images, dtype=np.float32)
     dims = [d.dim_value if d.HasField("dim_value") else None
             for d in model.graph.input[0].type.tensor_type.shape.dim]
     if len(dims) == 4 and any(d is not None and d != s for d, s in zip(dims[1:], images.shape[1:],

@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from port.errors import UsageError
+from port.errors import ModelError, UsageError, first_line
 from port.export.metadata import PRECISION_KEY, set_metadata
 from port.export.onnx_files import (
     check_images,
@@ -56,6 +56,7 @@ from port.export.onnx_files import (
     load_onnx,
     read_props,
     save_onnx_atomic,
+    without_initializer_inputs,
 )
 from port.formats import option_choices
 
@@ -68,18 +69,24 @@ WEIGHT_RANGES = option_choices("int8_weights")
 QUANTIZATION_KEY = "porter.quantization"  # JSON: how this INT8 graph was made
 
 
-def _make_reader(images: np.ndarray, input_name: str, batch_size: int,
+def _make_reader(images: np.ndarray, feed: Any, batch_size: int,
                  on_batch: Callable[[int], None]) -> Any:
     """A ``CalibrationDataReader`` over ``images`` that ORT can drive one batch at a time.
+
+    ``feed`` (:class:`port.engines.adapter.GraphIO`) turns porter's canonical batch into what
+    the graph takes: its layout and dtype, its fixed batch (the batch size then; a short last
+    batch is padded by repeating a real image, so every range calibrated is a real image's).
 
     ``__len__`` and ``set_range`` are the interface ``quantize_static`` uses with
     ``CalibStridedMinMax``: it restricts the reader to a range of items, collects, and moves on.
     """
     from onnxruntime.quantization import CalibrationDataReader
 
+    size = feed.batch or batch_size
+
     class _Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self.starts = list(range(0, len(images), batch_size))
+            self.starts = list(range(0, len(images), size))
             self.set_range(0, len(self.starts))
 
         def __len__(self) -> int:
@@ -92,9 +99,9 @@ def _make_reader(images: np.ndarray, input_name: str, batch_size: int,
             start = next(self.pending, None)
             if start is None:
                 return None
-            batch = images[start:start + batch_size]
-            on_batch(len(batch))
-            return {input_name: batch}
+            chunk, real = next(feed.chunks(images[start:start + size], size))
+            on_batch(real)
+            return {feed.input_name: feed.to_graph(chunk)}
 
     return _Reader()
 
@@ -129,8 +136,13 @@ def quantize_int8(
     batch_size: int = 16,
     progress: bool = True,
     exclude_nodes: Sequence[str] = (),
+    card: Any = None,
 ) -> dict[str, Any]:
     """Quantize an FP32 ONNX classifier to INT8 QDQ, calibrated on ``calib_images``.
+
+    ``card``: the model card, which says how to feed the graph porter's canonical batch
+    (layout, dtype, fixed batch; else the card in its metadata, else its signature); an
+    imported ONNX without porter metadata gets it written into the INT8 graph.
 
     ``calib_images`` are preprocessed float32 NCHW images (the evaluation preprocessing). The
     output keeps the input's ``metadata_props``, with ``porter.precision`` set to ``int8`` and
@@ -166,13 +178,12 @@ def quantize_int8(
             n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in source.graph.node):
         raise UsageError(f"{fp32_onnx} is not an FP32 model (precision "
                          f"{props.get(PRECISION_KEY, 'quantized')}): quantize from the FP32 ONNX")
-    images = check_images(calib_images, source, "calibration images")
+    feed = _graph_io(source, card)
+    images = check_images(calib_images, source, "calibration images", io=feed)
     unknown = sorted(set(exclude_nodes) - {n.name for n in source.graph.node})
     if unknown:
         raise UsageError(f"cannot keep {', '.join(unknown[:5])} in FP32: no node of "
                          f"{fp32_onnx.name} has that name (use ONNX node names of the FP32 graph)")
-    input_name = source.graph.input[0].name
-
     symmetric = activation_type == "int8"
     extra_options = {
         "WeightSymmetric": True,  # zero point 0: what TensorRT and ORT's S8 kernels require
@@ -187,7 +198,7 @@ def quantize_int8(
         # ORT still fuses DQ->Conv(float bias)->Q into QLinearConv (checked in the tests).
         "QuantizeBias": not symmetric,
     }
-    n_batches = math.ceil(len(images) / batch_size)
+    n_batches = math.ceil(len(images) / (feed.batch or batch_size))
     t0 = time.perf_counter()
     # Intermediate graphs beside the output (the run directory), not in the system's /tmp: the
     # run lock's sweep removes what a killed export leaves (port.manifest_lock).
@@ -206,8 +217,12 @@ def quantize_int8(
 
         pre = Path(tmp) / "preprocessed.onnx"
         quantized = Path(tmp) / "int8.onnx"
-        quant_pre_process(str(fp32_onnx), str(pre))
-        reader = _make_reader(images, input_name, batch_size, on_batch)
+        plain = _quantizable(source)
+        if plain is not source:  # IR 3 / old opsets: see _quantizable
+            save_onnx_atomic(plain, Path(tmp) / "source.onnx")
+        quant_pre_process(str(fp32_onnx if plain is source else Path(tmp) / "source.onnx"),
+                          str(pre))
+        reader = _make_reader(images, feed, batch_size, on_batch)
         # ORT's histogram calibrators print() their progress; the bar above already shows it.
         with contextlib.redirect_stdout(io.StringIO()):
             quantize_static(
@@ -246,6 +261,7 @@ def quantize_int8(
         "float_outputs": float_outputs,
         "relu_input_scales_tied": tied,
     }
+    _add_card(props, card, "int8")
     props[PRECISION_KEY] = "int8"
     props[QUANTIZATION_KEY] = json.dumps(settings, sort_keys=True)
     set_metadata(model, props)
@@ -263,7 +279,7 @@ def quantize_int8(
     from port.engines.int8_cpu import int8_weight_bits
 
     metrics["weight_bits"] = int8_weight_bits(out_path)
-    metrics.update(_spot_check(fp32_onnx, out_path, images[:8], input_name))
+    metrics.update(_spot_check(fp32_onnx, out_path, images[:8], feed))
     return metrics
 
 
@@ -382,6 +398,45 @@ def _unshare_q_params(model: onnx.ModelProto) -> int:
     return len(copies)
 
 
+def _quantizable(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` in a form ``quantize_static`` quantizes fully (the model itself if it is).
+
+    Old exporters' graphs (IR 3) list weights as graph inputs, which the quantizer would leave
+    in FP32, and use opsets below 13, where QuantizeLinear has no per-channel ``axis``: the
+    weights are unlisted and the graph is converted to opset 13 (what TensorRT needs anyway).
+    """
+    from onnx import version_converter
+
+    plain = without_initializer_inputs(model)
+    opset = next((o.version for o in plain.opset_import if o.domain in ("", "ai.onnx")), 13)
+    if opset < 13:
+        try:
+            plain = version_converter.convert_version(plain, 13)
+        except Exception as exc:  # the converter raises bare RuntimeErrors per op
+            raise ModelError(f"the FP32 graph (opset {opset}) cannot be converted to opset 13 "
+                             f"for INT8 quantization ({first_line(exc)}): re-export the model "
+                             "with opset 13 or later") from None
+    return plain
+
+
+def _graph_io(model: onnx.ModelProto, card: Any) -> Any:
+    """How to feed ``model`` porter's canonical batch: ``card``'s form, else its metadata's."""
+    from port.engines.adapter import GraphIO
+    from port.export.metadata import card_from_metadata
+
+    if card is None:
+        card = card_from_metadata(read_props(model), source="the FP32 graph")
+    return GraphIO.for_onnx(model, card)
+
+
+def _add_card(props: dict[str, str], card: Any, precision: str) -> None:
+    """Give a graph made from an imported ONNX (no porter metadata) the run's card."""
+    from port.export.metadata import CARD_KEY, card_metadata
+
+    if card is not None and CARD_KEY not in props:
+        props.update(card_metadata(card, precision=precision, source_sha256=None))
+
+
 def _quantizer_name() -> str:
     import onnxruntime
 
@@ -389,7 +444,7 @@ def _quantizer_name() -> str:
 
 
 def _spot_check(fp32_onnx: Path, int8_onnx: Path, images: np.ndarray,
-                input_name: str) -> dict[str, Any]:
+                feed: Any) -> dict[str, Any]:
     """Run FP32 and INT8 on a few images with ORT CPU: proves the INT8 graph loads and runs.
 
     The INT8 graph runs through porter's ONNX Runtime runner, so on a CPU without VNNI it uses
@@ -397,13 +452,15 @@ def _spot_check(fp32_onnx: Path, int8_onnx: Path, images: np.ndarray,
     Accuracy is judged by ``porter evaluate`` on the evaluation split; this is only a smoke check
     that catches a broken graph at export time.
     """
+    from port.engines.adapter import AdaptedRunner
     from port.engines.onnxrt import OnnxRuntimeRunner
 
     outs, int8 = [], None
     for path in (fp32_onnx, int8_onnx):
-        with OnnxRuntimeRunner(path, providers=["CPUExecutionProvider"]) as runner:
-            outs.append(runner.infer({input_name: images})[runner.logits_output()])
-            int8 = runner.int8 or int8
+        inner = OnnxRuntimeRunner(path, providers=["CPUExecutionProvider"])
+        with AdaptedRunner(inner, io=feed) as runner:  # canonical batch in, [N, C] out
+            outs.append(runner.infer({feed.input_name: images})[runner.logits_output()])
+            int8 = inner.int8 or int8
     ref, q = outs
     return {
         "check_images": len(images),
