@@ -150,7 +150,7 @@ def _layerwise_locked(run: Path, manifest: Manifest, req: LayerwiseRequest, *,
                       console: Console) -> dict[str, Any]:
     from port.data.datasets import load_split, materialize
     from port.data.spec import parse_data_spec
-    from port.evaluate.layerwise import DEFAULT_TOLERANCE, NpySource
+    from port.evaluate.layerwise import DEFAULT_TOLERANCE, NpySource, write_dump
 
     ref = reference(manifest)
     card = reference_card(manifest, ref)
@@ -188,6 +188,12 @@ def _layerwise_locked(run: Path, manifest: Manifest, req: LayerwiseRequest, *,
     tolerance = req.tolerance if req.tolerance is not None else DEFAULT_TOLERANCE.get(
         precision, DEFAULT_TOLERANCE["fp32"])
 
+    if is_reference and against is None:  # --layerwise model --dump DIR: nothing to compare
+        assert req.dump is not None
+        dumped = write_dump(req.dump, _base_batches(base, images), len(images))
+        console.print(f"dumped input.npy and {len(dumped)} layer(s) of {ref.id} "
+                      f"({len(images)} images) to {req.dump}/", highlight=False)
+        return {"first_divergence": None, "dumped": str(req.dump), "layers": dumped}
     comparison, unmatched, dumped = _compare(base, cand, against, images, req.dump)
     result = comparison.result(tolerance)
     _annotate(result, against, art_side if cand is not None else None)
@@ -227,30 +233,20 @@ def _checked_input(images: Any, card: Any, directory: Path) -> Any:
                         f"takes [N, {want[0]}, {size}, {size}] (NCHW, preprocessed): dump the "
                         "batch porter writes with --dump, or remove input.npy to use the "
                         "validation images")
-    return np.ascontiguousarray(images, dtype=np.float32)
+    return np.array(images, dtype=np.float32)  # a writable copy (torch wants one), not the map
 
 
 def _compare(base: _Side, cand: _Side | None, against: Any, images: Any,
              dump: Path | None) -> tuple[Any, list[dict[str, str]], list[str]]:
     """Run both sides batch by batch; returns the comparison, unmatched tensors, dumped keys."""
-    from port.evaluate.layerwise import LayerComparison, OnnxSource, write_dump
+    from port.evaluate.layerwise import LayerComparison, write_dump
 
     comparison: LayerComparison | None = None
     order: list[str] = []
 
-    def base_batches() -> Any:
-        src = base.source
-        if isinstance(src, OnnxSource):
-            for start in range(0, len(images), BATCH):
-                chunk = images[start:start + BATCH]
-                yield start, chunk, src.keyed(src.run(chunk))
-        else:
-            for i, (chunk, acts) in enumerate(src.batches(images, BATCH)):
-                yield i * BATCH, chunk, acts
-
     def compared() -> Any:
         nonlocal comparison, order
-        for start, chunk, acts in base_batches():
+        for start, chunk, acts in _base_batches(base, images):
             if comparison is None:  # a TorchSource knows its order after the first forward
                 order = list(base.source.order)
                 tensors, notes = _candidate_tensors(order, cand, against, len(images))
@@ -271,6 +267,20 @@ def _compare(base: _Side, cand: _Side | None, against: Any, images: Any,
             pass
     assert comparison is not None  # images is never empty (--images >= 1)
     return comparison, _unmatched(order, cand, against), dumped
+
+
+def _base_batches(base: _Side, images: Any) -> Any:
+    """``(start, images, {module key: activation})`` of the reference side, batch by batch."""
+    from port.evaluate.layerwise import OnnxSource
+
+    src = base.source
+    if isinstance(src, OnnxSource):
+        for start in range(0, len(images), BATCH):
+            chunk = images[start:start + BATCH]
+            yield start, chunk, src.keyed(src.run(chunk))
+    else:
+        for i, (chunk, acts) in enumerate(src.batches(images, BATCH)):
+            yield i * BATCH, chunk, acts
 
 
 def _candidate_tensors(order: list[str], cand: _Side | None, against: Any, n: int
