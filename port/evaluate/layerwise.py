@@ -339,6 +339,47 @@ class OnnxSource:
         return {k: by_tensor[t] for k, t in self.tensors.items() if t in by_tensor}
 
 
+class TrtDebugSource:
+    """A TensorRT build of an engine's ONNX with the module outputs as debug tensors (GPU).
+
+    The mapping is the ONNX graph's (:func:`map_modules`, CPU); the run is
+    :func:`port.engines.trt_debug.run_debug_tensors`, once over the whole batch (one engine
+    build), then served batch by batch.
+    """
+
+    def __init__(self, onnx_path: Path, card: Any) -> None:
+        import onnx
+
+        from port.engines.adapter import GraphIO
+        from port.evaluate.activations import float_tensors
+
+        self.onnx_path = onnx_path
+        model = onnx.load(str(onnx_path))
+        self.map = map_modules(model, {t.name for t in float_tensors(model)})
+        self.tensors = {m.key: m.tensor for m in self.map.outputs}
+        self.source_tensors = {m.key: m.source_tensor for m in self.map.outputs}
+        self.order = [m.key for m in self.map.outputs]
+        self.io = GraphIO.from_card(card, input_name=model.graph.input[0].name)
+        self._all: dict[str, np.ndarray] | None = None
+        self._images: np.ndarray | None = None
+        self._cursor = 0
+
+    def prepare(self, images: np.ndarray) -> None:
+        """Build and run once over ``images`` (the whole comparison batch)."""
+        from port.engines.trt_debug import run_debug_tensors
+
+        self._images = images
+        self._all = run_debug_tensors(self.onnx_path, sorted(set(self.tensors.values())),
+                                      self.io.to_graph(images))
+        self._cursor = 0
+
+    def run(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """The next ``len(images)`` rows of every reported tensor (batches come in order)."""
+        assert self._all is not None, "prepare() first"
+        start, self._cursor = self._cursor, self._cursor + len(images)
+        return {k: v[start:self._cursor] for k, v in self._all.items()}
+
+
 class NpySource:
     """Activations dumped by another implementation: ``DIR/<module key>.npy``, batch first.
 
@@ -417,4 +458,4 @@ def write_dump(directory: Path, batches: Iterator[tuple[int, np.ndarray, Mapping
 
 
 __all__ = ["DEFAULT_TOLERANCE", "ROOT", "LayerComparison", "LayerStats", "NpySource",
-           "OnnxSource", "TorchSource", "compare_layers", "write_dump"]
+           "OnnxSource", "TorchSource", "TrtDebugSource", "compare_layers", "write_dump"]

@@ -128,7 +128,8 @@ def _load_onnx(file: Path) -> Any:
                          "re-export it (porter export --to onnx)") from None
 
 
-def _source(record: Record | None, file: Path, card: Any, what: str) -> Any:
+def _source(record: Record | None, file: Path, card: Any, what: str,
+            manifest: Manifest) -> Any:
     """TorchSource for a checkpoint, OnnxSource for an ONNX file; engines need TensorRT."""
     from port.evaluate.layerwise import OnnxSource, TorchSource
 
@@ -138,11 +139,27 @@ def _source(record: Record | None, file: Path, card: Any, what: str) -> Any:
         model, _, _ = load_model(file)
         return TorchSource(model)
     if (record is not None and record.kind == "engine") or file.suffix in (".engine", ".plan"):
-        raise BackendUnavailable(
-            f"--layerwise {file.name}: TensorRT engines are compared through their debug "
-            "tensors on a GPU (port.engines.trt_debug); on this machine compare the ONNX it was "
-            "built from instead")
+        return _engine_source(record, file, card, manifest)
     return OnnxSource(_load_onnx(file), card, what=what)
+
+
+def _engine_source(record: Record | None, file: Path, card: Any, manifest: Manifest) -> Any:
+    """An engine is compared through a debug build of the ONNX it was made from (GPU)."""
+    from port.engines.trt_debug import debug_tensors_supported
+    from port.evaluate.layerwise import TrtDebugSource
+
+    why = debug_tensors_supported()
+    if why:
+        raise BackendUnavailable(f"--layerwise {file.name}: TensorRT engines are compared "
+                                 f"through their debug tensors, and {why}: compare the ONNX it "
+                                 "was built from instead")
+    parents = [manifest.get(p["id"]) for p in record.parents] if record is not None else []
+    parent = next((p for p in parents if p is not None and p.kind == "onnx"), None)
+    if parent is None:
+        raise UsageError(f"--layerwise {file.name}: no recorded ONNX this engine was built from: "
+                         "pass the engine's export id (porter export --to trt records it)")
+    manifest.require_fresh(parent.id)
+    return TrtDebugSource(manifest.abspath(parent), card)
 
 
 # -- the command ------------------------------------------------------------------------------
@@ -178,10 +195,10 @@ def _layerwise_locked(run: Path, manifest: Manifest, req: LayerwiseRequest, *,
         dataset = {"spec": str(spec), "split": split.split, "images": len(images)}
 
     ref_side = _Side(ref.id, ref, "fp32", _source(ref, manifest.abspath(ref), card,
-                                                    "the reference"))
+                                                    "the reference", manifest))
     art_side = ref_side if is_reference else _Side(
         label, art_record, _precision(art_record, art_file),
-        _source(art_record, art_file, card, f"--layerwise {label}"))
+        _source(art_record, art_file, card, f"--layerwise {label}", manifest))
     # With --against, the artifact (or the reference) is what the dump is checked against.
     base, cand = (art_side, None) if against is not None else (ref_side, art_side)
     precision = "fp32" if against is not None else art_side.precision
@@ -194,6 +211,10 @@ def _layerwise_locked(run: Path, manifest: Manifest, req: LayerwiseRequest, *,
         console.print(f"dumped input.npy and {len(dumped)} layer(s) of {ref.id} "
                       f"({len(images)} images) to {req.dump}/", highlight=False)
         return {"first_divergence": None, "dumped": str(req.dump), "layers": dumped}
+    if hasattr(base.source, "prepare"):  # a TensorRT debug build runs the batch in one go
+        base.source.prepare(images)
+    if cand is not None and hasattr(cand.source, "prepare"):
+        cand.source.prepare(images)
     comparison, unmatched, dumped = _compare(base, cand, against, images, req.dump)
     result = comparison.result(tolerance)
     _annotate(result, against, art_side if cand is not None else None)
