@@ -1,6 +1,7 @@
 """Start-up time of the light commands vs ``python -c pass`` in the same environment.
 
-``porter status``, ``models``, ``doctor``, ``--help`` and a refusal of a bad flag value should
+``porter status``, ``models``, ``doctor``, ``--help`` and refusals of bad input (a bad flag value,
+bad DDP launcher flags, ``--resume`` with nothing to resume, a missing CIFAR folder) should
 cost little more than the interpreter itself: none of them imports torchvision (doctor alone
 imports torch, to probe CUDA). Each command runs as ``python -m port ...`` in a fresh process,
 ``--runs`` times interleaved with the baseline so that load on a shared machine hits both alike;
@@ -47,6 +48,15 @@ def _commands(tmp: Path) -> dict[str, list[str]]:
         "porter train --arch resnet7": [*port, "train", "--run", str(tmp / "new"), "--data",
                                         "synthetic", "--arch", "resnet7"],
         "porter export --to tflite": [*port, "export", "--run", str(run), "--to", "tflite"],
+        # The refusals that used to import torch (and torchvision) first.
+        "porter train --nproc-per-node 0": [*port, "train", "--run", str(tmp / "new"),
+                                            "--data", "synthetic", "--nproc-per-node", "0"],
+        "porter train --resume (none)": [*port, "train", "--run", str(tmp / "new"), "--data",
+                                         "synthetic", "--resume"],
+        "porter train cifar10:MISSING": [*port, "train", "--run", str(tmp / "new"), "--data",
+                                         f"cifar10:{tmp / 'missing'}"],
+        "porter weights export (no run)": [*port, "weights", "export", "--run",
+                                           str(tmp / "missing")],
     }
 
 
@@ -76,9 +86,9 @@ def main() -> None:
                 times[label].append(_time_once(argv, env))
     medians = {label: statistics.median(values) for label, values in times.items()}
     base = medians["python -c pass"]
-    print(f"{'command':<30} {'median s':>9} {'min s':>7} {'max s':>7} {'x python':>9}")
+    print(f"{'command':<34} {'median s':>9} {'min s':>7} {'max s':>7} {'x python':>9}")
     for label, values in times.items():
-        print(f"{label:<30} {medians[label]:9.3f} {min(values):7.3f} {max(values):7.3f} "
+        print(f"{label:<34} {medians[label]:9.3f} {min(values):7.3f} {max(values):7.3f} "
               f"{medians[label] / base:9.1f}")
     shown = ", ".join(f"{label.removeprefix('porter ')} {medians[label] / base:.1f}x"
                       for label in times if label != "python -c pass")

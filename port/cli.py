@@ -145,7 +145,7 @@ def train(
         overrides[key.strip().replace("-", "_")] = yaml.safe_load(value)
     launch = None  # no launcher flag: the stage checks the settings before importing torch
     if any(v is not None for v in (nproc_per_node, nnodes, node_rank, rdzv_endpoint)):
-        from port.train.launch import LaunchSpec  # imports torch (torch.distributed)
+        from port.train.launch import LaunchSpec  # no torch: checked before it is imported
 
         launch = LaunchSpec(nproc_per_node=nproc_per_node, nnodes=nnodes, node_rank=node_rank,
                             rdzv_endpoint=rdzv_endpoint)

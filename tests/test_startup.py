@@ -104,6 +104,22 @@ def test_help_is_light(command: str | None) -> None:
     assert result["code"] == 0
 
 
+# Command groups (`porter weights ...`): the group's help and each of its commands' help.
+GROUP_COMMANDS = sorted(
+    (group.name or group.typer_instance.info.name, *([] if command is None else [command]))
+    for group in app.registered_groups
+    for command in [None, *(c.name or c.callback.__name__
+                            for c in group.typer_instance.registered_commands)]
+)
+
+
+@pytest.mark.parametrize("words", GROUP_COMMANDS, ids=" ".join)
+def test_group_help_is_light(words: tuple[str, ...]) -> None:
+    result = _run([*words, "--help"])
+    _light(result)
+    assert result["code"] == 0
+
+
 # (argv, fragments of the one-line error) for each kind of bad input; RUN is a run directory that
 # must not be created, MISSING a path that does not exist, WEIGHTS a file that is never read.
 REFUSALS: dict[str, tuple[list[str], tuple[str, ...]]] = {
@@ -134,6 +150,24 @@ REFUSALS: dict[str, tuple[list[str], tuple[str, ...]]] = {
                          "--image-size", "-3"], ("--image-size must be an integer",)),
     "status-missing-run": (["status", "--run", "MISSING"], ("manifest.json missing",)),
     "serve-missing-run": (["serve", "--run", "MISSING"], ("manifest.json missing",)),
+    # The DDP launcher flags, --resume and CIFAR's folder are checked before torch is imported.
+    "train-bad-nproc": (["train", "--run", "RUN", "--data", "synthetic", "--nproc-per-node", "0"],
+                        ("--nproc-per-node must be >= 1",)),
+    "train-bad-node-rank": (["train", "--run", "RUN", "--data", "synthetic", "--nnodes", "2",
+                             "--node-rank", "5", "--rdzv-endpoint", "10.0.0.1:29500"],
+                            ("--node-rank must be in [0, 2)",)),
+    "train-no-endpoint": (["train", "--run", "RUN", "--data", "synthetic", "--nnodes", "2"],
+                          ("--rdzv-endpoint HOST:PORT",)),
+    "train-bad-endpoint": (["train", "--run", "RUN", "--data", "synthetic", "--nproc-per-node",
+                            "2", "--rdzv-endpoint", "nohost"], ("--rdzv-endpoint must be",)),
+    "train-resume-nothing": (["train", "--run", "RUN", "--data", "synthetic", "--resume"],
+                             ("nothing to resume", "train without --resume")),
+    "train-cifar-dir-missing": (["train", "--run", "RUN", "--data", "cifar10:MISSING"],
+                                ("CIFAR-10 not found in", "--download")),
+    "weights-missing-run": (["weights", "export", "--run", "MISSING"],
+                            ("manifest.json missing",)),
+    "weights-bad-format": (["weights", "export", "--run", "RUN", "--format", "onnx"],
+                           ("--format onnx is not known",)),
 }
 
 

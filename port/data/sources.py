@@ -86,6 +86,9 @@ class DataSource:
     mean_std: Callable[[int], tuple[Triple, Triple]]
     # Checks a "directory" source's layout when --data is parsed, so a typo fails before any work.
     check_directory: Callable[[Path], None] | None = None
+    # Checks, without torch/torchvision, that the files a split read needs are there (a "cache"
+    # source without --download): `porter train` calls it before importing anything heavy.
+    check_files: Callable[[DataSpec], None] | None = None
 
 
 def _fixed_size(size: int) -> Callable[[DataSpec], int]:
@@ -123,11 +126,8 @@ def _cifar_arrays(
     from torchvision import datasets
 
     cls = getattr(datasets, dataset_class)
-    if not download and not (root / cls.base_folder).is_dir():
-        raise DataError(
-            f"{title} not found in {root}: pass --download to fetch it, or --data {kind}:DIR "
-            f"with DIR holding {cls.base_folder}/"
-        )
+    _require_cifar_files(kind, root, title=title, base_folder=cls.base_folder,
+                         download=download)
     from urllib.error import URLError
 
     import numpy as np
@@ -151,14 +151,31 @@ def _cifar_arrays(
     return ArraySplit(images, labels, tuple(ds.classes))
 
 
+def _require_cifar_files(kind: str, root: Path, *, title: str, base_folder: str,
+                         download: bool) -> None:
+    """``DataError`` when ``root`` lacks torchvision's ``base_folder`` and --download is off."""
+    if not download and not (root / base_folder).is_dir():
+        raise DataError(
+            f"{title} not found in {root}: pass --download to fetch it, or --data {kind}:DIR "
+            f"with DIR holding {base_folder}/"
+        )
+
+
 def _cifar_source(
     kind: str, *, title: str, dataset_class: str, mean: Triple, std: Triple,
-    known_classes: tuple[str, ...] | None,
+    known_classes: tuple[str, ...] | None, base_folder: str,
 ) -> DataSource:
     """CIFAR-10 and CIFAR-100 differ only in these facts.
 
-    ``known_classes`` lets a source name its classes without its files (None: read them).
+    ``known_classes`` lets a source name its classes without its files (None: read them);
+    ``base_folder`` is the folder torchvision's class keeps them in (its ``base_folder``).
     """
+
+    def check_files(spec: DataSpec) -> None:
+        root = spec.data_root
+        assert root is not None  # a "cache" source always has one
+        _require_cifar_files(kind, root, title=title, base_folder=base_folder,
+                             download=spec.download)
 
     def read_split(spec: DataSpec, split: str) -> ArraySplit:
         root = spec.data_root
@@ -174,6 +191,7 @@ def _cifar_source(
     return DataSource(
         kind=kind, form=f"{kind}[:DIR]", location="cache", read_split=read_split,
         classes=classes, native_size=_fixed_size(_CIFAR_SIZE), mean_std=_fixed_stats(mean, std),
+        check_files=check_files,
     )
 
 
@@ -299,10 +317,12 @@ SOURCES: dict[str, DataSource] = {
             mean_std=_fixed_stats(CIFAR10_MEAN, CIFAR10_STD),  # as for any 32 px set
         ),
         _cifar_source("cifar10", title="CIFAR-10", dataset_class="CIFAR10", mean=CIFAR10_MEAN,
-                      std=CIFAR10_STD, known_classes=CIFAR10_CLASSES),
+                      std=CIFAR10_STD, known_classes=CIFAR10_CLASSES,
+                      base_folder="cifar-10-batches-py"),
         # CIFAR-100's 100 names are read from its own meta file rather than copied here.
         _cifar_source("cifar100", title="CIFAR-100", dataset_class="CIFAR100",
-                      mean=CIFAR100_MEAN, std=CIFAR100_STD, known_classes=None),
+                      mean=CIFAR100_MEAN, std=CIFAR100_STD, known_classes=None,
+                      base_folder="cifar-100-python"),
         DataSource(
             kind="folder", form="an ImageFolder directory", location="directory",
             read_split=_folder_split, classes=_folder_classes, native_size=_folder_native_size,

@@ -86,6 +86,18 @@ def _parse_named(text: str, download: bool) -> DataSpec | None:
     return None
 
 
+def check_data_available(spec: DataSpec) -> DataSpec:
+    """``spec`` when its files are there (or will be downloaded); else ``DataError``.
+
+    For the sources that can tell without reading (CIFAR's folder; a directory is checked by
+    :func:`parse_data_spec` already), and without importing torch or torchvision: `porter
+    train` refuses missing data before anything heavy is loaded.
+    """
+    if spec.source.check_files is not None:
+        spec.source.check_files(spec)
+    return spec
+
+
 def parse_data_spec(text: str, download: bool = False) -> DataSpec:
     """Parse a ``--data`` value; ``DataError`` (one line, with the fix) when it is unusable."""
     text = text.strip()

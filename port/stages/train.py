@@ -33,31 +33,38 @@ def run_train(
     ``launch`` (``--nproc-per-node``/``--nnodes``/...): start that many DDP worker processes
     through torch.distributed's launcher instead; rank 0 of them records the result.
     """
-    # The settings and the data path are checked before anything imports torch (the launcher,
-    # the loop and the run directory's resumable state do): a refused flag answers in well
-    # under a second instead of after seconds of imports.
-    from port.data.spec import parse_data_spec
+    # The settings, the launcher flags, the data and the run's resumable state are checked
+    # before anything imports torch (the loop and reading a checkpoint do): a refused flag
+    # answers in well under a second instead of after seconds of imports.
+    from port.data.spec import check_data_available, parse_data_spec
+    from port.train.distributed import in_launcher
+    from port.train.launch import LaunchSpec, resolve_world
     from port.train.recipe import resolve
+    from port.train.run_dir import RunPaths, require_checkpoint
 
+    launch = (launch or LaunchSpec()).validate()
+    # Nothing to resume: refused without torch. Only where the run directory is authoritative
+    # (this machine is node 0 and no launcher started us): other nodes and workers leave the
+    # check to rank 0 (port.train.run_dir.shared_prepare), as before.
+    if resume and not in_launcher() and not launch.node_rank:
+        require_checkpoint(RunPaths(run))
     saved = None
     if resume and recipe is None:
         from port.train.run_dir import saved_config
 
-        saved = saved_config(run)
+        saved = saved_config(run)  # reads the checkpoint (torch)
     if saved is not None:
         # `--resume` alone continues with the run's own settings; flags given on top are
         # checked by the loop, which refuses changes that would alter the result.
         cfg = resolve(None, {**saved.to_dict(), **overrides})
     else:
         cfg = resolve(recipe or DEFAULT_RECIPE, overrides)
-    parse_data_spec(cfg.data, download=download)  # a missing data directory: DataError
-
-    from port.train.launch import LaunchSpec, launch_workers, resolve_world
-    from port.train.loop import train
-    from port.train.run_dir import RunPaths
-
-    launch = launch or LaunchSpec()
+    # A missing data directory, or CIFAR files absent without --download: DataError.
+    check_data_available(parse_data_spec(cfg.data, download=download))
     cfg = resolve_world(cfg, launch)  # world_size from the launcher flags or the environment
+
+    from port.train.launch import launch_workers
+    from port.train.loop import train
     # The run lock is held from before anything is read until the model is recorded: a second
     # `porter train` (or import) on this run is refused instead of interleaving metrics and
     # replacing this model. DDP workers inherit it from the launching process (see

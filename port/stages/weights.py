@@ -69,14 +69,10 @@ def run_weights_export(run: Path, *, fmt: str = "npz", out: Path | None = None,
     ``RUN/model.weights.npz`` and ``out`` a copy hashed with the record (an edited copy makes
     the record ``modified``).
     """
-    import torch
-
     from port.atomic import atomic_path
     from port.formats import FORMATS
-    from port.models.checkpoint import load_model
-    from port.models.weights_npz import write_npz
 
-    _normalize_format(fmt)
+    _normalize_format(fmt)  # flags and the run first: a refusal never waits for torch
     manifest = open_run(run)
     with run_lock(run, "export"):
         ref = reference(manifest)
@@ -98,6 +94,11 @@ def run_weights_export(run: Path, *, fmt: str = "npz", out: Path | None = None,
         _claim(manifest, target)
         if copy is not None:
             _claim_outside(manifest, copy)
+        import torch
+
+        from port.models.checkpoint import load_model
+        from port.models.weights_npz import write_npz
+
         model, _, _ = load_model(manifest.abspath(ref))
         # One image of the card's shape: the pass only orders the layers (eval mode: no buffer
         # changes), so its values do not matter.

@@ -24,12 +24,16 @@ import inspect
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from port.errors import UsageError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+# torch is imported inside the functions that use it: DistContext and in_launcher are read by
+# `porter train`'s flag checks (port.train.launch), which must answer a bad flag without torch.
 
 _ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE")
 
@@ -84,6 +88,7 @@ def process_group(ctx: DistContext, device: torch.device) -> Iterator[None]:
     if not ctx.distributed:
         yield
         return
+    import torch
     import torch.distributed as dist
 
     if device.type == "cuda":
@@ -108,6 +113,7 @@ def wrap_model(
     :func:`average_buffers` merges them after the epoch. Parameter objects are kept, so an
     optimizer built on ``model`` beforehand stays valid.
     """
+    from torch import nn
     from torch.nn.parallel import DistributedDataParallel
 
     if sync_bn:
@@ -137,6 +143,7 @@ def average_buffers(model: nn.Module, ctx: DistContext) -> None:
     processes; one all-reduce of the concatenated buffers."""
     if not ctx.distributed:
         return
+    import torch
     import torch.distributed as dist
 
     buffers = [b for b in model.buffers() if b.is_floating_point()]

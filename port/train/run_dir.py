@@ -27,7 +27,9 @@ from port.atomic import atomic_write_text
 from port.errors import UsageError
 from port.train.distributed import DistContext, broadcast_from_main
 from port.train.recipe import TrainConfig, config_diff, save_recipe
-from port.train.state import load_train_state
+
+# port.train.state (torch) is imported where a checkpoint is read: RunPaths and
+# require_checkpoint answer `porter train --resume` on an empty run without torch.
 
 
 @dataclass(frozen=True)
@@ -72,11 +74,9 @@ def prepare(paths: RunPaths, cfg: TrainConfig, resume: bool) -> dict[str, Any] |
                 "continue it or choose a new --run"
             )
         return None
-    if not paths.checkpoint.exists():
-        raise UsageError(
-            f"nothing to resume in {run}: no {paths.checkpoint.relative_to(run)}; "
-            "train without --resume"
-        )
+    require_checkpoint(paths)
+    from port.train.state import load_train_state
+
     state = load_train_state(paths.checkpoint)
     diff = config_diff(state["config"], cfg)
     if diff:
@@ -86,6 +86,15 @@ def prepare(paths: RunPaths, cfg: TrainConfig, resume: bool) -> dict[str, Any] |
             "pass the original settings or choose a new --run"
         )
     return state
+
+
+def require_checkpoint(paths: RunPaths) -> None:
+    """``UsageError`` when the run has no checkpoint to resume from (no torch needed)."""
+    if not paths.checkpoint.exists():
+        raise UsageError(
+            f"nothing to resume in {paths.root}: no "
+            f"{paths.checkpoint.relative_to(paths.root)}; train without --resume"
+        )
 
 
 def shared_prepare(
@@ -118,6 +127,8 @@ def saved_config(run_dir: str | Path) -> TrainConfig | None:
     path = RunPaths(Path(run_dir)).checkpoint
     if not path.exists():
         return None
+    from port.train.state import load_train_state
+
     return TrainConfig.from_dict(load_train_state(path)["config"])
 
 
