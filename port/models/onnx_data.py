@@ -57,7 +57,10 @@ def external_data_files(model: Any, model_path: Path) -> list[str]:
     the model's folder (``..``, or a symlink pointing out of it), and a missing file (named, so
     it is not mistaken for a problem with the graph).
     """
-    folder = model_path.resolve().parent
+    # Locations are relative to the folder the model is read from (what onnx.load and ONNX
+    # Runtime use, also through a link to the .onnx); "inside" is checked on resolved paths.
+    folder = model_path.absolute().parent
+    real_folder = folder.resolve()
     files = []
     for location in external_locations(model):
         shown = location[:120]
@@ -74,7 +77,7 @@ def external_data_files(model: Any, model_path: Path) -> list[str]:
             raise ModelError(f"{model_path}: external data location {shown!r} leaves the "
                              f"model's folder; porter copies only files inside it: {fix}")
         path = folder.joinpath(*posix.parts)
-        if not path.resolve().is_relative_to(folder):
+        if not path.resolve().is_relative_to(real_folder):
             raise ModelError(f"{model_path}: external data {shown!r} is a link to "
                              f"{path.resolve()}, outside the model's folder: {fix}")
         if not path.is_file():

@@ -305,7 +305,7 @@ def _import_onnx(run: Path, req: ImportRequest) -> tuple[Path, dict, dict, list[
                              "overwrite it; move it away or import into a new --run directory")
     # Through port.atomic (fsync before the rename): the manifest must never register a copy
     # that a crash could leave half on disk. The data files first: the graph needs them.
-    folder = req.source.resolve().parent
+    folder = req.source.absolute().parent  # where the locations point (see onnx_data)
     for rel, target in zip(data_files, targets, strict=True):
         target.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(target) as tmp:
@@ -380,3 +380,8 @@ def run_import(run: Path, req: ImportRequest, *, console: Console) -> None:
         console.print(f"read {signature}", highlight=False, markup=False)
     console.print(f"[green]imported[/green] {req.source} as {record.path} ({kind}, "
                   f"{card['num_classes']} classes, {card['preprocess']['image_size']} px)")
+    if card["preprocess"].get("color_order") == "BGR":
+        # Recorded for apps (porter.color_order), but porter's own preprocessing does not swap
+        # channels yet: say so rather than let later numbers rest on it silently.
+        console.print("[yellow]note: BGR is recorded in the card for apps; porter's evaluate, "
+                      "calibration and predict still feed channels in RGB order[/yellow]")
