@@ -214,3 +214,33 @@ def test_bad_inputs_exit_2_with_one_line(lw: dict[str, Path], tmp_path: Path) ->
     garbage.write_bytes(b"not a model")
     refused(cli("evaluate", "--run", run, "--layerwise", garbage), "garbage.onnx",
             "not a readable ONNX")
+
+
+def test_int8_against_an_imported_onnx_reference(lw: dict[str, Path]) -> None:
+    from port.data.datasets import load_split, materialize
+    from port.data.spec import parse_data_spec
+    from port.export.quantize import quantize_int8
+
+    # An imported ONNX is its own reference: its FP32 graph, run with its tensors exposed.
+    imported = lw["base"] / "imported"
+    out = cli("import", lw["run"] / "model.fp32.onnx", "--run", imported, "--data", lw["data"])
+    assert out.code == 0, out.err
+    calib, _ = materialize(load_split(parse_data_spec(str(lw["data"])), "train", limit=16))
+    int8 = lw["base"] / "model.int8.onnx"
+    quantize_int8(imported / "model.onnx", int8, calib, progress=False)
+
+    out = cli("evaluate", "--run", imported, "--layerwise", int8, "--images", IMAGES,
+              "--tolerance", "10")  # mapping is checked here, not the (random) model's error
+    assert out.code == 0, out.err + out.out
+    result = _json(imported, "model.int8")
+    assert result["precision"] == "int8" and result["reference"]["kind"] == "onnx"
+    rows = _rows(result)
+    # Module paths come from the imported graph's metadata; the INT8 row compares what the next
+    # layer reads (the DequantizeLinear after the layer's QuantizeLinear).
+    conv = rows["layer1.0.1"]
+    assert conv["onnx_tensor"].endswith("DequantizeLinear_Output")
+    assert conv["source_tensor"] == "getitem_3"
+    assert 0 < conv["rel_error"] < 1 and conv["cosine"] > 0.5
+    assert rows["(model)"]["onnx_tensor"] == "logits"
+    reasons = {u["reason"] for u in result["unmatched"]}
+    assert "dequantized constant (weights, biases)" in reasons
