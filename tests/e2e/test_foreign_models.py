@@ -153,7 +153,7 @@ def test_a_colour_batch_for_a_grayscale_model_names_the_channels(tmp_path: Path,
             pytest.raises(DataError, match="1 \\(grayscale\\)") as err:
         predictor.logits(np.zeros((2, 3, 28, 28), np.float32))
     assert "resize/crop" not in str(err.value)
-    # The CLI refuses calibration data of the wrong kind in one line (a 28-px model, and the
-    # data named is 32-px colour CIFAR with other class names is refused before any work).
+    # Calibration data that does not belong to the model (synthetic: other class names) is
+    # refused in one line before anything is fed.
     refused(cli("export", "--run", run, "--to", "onnx", "--precision", "int8",
                 "--calib-data", "synthetic"), "class")
