@@ -41,9 +41,19 @@ from port.data.pixels import geometry, normalize
 from port.data.preprocess import Preprocess
 from port.errors import UsageError
 
-DEFAULT_CHUNK = 256  # images per chunk: 150 MB of float32 at 224 px, 3 MB at 32 px
+CHUNK_BYTES = 128 * 2**20  # preprocessed float32 per chunk: ~220 images at 224 px
+MAX_CHUNK = 4096  # images (48 MB at 32 px)
 MAX_WORKERS = 64
-_POOL_MIN_IMAGES = 256  # below this, starting processes costs more than it saves
+
+
+def chunk_images(preprocess: Preprocess) -> int:
+    """Images per chunk: about :data:`CHUNK_BYTES` of float32 input, 32 to :data:`MAX_CHUNK`.
+
+    Each row runs a whole chunk before the next row starts, so larger chunks mean fewer switches
+    between runtimes; the bytes bound keeps large inputs from filling memory.
+    """
+    per_image = 3 * preprocess.crop * preprocess.crop * 4
+    return max(32, min(MAX_CHUNK, CHUNK_BYTES // per_image))
 
 
 def default_workers() -> int:
@@ -110,10 +120,12 @@ class ImageStream:
 
     labels: np.ndarray
     preprocess: Preprocess
-    chunk_size: int = DEFAULT_CHUNK
+    chunk_size: int = 256
     workers: int = 0
     task_size: int = 32
     prefetch: int = 2  # chunks decoded ahead of the one being consumed
+    # Fewer images are decoded in this process: starting processes would cost more than it saves.
+    pool_min_images: int = 256
     paths: list[str] | None = None  # image files, or
     pixels: np.ndarray | None = None  # uint8 (N, H, W, 3) images (a view; never copied whole)
     description: str = "images"
@@ -143,7 +155,7 @@ class ImageStream:
                 stop = min(start + self.chunk_size, n)
                 yield normalize(self.pixels[start:stop], self.preprocess), self.labels[start:stop]
             return
-        use_pool = self.workers > 0 and n >= _POOL_MIN_IMAGES
+        use_pool = self.workers > 0 and n >= self.pool_min_images
         yield from (self._pooled() if use_pool else self._in_process())
 
     # Tasks are sub-chunks: a chunk is the concatenation of its tasks' batches, in order.
@@ -193,9 +205,11 @@ class ImageStream:
             pool.shutdown(wait=True, cancel_futures=True)
 
 
-def stream_split(split: Any, *, chunk_size: int = DEFAULT_CHUNK, workers: int | None = None,
+def stream_split(split: Any, *, chunk_size: int | None = None, workers: int | None = None,
                  ) -> ImageStream:
     """An :class:`ImageStream` over an evaluation split from ``load_split(..., augment=False)``.
+
+    ``chunk_size`` defaults to :func:`chunk_images`, ``workers`` to :func:`default_workers`.
 
     The images and their order are those of ``materialize(split)``; only files are listed here
     (no image is read until the stream is iterated).
@@ -207,7 +221,8 @@ def stream_split(split: Any, *, chunk_size: int = DEFAULT_CHUNK, workers: int | 
     base, indices = _unwrap(split)
     labels = np.asarray(split.targets, dtype=np.int64)
     common: dict[str, Any] = {"labels": labels, "preprocess": split.preprocess,
-                              "chunk_size": chunk_size, "workers": check_workers(workers),
+                              "chunk_size": chunk_size or chunk_images(split.preprocess),
+                              "workers": check_workers(workers),
                               "description": f"{split.spec} {split.split}"}
     if isinstance(base, ArrayDataset):
         whole = np.arange(len(base.images))
@@ -220,8 +235,3 @@ def stream_split(split: Any, *, chunk_size: int = DEFAULT_CHUNK, workers: int | 
                      "and image folders")
 
 
-def stream_arrays(images: np.ndarray, labels: np.ndarray, chunk_size: int = DEFAULT_CHUNK
-                  ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Already preprocessed float32 NCHW ``images`` as chunks (views, nothing copied)."""
-    for start in range(0, len(images), chunk_size):
-        yield images[start:start + chunk_size], labels[start:start + chunk_size]

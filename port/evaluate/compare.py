@@ -328,8 +328,10 @@ def _labels(rows: list[_Row]) -> str:
     return ", ".join(r.label for r in rows if r.running)
 
 
-def _batches(source: ChunkSource, size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Batches of exactly ``size`` images (the last may be smaller), whatever the chunking."""
+def _batch_groups(source: ChunkSource, size: int
+                  ) -> Iterator[list[tuple[np.ndarray, np.ndarray]]]:
+    """Per source chunk, the batches of exactly ``size`` images it completes (the very last
+    batch may be smaller): batches are formed across chunk boundaries, whatever the chunking."""
     carry_x: list[np.ndarray] = []
     carry_y: list[np.ndarray] = []
     held = 0
@@ -339,6 +341,7 @@ def _batches(source: ChunkSource, size: int) -> Iterator[tuple[np.ndarray, np.nd
         if images.ndim != 4 or len(images) != len(labels):
             raise DataError(f"a chunk of {len(labels)} labels came with images of shape "
                             f"{images.shape}: the data source must yield NCHW batches")
+        group = []
         start = 0
         if held:  # complete the batch left over from the previous chunk
             take = min(size - held, len(images))
@@ -346,48 +349,55 @@ def _batches(source: ChunkSource, size: int) -> Iterator[tuple[np.ndarray, np.nd
             carry_y.append(labels[:take])
             held += take
             start = take
-            if held < size:
-                continue
-            yield np.concatenate(carry_x), np.concatenate(carry_y)
-            carry_x, carry_y, held = [], [], 0
+            if held == size:
+                group.append((np.concatenate(carry_x), np.concatenate(carry_y)))
+                carry_x, carry_y, held = [], [], 0
         while len(images) - start >= size:
-            yield images[start:start + size], labels[start:start + size]
+            group.append((images[start:start + size], labels[start:start + size]))
             start += size
         if start < len(images):
             carry_x, carry_y = [images[start:]], [labels[start:]]
             held = len(images) - start
+        if group:
+            yield group
     if held:
-        yield np.concatenate(carry_x), np.concatenate(carry_y)
+        yield [(np.concatenate(carry_x), np.concatenate(carry_y))]
 
 
 def _accuracy_pass(rows: list[_Row], source: ChunkSource, batch_size: int, keep: int,
                    bar: Any) -> np.ndarray:
     """Feed every batch of ``source`` to every running row; returns the labels in order.
 
-    The first ``keep`` images are copied aside for the latency runs that follow.
+    Each row runs all the batches of a chunk before the next row starts: switching between
+    runtimes after every batch would leave one runtime's spinning thread pool (ONNX Runtime,
+    OpenMP in torch) competing with the next one's for the cores. The first ``keep`` images are
+    copied aside for the latency runs that follow.
     """
     total = len(source)
     task = bar.add_task(_labels(rows), total=total) if bar else None
+    n_rows = sum(row.running for row in rows)
     labels: list[np.ndarray] = []
     kept: list[np.ndarray] = []
     n_kept = 0
-    for batch, batch_labels in _batches(source, batch_size):
-        batch = np.ascontiguousarray(batch, dtype=np.float32)
-        if n_kept < keep:
-            kept.append(batch[:keep - n_kept].copy())
-            n_kept += len(kept[-1])
+    for group in _batch_groups(source, batch_size):
+        batches = [np.ascontiguousarray(x, dtype=np.float32) for x, _ in group]
+        for batch in batches:
+            if n_kept < keep:
+                kept.append(batch[:keep - n_kept].copy())
+                n_kept += len(kept[-1])
         for row in rows:
             if not row.running:
                 continue
             try:
-                row.infer(batch)
+                for batch in batches:
+                    row.infer(batch)
+                    if bar:  # a row's share of the batch: the bar counts images all rows ran
+                        bar.advance(task, len(batch) / n_rows)
             except BackendUnavailable as err:
                 if row is rows[0]:
                     raise
                 row.skip(str(err))
-        labels.append(np.asarray(batch_labels, dtype=np.int64))
-        if bar:
-            bar.advance(task, len(batch))
+        labels.extend(np.asarray(y, dtype=np.int64) for _, y in group)
     got = np.concatenate(labels) if labels else np.empty(0, dtype=np.int64)
     if len(got) != total:
         raise DataError(f"the data source gave {len(got)} images, not the {total} it announced")

@@ -1,0 +1,106 @@
+"""Streaming evaluation on real CIFAR-10 JPEGs: the same bits as the in-memory path."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from port import engines
+from port.data.datasets import load_split, materialize
+from port.data.preprocess import Preprocess
+from port.data.spec import parse_data_spec
+from port.data.stream import check_workers, stream_split
+from port.errors import DataError, UsageError
+from port.evaluate.compare import Candidate, evaluate, evaluate_stream
+
+from .conftest import FAST_LATENCY
+
+
+def _split(root: Path, limit: int | None = None, preprocess: Preprocess | None = None) -> object:
+    return load_split(parse_data_spec(str(root)), "val", limit=limit, seed=0,
+                      preprocess=preprocess)
+
+
+def _chunks(stream: object) -> np.ndarray:
+    return np.concatenate([x for x, _ in stream])  # type: ignore[attr-defined]
+
+
+def test_streamed_images_are_materialize_bit_for_bit(cifar_subset_dir: Path) -> None:
+    split = _split(cifar_subset_dir, limit=60)
+    images, labels = materialize(split)
+    # In a worker pool (forced for 60 images), chunks not a multiple of anything.
+    pooled = stream_split(split, chunk_size=13, workers=2)
+    pooled.pool_min_images, pooled.task_size = 0, 5
+    got = list(pooled)
+    assert [len(x) for x, _ in got] == [13, 13, 13, 13, 8]
+    assert np.array_equal(np.concatenate([x for x, _ in got]), images)
+    assert np.array_equal(np.concatenate([y for _, y in got]), labels)
+    # Resized and centre-cropped (the 224 px path, smaller), in this process.
+    big = replace(split.preprocess, image_size=40, resize=46, crop=40)
+    resized = _split(cifar_subset_dir, limit=12, preprocess=big)
+    assert np.array_equal(_chunks(stream_split(resized, chunk_size=5, workers=0)),
+                          materialize(resized)[0])
+
+
+def test_in_memory_arrays_stream_as_slices(synthetic_spec: object) -> None:
+    split = load_split(synthetic_spec, "val", limit=50, seed=0)  # type: ignore[arg-type]
+    stream = stream_split(split, chunk_size=16, workers=3)
+    assert not stream.decoded  # 32 px arrays at the input size: nothing to decode
+    assert np.array_equal(_chunks(stream), materialize(split)[0])
+    # Arrays that must be resized go through the same per-image code as files.
+    big = replace(split.preprocess, image_size=40, resize=40, crop=40)
+    resized = load_split(synthetic_spec, "val", limit=6, seed=0, preprocess=big)  # type: ignore[arg-type]
+    assert stream_split(resized, workers=0).decoded
+    assert np.array_equal(_chunks(stream_split(resized, workers=0)), materialize(resized)[0])
+
+
+def test_stream_evaluation_equals_the_in_memory_path(cifar_subset_dir: Path,
+                                                     artifacts: dict[str, Path]) -> None:
+    """Same logits and report numbers as every row run over the whole array at once."""
+    split = _split(cifar_subset_dir, limit=45)
+    images, labels = materialize(split)
+    ckpt, onnx_path = artifacts["checkpoint"], artifacts["onnx"]
+    ref = Candidate("model", "fp32", "checkpoint", ckpt, None, lambda: engines.load(ckpt))
+    cand = Candidate("onnx-fp32", "fp32", "onnx", onnx_path, None,
+                     lambda: engines.load(onnx_path))
+    stream = stream_split(split, chunk_size=7, workers=0)  # batches of 16 cross chunk borders
+    report, outputs = evaluate_stream(ref, [cand], stream, batch_sizes=(16,), progress=False,
+                                      **FAST_LATENCY)
+    in_memory = evaluate(ref, [cand], images, labels, batch_sizes=(16,), progress=False,
+                         **FAST_LATENCY)
+    for streamed, whole in zip(report["rows"], in_memory["rows"], strict=True):
+        for key in ("top1", "top5", "top1_drop_pp", "agreement", "max_abs_diff",
+                    "mean_abs_diff", "passed"):
+            assert streamed[key] == whole[key], key
+    assert np.array_equal(outputs.labels, labels)
+    # The logits are the runner's own on the whole array in batches of 16 (the old loop).
+    with engines.load(onnx_path) as runner:
+        name = runner.input_metadata()[0].name
+        direct = np.concatenate([runner.infer({name: images[i:i + 16]})[runner.logits_output()]
+                                 for i in range(0, len(images), 16)])
+    assert np.array_equal(outputs.logits["onnx-fp32"], direct)
+    assert report["dataset"]["images"] == 45
+
+
+def test_a_broken_file_is_named_from_a_worker(cifar_subset_dir: Path, tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    for split in ("train", "test"):
+        for cls in ("cat", "dog"):
+            (root / split / cls).mkdir(parents=True)
+            for src in sorted((cifar_subset_dir / "test" / cls).glob("*.jpg"))[:3]:
+                (root / split / cls / src.name).write_bytes(src.read_bytes())
+    bad = root / "test" / "dog" / "zz_broken.jpg"
+    bad.write_bytes(b"\xff\xd8 not really a jpeg")
+    stream = stream_split(_split(root), chunk_size=4, workers=1)
+    stream.pool_min_images = 0
+    with pytest.raises(DataError, match=r"zz_broken\.jpg"):
+        list(stream)
+
+
+def test_workers_out_of_range_are_refused() -> None:
+    assert check_workers(0) == 0 and check_workers(None) >= 1
+    with pytest.raises(UsageError, match="--workers -1"):
+        check_workers(-1)
