@@ -164,10 +164,12 @@ class HeldoutCheck:
         self.reference_top1 = float(np.mean(self.reference == labels))
 
     def _run(self, path: Path) -> tuple[np.ndarray, float]:
+        from port.engines.adapter import adapt
         from port.engines.onnxrt import OnnxRuntimeRunner
 
-        # The runner `porter evaluate` uses (same INT8 kernel choice), on the CPU provider.
-        with OnnxRuntimeRunner(path, providers=["CPUExecutionProvider"]) as runner:
+        # The runner `porter evaluate` uses (same INT8 kernel choice), on the CPU provider, fed
+        # the canonical batch in the graph's own form (layout, dtype, fixed batch).
+        with adapt(OnnxRuntimeRunner(path, providers=["CPUExecutionProvider"])) as runner:
             name = runner.input_metadata()[0].name
             out_name = runner.logits_output()
             preds, times = [], []
@@ -305,4 +307,5 @@ def _print_step(console: Any, step: Step, reference_top1: float) -> None:
                   f"({kept} of FP32) agreement {step.agreement:.4f} "
                   f"{step.latency_ms:.1f} ms/batch{EVAL_BATCH} "
                   f"{'gate pass' if step.gate_passed else 'gate fail'}"
-                  + ("" if step.step == 0 else f" -> {'kept' if step.accepted else 'dropped'}"))
+                  + ("" if step.step == 0 else f" -> {'kept' if step.accepted else 'dropped'}"),
+                  soft_wrap=True)

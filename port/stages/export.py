@@ -302,14 +302,14 @@ def _convert_with_fallback(ctx: ExportContext, fallback: Any, src: Path, out: Pa
         start += [n for n in fp16_required(src, sample, start) if n not in start]
     ctx.console.print(f"{flag} auto: {len(start)} layer(s) in FP32 to start, up to "
                       f"{fallback.max_layers} step(s), gate judged on {len(images)} held-out "
-                      "validation images")
+                      "validation images", soft_wrap=True)
     result = run_autofix(fallback, src, out, convert, start=start,
                          sensitivity_images=sensitivity_images[:SENSITIVITY_IMAGES],
                          heldout=HeldoutCheck(src, images, labels), console=ctx.console)
     if not result.passed:
         ctx.console.print(f"[red]{flag} auto did not reach the {fallback.precision} gate[/red] "
                           f"({result.stop_reason}); wrote the best model found "
-                          f"({len(result.chosen)} FP32 layer(s)): exit 1")
+                          f"({len(result.chosen)} FP32 layer(s)): exit 1", soft_wrap=True)
     metrics = dict(result.convert_metrics)
     metrics["autofix"] = result.to_dict()
     return metrics

@@ -168,6 +168,20 @@ def test_int8_auto_never_lowers_accuracy_and_records_each_step(planted_run: Path
         assert node.input[1] in floats
 
 
+def test_gate_not_reached_writes_the_best_model_and_exits_1(planted_run: Path,
+                                                            tmp_path: Path) -> None:
+    run = _copy(planted_run, tmp_path)
+    outcome = cli("export", "--run", run, "--to", "onnx", "--precision", "int8",
+                  "--calib-images", "64", "--exclude", "auto", "--max-fp32-layers", "0")
+    assert outcome.code == 1, outcome.out[-3000:] + outcome.err[-2000:]
+    record = _record(run, "onnx-int8")  # written and recorded all the same
+    auto = record["metrics"]["autofix"]
+    assert not auto["passed"] and auto["chosen"] == [] and len(auto["steps"]) == 1
+    assert "budget spent" in auto["stop_reason"] and (run / record["path"]).is_file()
+    lines = [line for line in outcome.out.splitlines() if "did not reach" in line]
+    assert len(lines) == 1 and "exit 1" in lines[0]
+
+
 @pytest.mark.parametrize(("args", "fragments"), [
     (["--precision", "fp16", "--exclude", "auto"], ["--exclude", "int8"]),
     (["--precision", "int8", "--exclude", "auto", "--max-fp32-layers", "-1"],
