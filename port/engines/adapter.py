@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -284,8 +285,13 @@ class AdaptedRunner(Runner):
             from port.export.metadata import card_from_metadata
 
             card = card_from_metadata(self.inner.metadata(), source=self.inner.name)
-        self.io = graph_io(card, metas[0]) if card is not None else _io_from_graph(
-            metas[0], self.inner.output_metadata())
+        if card is not None:
+            self.io = graph_io(card, metas[0])
+        elif isinstance(self.inner.loader, str | Path) and str(self.inner.loader).endswith(
+                ".onnx"):  # an ONNX without porter's card: its signature says the layout
+            self.io = GraphIO.for_onnx(self.inner.loader)
+        else:
+            self.io = _io_from_graph(metas[0], self.inner.output_metadata())
 
     def _deactivate(self) -> None:
         self.inner.deactivate()

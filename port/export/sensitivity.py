@@ -191,8 +191,12 @@ def rank_layers(fp32_onnx: Path, converted_onnx: Path, images: np.ndarray,
                                      what="the converted graph (sensitivity)")
     diff = dict.fromkeys(pairs, 0.0)
     norm = dict.fromkeys(pairs, 0.0)
-    batches = zip(ref_runner.batches(images, batch_size), conv_runner.batches(images, batch_size),
-                  strict=True)
+    # Fed in the graph's own form (layout, dtype, fixed batch: port.engines.adapter).
+    from port.engines.adapter import GraphIO
+
+    io = GraphIO.for_onnx(fp32)
+    batches = ((ref_runner.run({io.input_name: b}), conv_runner.run({io.input_name: b}))
+               for b in io.graph_batches(images, batch_size))
     for ref_out, conv_out in batches:
         for r, c in pairs:
             if r not in ref_out or c not in conv_out:
