@@ -122,12 +122,27 @@ def geometry(img: Image.Image, pre: Preprocess, channels: int | None = None) -> 
     return np.ascontiguousarray(pixels[top:top + crop, left:left + crop])
 
 
+def luma(rgb: np.ndarray) -> np.ndarray:
+    """uint8 (..., 3) RGB -> uint8 (..., 1) grayscale, exactly PIL's ``convert("L")``.
+
+    PIL's fixed-point ITU-R 601-2 luma: ``(R*19595 + G*38470 + B*7471 + 2**15) >> 16``.
+    """
+    x = rgb.astype(np.uint32)
+    y = (x[..., 0] * 19595 + x[..., 1] * 38470 + x[..., 2] * 7471 + 0x8000) >> 16
+    return y.astype(np.uint8)[..., None]
+
+
 def normalize(batch: np.ndarray, pre: Preprocess) -> np.ndarray:
     """uint8 (N, H, W, C) -> float32 (N, C, H, W): ``x / 255``, ``- mean``, ``/ std``.
+
+    RGB pixels for a 1-channel preprocess (in-memory arrays already at the input size) become
+    grayscale first (:func:`luma`, the same values the per-image ``"L"`` conversion gives).
 
     The same float32 operations in the same order as torchvision's ``ToTensor`` +
     ``Normalize``, hence identical bits.
     """
+    if batch.shape[-1] == 3 and image_channels(pre) == 1:
+        batch = luma(batch)
     x = batch.transpose(0, 3, 1, 2).astype(np.float32) / np.float32(255)
     mean = np.asarray(pre.mean, dtype=np.float32).reshape(1, -1, 1, 1)
     std = np.asarray(pre.std, dtype=np.float32).reshape(1, -1, 1, 1)

@@ -56,3 +56,12 @@ def test_colour_models_are_unchanged_and_a_contradiction_is_refused() -> None:
     assert pixels.preprocess_images(rgb, colour).shape == (1, 3, 32, 32)
     with pytest.raises(UsageError, match="one value per channel"):
         pixels.preprocess_images(rgb, colour, channels=1)
+
+
+def test_in_memory_rgb_arrays_become_the_same_gray(cifar_subset_dir: Path) -> None:
+    """The vectorised path (RGB arrays already at the input size) equals the per-image one."""
+    size = Preprocess.for_size(32, (0.45,), (0.25,))
+    rgb = np.stack([np.asarray(pixels.open_image(f)) for f in _jpegs(cifar_subset_dir, 6)])
+    per_image = pixels.preprocess_images(list(rgb), size)
+    np.testing.assert_array_equal(pixels.normalize(rgb, size), per_image)
+    assert per_image.shape == (6, 1, 32, 32)
