@@ -87,7 +87,7 @@ def plot_layerwise(payload: dict[str, Any], path: Path) -> None:
     rows = [(i, e) for i, e in enumerate(payload["layers"]) if e.get("diverged") is not None]
     # A fixed layout: the constrained one measures every rotated tick label (seconds per plot).
     fig = Figure(figsize=(9, 5.2), dpi=110)
-    fig.subplots_adjust(left=0.09, right=0.98, top=0.93, bottom=0.3)
+    fig.subplots_adjust(left=0.09, right=0.98, top=0.93, bottom=0.24)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     finite = [(i, e["rel_error"]) for i, e in rows
