@@ -275,7 +275,7 @@ def evaluate(
     images: Annotated[int, typer.Option("--images", help="--layerwise: validation images to compare on.")] = 32,
     against: Annotated[Path | None, typer.Option("--against", help="--layerwise: compare with <module>.npy activations in DIR (another implementation's dump).")] = None,
     dump: Annotated[Path | None, typer.Option("--dump", help="--layerwise: also write the reference's activations to DIR (input.npy + <module>.npy).")] = None,
-    tolerance: Annotated[float | None, typer.Option("--tolerance", help="--layerwise: relative L2 error over which a layer diverges (default by precision: fp32 1e-4, fp16 1e-2, int8 0.3).")] = None,
+    tolerance: Annotated[float | None, typer.Option("--tolerance", help="--layerwise: relative L2 error over which a layer diverges (default by precision: fp32 1e-4, fp16 1e-2, int8 0.2).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="--layerwise: print the result as JSON.")] = False,
 ) -> None:
     """Top-1 parity and latency of the reference and (with --compare) every export."""
