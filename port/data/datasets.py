@@ -30,6 +30,7 @@ from port.data.pixels import image_channels
 from port.data.preprocess import Preprocess
 from port.data.sources import ArraySplit, class_dirs
 from port.data.spec import DataSpec
+from port.data.stream import balanced_subset, note_skipped, skipped_files
 from port.data.transforms import Transform, eval_transform, geometry_transform, train_transform
 from port.errors import DataError, UsageError
 
@@ -55,35 +56,6 @@ class ArrayDataset(Dataset):
         return self.transform(Image.fromarray(self.images[index])), int(self.labels[index])
 
 
-_NOTED: set[str] = set()  # folders whose skipped files were already reported by this process
-
-
-def skipped_files(root: Path, used: set[Path]) -> list[Path]:
-    """Files in ``root``'s class folders that ImageFolder does not read (e.g. ``.gif``).
-
-    Hidden files (``.DS_Store``) are not counted: nobody expects them to be images.
-    """
-    return sorted(
-        p for name in class_dirs(root) for p in (root / name).rglob("*")
-        if p.is_file() and not p.name.startswith(".") and p not in used
-    )
-
-
-def _note_skipped(root: Path, skipped: list[Path]) -> None:
-    """One line on stderr: how many files were left out, of which suffixes, and where."""
-    if str(root) in _NOTED:
-        return
-    _NOTED.add(str(root))
-    suffixes = sorted({p.suffix.lower() or "(no suffix)" for p in skipped})
-    from torchvision.datasets.folder import IMG_EXTENSIONS
-
-    sys.stderr.write(
-        f"porter: note: {root}: skipped {len(skipped)} file(s) that are not images porter reads "
-        f"({', '.join(suffixes)}; e.g. {skipped[0]}): convert them to "
-        f"{'/'.join(IMG_EXTENSIONS[:3])}... to use them\n"
-    )
-
-
 class FolderDataset(ImageFolder):
     """torchvision's ImageFolder reading through :func:`read_image` (errors name the file).
 
@@ -95,7 +67,7 @@ class FolderDataset(ImageFolder):
         super().__init__(str(root), transform=transform, loader=read_image)
         self.skipped = skipped_files(root, {Path(p) for p, _ in self.samples})
         if self.skipped:
-            _note_skipped(root, self.skipped)
+            note_skipped(root, self.skipped)
 
     def find_classes(self, directory: str | Path) -> tuple[list[str], dict[str, int]]:
         classes = class_dirs(Path(directory))
@@ -145,21 +117,6 @@ def _base_dataset(
             "class folders"
         ) from exc
     return ds, np.asarray(ds.targets, dtype=np.int64), list(ds.classes)
-
-
-def balanced_subset(labels: np.ndarray, limit: int, seed: int) -> np.ndarray:
-    """``limit`` sorted indices drawn class-balanced (round-robin over shuffled classes).
-
-    Deterministic for a given ``seed``. Classes with too few images give their share to others.
-    """
-    rng = np.random.default_rng(seed)
-    classes = np.unique(labels)
-    per_class = [rng.permutation(np.flatnonzero(labels == c)) for c in classes]
-    order = rng.permutation(len(classes))  # which classes get the remainder when uneven
-    depth = max(len(p) for p in per_class)
-    # Round k takes the k-th image of every class, so any prefix is as balanced as possible.
-    picked = [per_class[c][k] for k in range(depth) for c in order if k < len(per_class[c])]
-    return np.sort(np.asarray(picked[:limit], dtype=np.int64))
 
 
 # --------------------------------------------------------------------------------------------

@@ -134,9 +134,8 @@ def _check_flags(req: EvaluateRequest) -> None:
 def _evaluate_locked(run: Path, manifest: Manifest, req: EvaluateRequest, *,
                      console: Console) -> bool:
     """:func:`run_evaluate` under the run lock."""
-    from port.data.datasets import load_split
     from port.data.spec import parse_data_spec
-    from port.data.stream import stream_split
+    from port.data.stream import open_split
     from port.evaluate.compare import evaluate_stream
     from port.evaluate.report import notes_lines, render_table, write_report
 
@@ -144,16 +143,17 @@ def _evaluate_locked(run: Path, manifest: Manifest, req: EvaluateRequest, *,
     card = reference_card(manifest, ref)
     spec_text = run_data(ref, req.data, "evaluation")
     spec = parse_data_spec(spec_text, download=req.download)
-    split = load_split(spec, "val", preprocess=card.preprocess, limit=req.limit, seed=0)
-    differ = check_classes(card, split.classes, spec_text, ignore_names=req.ignore_class_names,
-                           override="--ignore-class-names")
+    # Listed without torch (an ONNX reference never needs it); read, decoded and preprocessed
+    # chunk by chunk in worker processes, once for every row: memory is bounded by the chunk
+    # size, not by the number of images.
+    stream = open_split(spec, "val", preprocess=card.preprocess, limit=req.limit, seed=0,
+                        workers=req.workers)
+    differ = check_classes(card, stream.classes or [], spec_text,
+                           ignore_names=req.ignore_class_names, override="--ignore-class-names")
     if differ:  # only reached with --ignore-class-names: say what the numbers rest on
         console.print(f"[yellow]{differ} class names of the data differ from the model's "
                       "(--ignore-class-names): labels are matched by position[/yellow]")
-    check_eval_numbers(req.limit, req.batch_sizes, card, len(split))
-    # Read, decoded and preprocessed chunk by chunk in worker processes, once for every row:
-    # memory is bounded by the chunk size, not by the number of images.
-    stream = stream_split(split, workers=req.workers)
+    check_eval_numbers(req.limit, req.batch_sizes, card, len(stream))
 
     # An imported INT8/FP16 ONNX is recorded as such (port.models.onnx_signature): its row and
     # gate say what it is; trained and state-dict references are FP32.
@@ -167,7 +167,7 @@ def _evaluate_locked(run: Path, manifest: Manifest, req: EvaluateRequest, *,
         if not candidates:
             console.print("[yellow]no exports in this run yet: only the reference is evaluated "
                           "(porter export --to onnx first)[/yellow]")
-    dataset = {"spec": str(spec), "split": split.split, "images": len(stream),
+    dataset = {"spec": str(spec), "split": "val", "images": len(stream),
                "limit": req.limit}
     report, outputs = evaluate_stream(reference_candidate, candidates, stream,
                                       batch_sizes=req.batch_sizes, gates=_gates(req),

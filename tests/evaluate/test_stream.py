@@ -62,8 +62,8 @@ def test_stream_evaluation_equals_the_in_memory_path(cifar_subset_dir: Path,
     """Same logits and report numbers as every row run over the whole array at once."""
     split = _split(cifar_subset_dir, limit=45)
     images, labels = materialize(split)
-    ckpt, onnx_path = artifacts["checkpoint"], artifacts["onnx"]
-    ref = Candidate("model", "fp32", "checkpoint", ckpt, None, lambda: engines.load(ckpt))
+    onnx_path = artifacts["onnx"]  # ONNX Runtime for both rows: the torch runner is slow here
+    ref = Candidate("model", "fp32", "onnx", onnx_path, None, lambda: engines.load(onnx_path))
     cand = Candidate("onnx-fp32", "fp32", "onnx", onnx_path, None,
                      lambda: engines.load(onnx_path))
     stream = stream_split(split, chunk_size=7, workers=0)  # batches of 16 cross chunk borders
@@ -104,3 +104,26 @@ def test_workers_out_of_range_are_refused() -> None:
     assert check_workers(0) == 0 and check_workers(None) >= 1
     with pytest.raises(UsageError, match="--workers -1"):
         check_workers(-1)
+
+
+def test_open_split_lists_what_load_split_does_without_torch(cifar_subset_dir: Path) -> None:
+    import subprocess
+    import sys
+
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    from port.data.stream import IMG_EXTENSIONS as OURS
+    from port.data.stream import open_split
+
+    assert tuple(OURS) == tuple(IMG_EXTENSIONS)
+    spec = parse_data_spec(str(cifar_subset_dir))
+    for limit in (None, 37):
+        split = _split(cifar_subset_dir, limit=limit)
+        want = stream_split(split, workers=0)
+        got = open_split(spec, "val", preprocess=split.preprocess, limit=limit, workers=0)
+        assert got.paths == want.paths and got.classes == split.classes
+        assert np.array_equal(got.labels, want.labels)
+    # The evaluate stage's modules and the ONNX Runtime runner import no torch.
+    code = ("import sys, port.stages.evaluate, port.data.stream, port.evaluate.report, "
+            "port.engines.onnxrt; sys.exit('torch' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
