@@ -77,7 +77,7 @@ def run_weights_export(run: Path, *, fmt: str = "npz", out: Path | None = None,
     with run_lock(run, "export"):
         ref = reference(manifest)
         if ref.kind != FORMATS["checkpoint"].kind:
-            raise UsageError(f"the run's reference is a {ref.kind} file ({ref.path}), not a "
+            raise UsageError(f"the run's reference {ref.path} (kind {ref.kind}) is not a "
                              "PyTorch model: `porter weights export` needs a trained or "
                              "state_dict-imported reference")
         card = reference_card(manifest, ref)
