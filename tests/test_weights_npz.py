@@ -112,6 +112,16 @@ def test_out_outside_the_run_is_a_recorded_copy(exported: tuple[Path, Path, dict
     status = json.loads(cli("status", "--run", run, "--json").out)
     assert {r["id"]: r["state"] for r in status}["weights-npz"] == "modified"
     refused(cli("weights", "export", "--run", run, "--format", "safetensors"), "--format")
+    refused(cli("weights", "export", "--run", run, "--out", tmp_path / "w.bin"),
+            "must end with .npz")
+    # A run whose reference is an ONNX file has no PyTorch tensors to export.
+    from port.manifest import Manifest
+
+    onnx_run = tmp_path / "onnx-run"
+    onnx_run.mkdir()
+    (onnx_run / "model.onnx").write_bytes(b"an imported graph")
+    Manifest(onnx_run).record("import", "onnx", onnx_run / "model.onnx", id="model")
+    refused(cli("weights", "export", "--run", onnx_run), "is not a PyTorch model")
 
 
 def _savez(path: Path, **arrays: np.ndarray) -> Path:
