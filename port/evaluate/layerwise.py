@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from port.errors import DataError, UsageError
+from port.errors import DataError, ModelError, UsageError, first_line
 from port.evaluate.module_map import ROOT, ModuleMap, map_modules, module_key
 
 # Relative L2 error over which a layer counts as diverged, by the artifact's precision, set from
@@ -306,6 +306,7 @@ class OnnxSource:
         from port.evaluate.activations import IntermediateRunner, float_tensors
 
         self.graph = model
+        self.what = what
         self.map: ModuleMap = map_modules(model, {t.name for t in float_tensors(model)})
         self.tensors = {m.key: m.tensor for m in self.map.outputs}
         self.source_tensors = {m.key: m.source_tensor for m in self.map.outputs}
@@ -331,7 +332,12 @@ class OnnxSource:
         """``{tensor name: array}`` of every exposed tensor for a canonical NCHW batch."""
         parts: dict[str, list[np.ndarray]] = {}
         for chunk, real in self.io.chunks(images, len(images)):
-            outs = self.runner.run({self.io.input_name: self.io.to_graph(chunk)})
+            try:
+                outs = self.runner.run({self.io.input_name: self.io.to_graph(chunk)})
+            except Exception as exc:  # ORT's errors (wrong input size, bad graph) are generic
+                raise ModelError(f"{self.what}: ONNX Runtime cannot run it on the model's "
+                                 f"{list(chunk.shape[1:])} images ({first_line(exc)}): compare "
+                                 "an export of this run's model") from None
             for name, value in outs.items():
                 parts.setdefault(name, []).append(value[:real])
         return {name: np.concatenate(v) for name, v in parts.items()}
