@@ -7,11 +7,13 @@ much the logits' error (relative L2 against FP32) drops, on held-out images. Thi
 both for one FP32 ONNX and prints them side by side with their Spearman rank correlation and the
 overlap of their top-3.
 
-    .venv/bin/python bench/autofix_sensitivity.py MODEL.fp32.onnx --data DIR \
+    .venv/bin/python bench/autofix_sensitivity.py [MODEL.fp32.onnx --data DIR] \
         [--precision int8] [--calib 256] [--sens 64] [--heldout 500]
 
 DIR is an ImageFolder with train/ and test/ (or val/) splits, e.g. /work/cifar10. The model's
-preprocessing comes from its porter metadata.
+preprocessing comes from its porter metadata. Without a model (``make bench``) it builds the
+small model of tests/export/test_autofix.py, clean and with its planted faults, on the tests'
+real CIFAR-10 subset, and compares both.
 """
 
 from __future__ import annotations
@@ -58,14 +60,51 @@ def spearman(x: list[float], y: list[float]) -> float:
 def main() -> None:
     """Rank, brute-force, compare, print."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("model", type=Path)
-    parser.add_argument("--data", required=True)
+    parser.add_argument("model", type=Path, nargs="?")
+    parser.add_argument("--data")
     parser.add_argument("--precision", default="int8", choices=("int8", "fp16"))
     parser.add_argument("--calib", type=int, default=256)
     parser.add_argument("--sens", type=int, default=64)
     parser.add_argument("--heldout", type=int, default=500)
     args = parser.parse_args()
+    if args.model is None:
+        with tempfile.TemporaryDirectory() as tmp:
+            args.data = str(_subset())
+            for plant in (False, True):
+                args.model = _featnet(Path(tmp), args.data, plant)
+                compare(args)
+        return
+    if not args.data:
+        parser.error("--data DIR is needed with a model")
+    compare(args)
 
+
+def _subset() -> Path:
+    """The tests' real CIFAR-10 subset (extracted from the archive once, cached in .cache/)."""
+    from port.data.archive import extract_imagefolder_archive
+    from tests.conftest import SUBSET_DIR, SUBSET_PER_CLASS, cifar_archive
+
+    return extract_imagefolder_archive(cifar_archive(), SUBSET_DIR, per_class=SUBSET_PER_CLASS)
+
+
+def _featnet(tmp: Path, data: str, plant: bool) -> Path:
+    """The tests' small model (random convolutions, real BN statistics, fitted head) as ONNX."""
+    from port.export.onnx import export_onnx
+    from port.models.card import ModelCard
+    from tests.export.test_autofix import _planted_model
+
+    train = load_split(parse_data_spec(data), "train", seed=0)
+    x, y = materialize(train)
+    card = ModelCard(arch="featnet", num_classes=10, classes=train.classes,
+                     preprocess=train.preprocess)
+    path = tmp / f"featnet-{'planted' if plant else 'clean'}.onnx"
+    export_onnx(_planted_model(x, y, plant=plant), card, path, sample=x[:8],
+                exporter="torchscript")
+    return path
+
+
+def compare(args: argparse.Namespace) -> None:
+    """Rank one model's layers both ways and print the comparison."""
     card = read_card(args.model)
     spec = parse_data_spec(args.data)
     train, _ = materialize(load_split(spec, "train", preprocess=card.preprocess,

@@ -51,7 +51,9 @@ class FeatNet(nn.Module):
         return self.fc(self.features(x))
 
 
-def _planted_model(x_train: np.ndarray, y_train: np.ndarray) -> FeatNet:
+def _planted_model(x_train: np.ndarray, y_train: np.ndarray, *, plant: bool = True) -> FeatNet:
+    """FeatNet with real BatchNorm statistics and a fitted head; the two faults when ``plant``
+    (bench/autofix_sensitivity.py also uses the clean one)."""
     torch.manual_seed(0)
     model = FeatNet()
     for m in model.modules():
@@ -72,6 +74,8 @@ def _planted_model(x_train: np.ndarray, y_train: np.ndarray) -> FeatNet:
                                feats1.T @ target)
         model.fc.weight.copy_(torch.from_numpy(coef[:-1].T))
         model.fc.bias.copy_(torch.from_numpy(coef[-1]))
+        if not plant:
+            return model
         # INT8 plant: huge head weights on the dead channel (no effect in FP32).
         big = HEAD_OUTLIER * model.fc.weight.abs().max()
         model.fc.weight[:, DEAD] = big * torch.tensor([(-1) ** i for i in range(10)])
