@@ -35,7 +35,7 @@ from port.evaluate.module_map import ROOT, ModuleMap, map_modules, module_key
 # overflow (inf), a perturbed or misloaded layer lands far above these.
 DEFAULT_TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2, "int8": 0.2}
 TOP_GROWTH = 5  # rows named as the ones adding the most error
-GROWTH_FLOOR = 0.1  # ... when their growth is at least this fraction of the tolerance
+GROWTH_FLOOR = 0.05  # ... when their growth is at least this fraction of the tolerance
 
 
 # -- statistics -------------------------------------------------------------------------------
