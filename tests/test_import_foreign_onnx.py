@@ -188,6 +188,15 @@ REFUSALS = {
 }
 
 
+def test_a_graph_onnx_runtime_cannot_load_is_refused(tmp_path: Path) -> None:
+    model = graph_model(["N", 3, 32, 32], ["N", 10])
+    model.graph.node[-1].op_type, model.graph.node[-1].domain = "Flatten2", "com.example"
+    model.opset_import.append(onnx.helper.make_opsetid("com.example", 1))
+    refused(cli("import", _save(model, tmp_path / "m.onnx"), "--run", tmp_path / "run", *RGB),
+            "ONNX Runtime cannot load", "Flatten2", "porter doctor")
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("case", sorted(REFUSALS))
 def test_refusals(case: str, tmp_path: Path) -> None:
     make, edit, flags, fragments = REFUSALS[case]

@@ -297,6 +297,15 @@ def _import_onnx(run: Path, req: ImportRequest) -> tuple[Path, dict, dict, list[
                          "(or dynamic) batch")
     card = apply_signature(card, sig)
     check_card(card.to_dict(), str(req.source), outputs=sig.num_classes)
+    # Every later stage runs the reference on ONNX Runtime: a graph it cannot load (an IR or
+    # opset newer than it reads, a custom op, a broken data file) is refused now, not at
+    # evaluate. Unoptimised: loading is the check, not the graph rewrites.
+    from port.engines.ort_session import create_session
+
+    create_session(req.source, what=str(req.source), optimize=False,
+                   hint=f"re-export it with an IR version, opset and operators this ONNX Runtime "
+                        f"reads (the file has IR {proto.ir_version}, opset {sig.opset}; "
+                        "`porter doctor` shows ONNX Runtime's version)")
     out = run / "model.onnx"
     targets = [run / rel for rel in data_files]
     for target in targets:  # never overwrite a file that is somebody's (checked before copying)
