@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from port.errors import UsageError
+from port.errors import PorterError, UsageError, first_line
 from port.export.sensitivity import LayerSensitivity, candidate_nodes, fp32_unit, rank_layers
 
 AUTO = "auto"
@@ -264,7 +264,17 @@ def run_autofix(
                     continue  # already FP32 as part of a kept layer's unit
                 unit = [n for n in fp32_unit(fp32_model, node, precision)
                         if n not in best.fp32_nodes]
-                path, metrics, step = attempt([*best.fp32_nodes, *unit], tried + 1, node)
+                nodes = [*best.fp32_nodes, *unit]
+                try:
+                    path, metrics, step = attempt(nodes, tried + 1, node)
+                except PorterError as exc:
+                    # A set the converter refuses (e.g. a graph onnx.checker rejects) is a step
+                    # that did not help: recorded, dropped, and the search goes on.
+                    step = Step(tried + 1, node, nodes, 0.0, 0.0, 0.0, False, False,
+                                f"dropped: conversion failed ({first_line(exc)})")
+                    result.steps.append(step)
+                    _print_step(console, step, heldout.reference_top1)
+                    continue
                 if _improves(step, best):
                     step.accepted, step.why = True, "improved"
                     best_path, best_metrics, best = path, metrics, step
@@ -307,5 +317,5 @@ def _print_step(console: Any, step: Step, reference_top1: float) -> None:
                   f"({kept} of FP32) agreement {step.agreement:.4f} "
                   f"{step.latency_ms:.1f} ms/batch{EVAL_BATCH} "
                   f"{'gate pass' if step.gate_passed else 'gate fail'}"
-                  + ("" if step.step == 0 else f" -> {'kept' if step.accepted else 'dropped'}"),
+                  + ("" if step.step == 0 else f" -> {'kept' if step.accepted else step.why}"),
                   soft_wrap=True)
