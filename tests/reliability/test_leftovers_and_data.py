@@ -60,7 +60,8 @@ def test_report_md_and_plots_are_covered_by_the_record(run: Path) -> None:
     record = next(r for r in json.loads((run / "manifest.json").read_text())["artifacts"]
                   if r["id"] == "report")
     assert sorted(record["metrics"]["files"]) == [
-        "report/accuracy_vs_latency.png", "report/latency.png", "report/report.md"]
+        "report/accuracy_vs_latency.png", "report/latency.png", "report/outputs.npz",
+        "report/report.md"]
     (run / "report" / "report.md").write_text("| all rows | passed |\n")
     rows = {r["id"]: r for r in json.loads(cli("status", "--run", run, "--json").out)}
     assert rows["report"]["state"] == "modified"
