@@ -208,6 +208,12 @@ def build_engine(
             "--calibrator needs calibration images: the export stage passes the run's "
             "training split (or --calib-data)"
         )
+    if calib_images is not None:
+        from port.engines.adapter import GraphIO
+
+        # The classic calibrator copies batches as they are: give it the graph's own layout
+        # (an NHWC graph would otherwise calibrate on transposed pixels of the same size).
+        calib_images = GraphIO.for_onnx(onnx_path, card).to_graph(calib_images)
     with CudaContext(device_index) as ctx:
         gpu = ctx.info
         assert gpu is not None
