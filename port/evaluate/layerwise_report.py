@@ -64,15 +64,16 @@ def markdown_layerwise(payload: dict[str, Any]) -> str:
     first = payload.get("first_divergence")
     top = set(payload.get("top_growth") or [])
     for i, e in enumerate(payload["layers"]):
+        name = e["module"] + (f" (= {', '.join(e['aliases'])})" if e.get("aliases") else "")
         if e.get("diverged") is None:
-            lines.append(f"| {i} | {e['module']} | | | | | | {e.get('note') or ''} |")
+            lines.append(f"| {i} | {name} | | | | | | {e.get('note') or ''} |")
             continue
         mark = ("**first divergence**" if e["module"] == first else
                 "over" if e["diverged"] else "")
         if e["module"] in top:
             mark = f"{mark}, adds most".lstrip(", ")
         lines.append(
-            f"| {i} | {e['module']} | {_num(e['rel_error'])} | {_num(e['max_abs_diff'])} | "
+            f"| {i} | {name} | {_num(e['rel_error'])} | {_num(e['max_abs_diff'])} | "
             f"{_num(e['cosine'], '.5f')} | {_num(e['ref_mean'], '.3g')}/"
             f"{_num(e['ref_std'], '.3g')} | {_num(e['mean'], '.3g')}/{_num(e['std'], '.3g')} | "
             f"{mark} |")
