@@ -51,8 +51,15 @@ class LayerSensitivity:
     added: float  # output_error - input_error: what keeping this layer in FP32 can remove
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly form (rounded) for the manifest."""
-        return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+        """JSON-friendly form (rounded; an overflow's infinite error as the string "inf", which
+        strict JSON readers accept) for the manifest."""
+
+        def number(v: Any) -> Any:
+            if not isinstance(v, float):
+                return v
+            return round(v, 6) if np.isfinite(v) else str(v)
+
+        return {k: number(v) for k, v in asdict(self).items()}
 
 
 def candidate_nodes(model: onnx.ModelProto, precision: str,

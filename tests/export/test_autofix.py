@@ -134,6 +134,26 @@ def test_fp16_auto_keeps_the_planted_overflow_in_fp32(planted_run: Path, tmp_pat
     assert auto["steps"][-1]["agreement"] >= 0.99
 
 
+def test_ranking_names_the_layer_where_a_blind_fp16_conversion_overflows(
+        planted_run: Path, cifar_subset_dir: Path, tmp_path: Path) -> None:
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    from port.export.sensitivity import candidate_nodes, rank_layers
+
+    fp32_path = planted_run / "model.onnx"
+    fp32 = onnx.load(str(fp32_path))
+    blind = tmp_path / "blind.fp16.onnx"  # converted without the pre-flight's FP32 layers
+    onnx.save(convert_float_to_float16(fp32, keep_io_types=True), str(blind))
+    images, _ = materialize(load_split(parse_data_spec(str(cifar_subset_dir)), "train",
+                                       limit=32, seed=0))
+    ranking = rank_layers(fp32_path, blind, images, candidate_nodes(fp32, "fp16"), "fp16")
+    assert ranking[0].node == "/block1/block1.0/Conv" and ranking[0].added == float("inf")
+    assert ranking[0].to_dict()["added"] == "inf"
+    # Layers after it inherit the overflow: none of them is blamed for it.
+    assert all(np.isfinite(r.added) for r in ranking[1:])
+    assert json.dumps([r.to_dict() for r in ranking], allow_nan=False)
+
+
 def test_int8_auto_never_lowers_accuracy_and_records_each_step(planted_run: Path,
                                                                tmp_path: Path) -> None:
     run = _copy(planted_run, tmp_path)
