@@ -84,11 +84,12 @@ _CALIB = (
     Option("calib_seed", int, "Seed for choosing the calibration images.", _INT8),
 )
 _KEEP_FP32 = Option("keep_fp32", list[str], "Node names kept in FP32, comma-separated (the FP16 "
-                    "graph a TensorRT FP16 engine is built from too); 'auto' searches for the "
-                    "fewest layers that pass the FP16 gate.", _FP16)
+                    "graph a TensorRT FP16 engine is built from too); 'auto' keeps the layers "
+                    "that lose most in FP32, one per step, until the FP16 gate passes.", _FP16)
 _FP32_FALLBACK = (
     Option("exclude", list[str], "INT8: node names left unquantized (FP32), comma-separated; "
-           "'auto' searches for the fewest layers that pass the INT8 gate.", _INT8),
+           "'auto' keeps the layers that lose most in FP32, one per step, until the INT8 gate "
+           "passes.", _INT8),
     Option("max_fp32_layers", int, "With --keep-fp32 auto / --exclude auto: most search steps "
            "(layers tried in FP32, one per step; default 8).", _FP16 | _INT8),
 )
