@@ -234,8 +234,9 @@ class AdaptedRunner(Runner):
     """A runner that takes porter's canonical batch and feeds ``inner`` what its graph takes.
 
     ``card``: the model card (``None``: the one the artifact carries, read after activation
-    from ``inner.metadata()``; an artifact without one is fed as porter's own models are,
-    except for what its graph itself says: fixed batch, dtype, ``[N, C, 1, 1]`` output).
+    from ``inner.metadata()``; for an ONNX file without one, its graph's signature; for any
+    other artifact without one, NCHW plus what its input/output metadata say: fixed batch,
+    dtype, ``[N, C, 1, 1]`` output).
     Everything else (device, details, timing mode, backend-specific attributes) is the inner
     runner's. ``io``: the conversion itself, when the caller already has it (the exporters read
     it from the graph they convert).
@@ -272,26 +273,30 @@ class AdaptedRunner(Runner):
 
     def _activate(self) -> None:
         self.inner.activate()
+        try:
+            self.io = self._resolve_io()
+        except BaseException:
+            self.inner.deactivate()  # a refused card or graph leaves nothing open
+            raise
+
+    def _resolve_io(self) -> GraphIO:
         metas = self.inner.input_metadata()
         if len(metas) != 1:
             raise ModelError(f"{self.inner.name} has {len(metas)} inputs "
                              f"({', '.join(m.name for m in metas[:4])}): porter feeds "
                              "single-input image classifiers only")
         if self._given_io is not None:
-            self.io = self._given_io
-            return
+            return self._given_io
         card = self.card
         if card is None and hasattr(self.inner, "metadata"):
             from port.export.metadata import card_from_metadata
 
             card = card_from_metadata(self.inner.metadata(), source=self.inner.name)
         if card is not None:
-            self.io = graph_io(card, metas[0])
-        elif isinstance(self.inner.loader, str | Path) and str(self.inner.loader).endswith(
-                ".onnx"):  # an ONNX without porter's card: its signature says the layout
-            self.io = GraphIO.for_onnx(self.inner.loader)
-        else:
-            self.io = _io_from_graph(metas[0], self.inner.output_metadata())
+            return graph_io(card, metas[0])
+        if isinstance(self.inner.loader, str | Path) and str(self.inner.loader).endswith(".onnx"):
+            return GraphIO.for_onnx(self.inner.loader)  # no card: the graph's signature says
+        return _io_from_graph(metas[0], self.inner.output_metadata())
 
     def _deactivate(self) -> None:
         self.inner.deactivate()

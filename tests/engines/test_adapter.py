@@ -98,3 +98,29 @@ def test_shape_mismatch_names_the_real_difference(got: tuple, want: tuple, named
     line = shape_mismatch(got, want)
     assert named in line
     assert ("resize/crop" in line) == (named == "resize/crop")
+
+
+def test_cardless_onnx_is_fed_as_its_signature_says(tmp_path: Path) -> None:
+    """An imported ONNX has no porter card in its metadata: the graph's own signature decides."""
+    from port.engines.adapter import adapt
+
+    path = nhwc(tmp_path)
+    with adapt(OnnxRuntimeRunner(path, providers=["CPUExecutionProvider"])) as runner:
+        assert runner.io is not None and runner.io.layout == "NHWC"
+        got = runner.infer({"image": IMAGES})[runner.logits_output()]
+    np.testing.assert_array_equal(got, _plain(path, IMAGES.transpose(0, 2, 3, 1).copy()))
+
+
+def test_a_card_that_contradicts_the_graph_is_refused_and_releases_the_runner(
+        tmp_path: Path) -> None:
+    from port.data.preprocess import Preprocess
+    from port.errors import ModelError
+    from port.models.card import ModelCard
+
+    card = ModelCard(arch="x", num_classes=10, classes=[str(i) for i in range(10)],
+                     preprocess=Preprocess.for_size(32, (0.5,), (0.2,)), channels=1,
+                     input_name="image")
+    inner = OnnxRuntimeRunner(batch1(tmp_path), providers=["CPUExecutionProvider"])
+    with pytest.raises(ModelError, match=r"3 channels .* card says 1"):
+        AdaptedRunner(inner, card).activate()
+    assert not inner.is_active
