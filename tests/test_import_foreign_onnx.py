@@ -151,6 +151,12 @@ def test_porters_own_int8_reimported_as_int8(tmp_path: Path) -> None:
     imported, params, out = _import(tmp_path / "model.int8.onnx", tmp_path / "run")
     assert params["precision"] == "int8" and "int8, opset" in out
     assert imported["arch"] == "resnet18_cifar" and imported["classes"][0] == "c0"
+    # The card is the file's: a flag that says otherwise is refused, one that agrees is fine.
+    refused(cli("import", tmp_path / "model.int8.onnx", "--run", tmp_path / "other",
+                "--mean", "0.1,0.1,0.1"), "--mean 0.1,0.1,0.1 contradicts",
+            "its porter card says 0.5,0.5,0.5")
+    assert cli("import", tmp_path / "model.int8.onnx", "--run", tmp_path / "same",
+               "--num-classes", "10").code == 0
 
 
 # -- refusals: one line, exit 2, the value the model wants and the fix -------------------------

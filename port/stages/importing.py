@@ -253,6 +253,26 @@ def _check_data_names(source: Path, files: list[str]) -> None:
                              "location='weights.data')")
 
 
+def _check_flags_against_card(req: ImportRequest, card: Any) -> None:
+    """A flag given with a file that carries porter's card must say what the card says."""
+    pre = card.preprocess
+    given = [("--num-classes", req.num_classes, card.num_classes),
+             ("--image-size", req.image_size, pre.image_size),
+             ("--mean", req.mean and list(req.mean), list(pre.mean)),
+             ("--std", req.std and list(req.std), list(pre.std)),
+             ("--color-order", req.color_order, pre.color_order)]
+    names = _class_names(req) if req.classes else None  # --data names are checked by evaluate
+    given.append(("--classes", names, list(card.classes)))
+    for flag, value, recorded in given:
+        if value is not None and value != recorded:
+            shown = recorded if not isinstance(recorded, list) else ",".join(
+                str(v) for v in recorded[:5]) + ("..." if len(recorded) > 5 else "")
+            raise _contradiction(flag, str(value)[:60] if not isinstance(value, list) else
+                                 ",".join(str(v) for v in value[:5]), req.source,
+                                 f"its porter card says {shown}",
+                                 f"drop {flag} (the card is what the model was exported with)")
+
+
 def _import_onnx(run: Path, req: ImportRequest) -> tuple[Path, dict, dict, list[Path]]:
     """Copy the ONNX file (and its external data) into the run: (model.onnx, card, what was
     read from the graph, the data files copied)."""
@@ -291,6 +311,7 @@ def _import_onnx(run: Path, req: ImportRequest) -> tuple[Path, dict, dict, list[
             raise ModelError(f"{req.source}: the model card says {card.preprocess.image_size} "
                              f"px but the graph's input takes {size} px: fix the card or "
                              "re-export the model")
+        _check_flags_against_card(req, card)
     if sig.batch is not None and sig.batch > MAX_BATCH:
         raise ModelError(f"{req.source}: the input has a fixed batch of {sig.batch}; porter "
                          f"runs at most {MAX_BATCH} images at once: re-export it with a smaller "
