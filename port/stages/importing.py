@@ -336,12 +336,21 @@ def _import_onnx(run: Path, req: ImportRequest) -> tuple[Path, dict, dict, list[
     # Through port.atomic (fsync before the rename): the manifest must never register a copy
     # that a crash could leave half on disk. The data files first: the graph needs them.
     folder = req.source.absolute().parent  # where the locations point (see onnx_data)
-    for rel, target in zip(data_files, targets, strict=True):
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(target) as tmp:
-            shutil.copyfile(folder / rel, tmp)
-    with atomic_path(out) as tmp:
-        shutil.copyfile(req.source, tmp)
+    written: list[Path] = []
+    try:
+        for rel, target in zip(data_files, targets, strict=True):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(target) as tmp:
+                shutil.copyfile(folder / rel, tmp)
+            written.append(target)
+        with atomic_path(out) as tmp:
+            shutil.copyfile(req.source, tmp)
+    except BaseException:
+        # A copy that failed half-way (a full disk) leaves no data file behind that the next
+        # import would then refuse as "not recorded".
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
     read = {"precision": sig.precision, "opset": sig.opset, "signature": sig.describe()}
     if data_files:
         read["external_data"] = data_files
