@@ -165,8 +165,6 @@ def _engine_source(record: Record | None, file: Path, card: Any, manifest: Manif
 # -- the command ------------------------------------------------------------------------------
 def _layerwise_locked(run: Path, manifest: Manifest, req: LayerwiseRequest, *,
                       console: Console) -> dict[str, Any]:
-    from port.data.datasets import load_split, materialize
-    from port.data.spec import parse_data_spec
     from port.evaluate.layerwise import DEFAULT_TOLERANCE, NpySource, write_dump
 
     ref = reference(manifest)
@@ -186,6 +184,10 @@ def _layerwise_locked(run: Path, manifest: Manifest, req: LayerwiseRequest, *,
         dataset = {"input": str(against.dir / NpySource.INPUT),  # type: ignore[union-attr]
                    "images": len(images)}
     else:
+        # torch/torchvision come in here, after every refusal that needs no data.
+        from port.data.datasets import load_split, materialize
+        from port.data.spec import parse_data_spec
+
         spec_text = run_data(ref, req.data, "the layerwise comparison")
         spec = parse_data_spec(spec_text, download=req.download)
         split = load_split(spec, "val", preprocess=card.preprocess, limit=req.images, seed=0)
