@@ -110,6 +110,10 @@ class Manifest:
             return f"`porter train --run {run}`"
         if rec.stage == "import":
             return f"`porter import {p.get('source', 'MODEL')} --run {run}`"
+        if rec.kind == "layerwise":  # port.stages.layerwise: the artifact id, or the file
+            what = p.get("artifact_path") or p.get("layerwise") or "ARTIFACT"
+            against = f" --against {p['against']}" if p.get("against") else ""
+            return f"`porter evaluate --run {run} --layerwise {what}{against}`"
         if rec.stage == "export" and rec.kind == "weights":  # port.stages.weights
             return f"`porter weights export --run {run}`"
         if rec.stage == "export":

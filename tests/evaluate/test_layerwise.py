@@ -89,6 +89,10 @@ def test_fp32_export_has_no_divergence_and_is_recorded(lw: dict[str, Path]) -> N
     assert {p["id"] for p in record["parents"]} == {"model", "onnx-fp32"}
     assert "layerwise/onnx-fp32.png" in record["metrics"]["files"]
     assert (run / "layerwise" / "onnx-fp32.png").stat().st_size > 10_000
+    from port.manifest import Manifest
+
+    hint = Manifest(run).remake_hint("layerwise-onnx-fp32")
+    assert hint == f"`porter evaluate --run {run} --layerwise onnx-fp32`"
 
 
 def test_perturbed_conv_is_caught_at_that_module_and_no_earlier(lw: dict[str, Path]) -> None:
