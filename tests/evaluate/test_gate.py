@@ -23,20 +23,12 @@ from .conftest import FAST_LATENCY
 
 
 @pytest.fixture(scope="module")
-def evaluated_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny imported run evaluated by the real CLI (no export: the dynamo exporter is slow;
-    tests/e2e evaluate exports; the stage saves every row the same way)."""
-    import torch
-
-    from port.models.registry import create_model
-
-    torch.manual_seed(0)
-    base = tmp_path_factory.mktemp("gate")
-    torch.save(create_model("resnet18_cifar", 10, width=0.125).state_dict(), base / "sd.pt")
-    run = base / "run"
-    for args in (("import", base / "sd.pt", "--run", run, "--arch", "resnet18_cifar",
-                  "--width", "0.125", "--data", "synthetic"),
-                 ("evaluate", "--run", run, "--compare", "--limit", "40", "--batch-sizes", "4",
+def evaluated_run(tmp_path_factory: pytest.TempPathFactory, artifacts: dict[str, Path]) -> Path:
+    """The session's tiny ONNX imported as a run's reference and evaluated by the real CLI
+    (ONNX Runtime only, decoding in-process: the cheapest real evaluate there is)."""
+    run = tmp_path_factory.mktemp("gate") / "run"
+    for args in (("import", artifacts["onnx"], "--run", run, "--data", "synthetic"),
+                 ("evaluate", "--run", run, "--limit", "40", "--batch-sizes", "4",
                   "--workers", "0")):
         done = cli(*args)
         assert done.code == 0, done.err
