@@ -203,7 +203,8 @@ def _layerwise_locked(run: Path, manifest: Manifest, req: LayerwiseRequest, *,
         _source(art_record, art_file, card, f"--layerwise {label}", manifest))
     # With --against, the artifact (or the reference) is what the dump is checked against.
     base, cand = (art_side, None) if against is not None else (ref_side, art_side)
-    precision = "fp32" if against is not None else art_side.precision
+    # The artifact's precision sets the default tolerance, whichever side the dump is on.
+    precision = art_side.precision
     tolerance = req.tolerance if req.tolerance is not None else DEFAULT_TOLERANCE.get(
         precision, DEFAULT_TOLERANCE["fp32"])
 
@@ -336,7 +337,8 @@ def _unmatched(order: list[str], cand: _Side | None, against: Any) -> list[dict[
         out = [{"tensor": t, "module": k, "reason": "module output with no reference hook"}
                for k, t in cand.source.tensors.items() if k not in known]
         return out + list(cand.source.map.unmatched)
-    return [{"tensor": f"{k}.npy", "reason": "extra: no reference module of that name"}
+    return [{"tensor": f"{k}.npy", "reason": "extra: no layer of that name on porter's side "
+             "(misnamed, or a module the exporter folded away)"}
             for k in against.arrays if k not in known]
 
 
