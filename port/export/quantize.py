@@ -283,40 +283,79 @@ def quantize_int8(
     return metrics
 
 
+# Ops that may sit between a classifier's last layer and its output (a logit scale, a reshape, a
+# softmax): the activation Q/DQ pairs on that tail are removed too, so the logits stay float.
+_OUTPUT_TAIL_OPS = frozenset({"Mul", "Div", "Add", "Sub", "Reshape", "Flatten", "Squeeze",
+                              "Unsqueeze", "Transpose", "Identity", "Softmax", "LogSoftmax"})
+
+
 def _float_graph_outputs(model: onnx.ModelProto) -> list[str]:
-    """Drop the Q/DQ pair ``quantize_static`` puts on each graph output; return the outputs.
+    """Drop the activation Q/DQ pairs between the last layer and each graph output.
 
     Why: a quantized output snaps the logits to an 8-bit grid, so classes tie exactly (issue 9)
-    and the softmax sees steps of one scale. Without the pair the last layer (Gemm/MatMul/Conv)
-    still reads quantized inputs and weights, and ORT fuses DQ->Gemm into QGemm with a float
-    output; TensorRT likewise runs the last layer in INT8 and writes float.
+    and the softmax sees steps of one scale. From each output this walks back through the tail
+    ops (``_OUTPUT_TAIL_OPS``, e.g. the ``Mul`` of a logit scale) to the first other node (the
+    last Gemm/MatMul/Conv) and removes every ``x -> Q -> DQ`` pair on an activation on the way;
+    constants keep their DequantizeLinear. The last layer still reads quantized inputs and
+    weights and writes float: ORT fuses DQ->Gemm into QGemm with a float output (or runs the
+    small Gemm in float), TensorRT runs it in INT8 and writes float. Returns the outputs freed.
     """
+    inits = {t.name for t in model.graph.initializer}
     producer = {out: n for n in model.graph.node for out in n.output}
     readers: dict[str, int] = {}
     for node in model.graph.node:
         for name in node.input:
             readers[name] = readers.get(name, 0) + 1
-    dropped, kept = set(), []
+    outputs = {o.name for o in model.graph.output}
+
+    def pair(tensor: str) -> tuple[Any, Any] | None:
+        """The ``Q -> DQ`` pair that makes ``tensor`` from an activation, if private to it."""
+        dq = producer.get(tensor)
+        if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] in inits:
+            return None
+        q = producer.get(dq.input[0])
+        if (q is None or q.op_type != "QuantizeLinear" or readers.get(q.output[0], 0) != 1
+                or q.input[0] in inits or q.input[0] in outputs):
+            return None
+        return q, dq
+
+    dropped: set[int] = set()
+    renames: dict[str, str] = {}  # a removed DQ's output -> the float tensor that replaces it
+    freed = []
     for output in model.graph.output:
-        dq = producer.get(output.name)
-        q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" \
-            else None
-        source = producer.get(q.input[0]) if q is not None and q.op_type == "QuantizeLinear" \
-            else None
-        if source is None or readers.get(q.output[0], 0) != 1 \
-                or readers.get(q.input[0], 0) != 1:
-            continue  # not a plain "layer -> Q -> DQ -> output": leave it alone
-        for i, name in enumerate(source.output):
-            if name == q.input[0]:
-                source.output[i] = output.name  # the layer writes the graph output itself
-        dropped.update((id(q), id(dq)))
-        kept.append(output.name)
-    if dropped:
-        nodes = [n for n in model.graph.node if id(n) not in dropped]
-        del model.graph.node[:]
-        model.graph.node.extend(nodes)
-        _drop_unused_initializers(model)
-    return kept
+        frontier, touched = [output.name], False
+        while frontier:
+            tensor = frontier.pop()
+            found = pair(tensor)
+            if found is not None:
+                q, dq = found
+                dropped.update((id(q), id(dq)))
+                renames[dq.output[0]] = q.input[0]
+                touched = True
+                tensor = q.input[0]
+            node = producer.get(tensor)
+            if node is not None and node.op_type in _OUTPUT_TAIL_OPS:
+                frontier.extend(i for i in node.input if i and i not in inits)
+        if touched:
+            freed.append(output.name)
+    if not dropped:
+        return []
+    for node in model.graph.node:
+        for i, name in enumerate(node.input):
+            if name in renames:
+                node.input[i] = renames[name]
+    for name, source in renames.items():
+        if name in outputs:  # the layer writes the graph output itself
+            producer[source].output[list(producer[source].output).index(source)] = name
+            for node in model.graph.node:
+                for i, inp in enumerate(node.input):
+                    if inp == source:
+                        node.input[i] = name
+    nodes = [n for n in model.graph.node if id(n) not in dropped]
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    _drop_unused_initializers(model)
+    return freed
 
 
 def _tie_relu_input_scales(model: onnx.ModelProto) -> int:

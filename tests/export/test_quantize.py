@@ -373,3 +373,32 @@ def test_logits_stay_float_and_relu_inputs_share_the_relu_output_scale(untrained
         assert q1.op_type == "QuantizeLinear"
         for q2 in readers[relu.output[0]]:
             assert inits[q1.input[1]] == inits[q2.input[1]]
+
+
+class _ScaledHead(nn.Module):
+    """conv -> relu -> pool -> linear -> * 0.125: a logit scale after the last layer (ResNet-9)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(3, 8, 3, padding=1), nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.conv(x))
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)) * 0.125
+
+
+def test_logits_stay_float_through_a_logit_scale(untrained: dict, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    card = ModelCard(arch="scaled", num_classes=10, classes=[f"c{i}" for i in range(10)],
+                     preprocess=Preprocess.for_size(32, CIFAR10_MEAN, CIFAR10_STD))
+    fp32, int8 = tmp_path / "m.onnx", tmp_path / "m.int8.onnx"
+    export_onnx(_ScaledHead().eval(), card, fp32, sample=untrained["images"][:4],
+                exporter="torchscript")
+    metrics = quantize_int8(fp32, int8, untrained["images"], progress=False)
+    model = onnx.load(str(int8))
+    producer = {out: n for n in model.graph.node for out in n.output}
+    tail = producer[model.graph.output[0].name]
+    assert metrics["float_outputs"] == [model.graph.output[0].name]
+    # Mul(Gemm output, scale): the Gemm's output reaches the Mul in float, no Q/DQ between.
+    assert tail.op_type == "Mul"
+    assert "Gemm" in {producer[i].op_type for i in tail.input if i in producer}
