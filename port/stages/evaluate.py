@@ -153,7 +153,10 @@ def _evaluate_locked(run: Path, manifest: Manifest, req: EvaluateRequest, *,
     if differ:  # only reached with --ignore-class-names: say what the numbers rest on
         console.print(f"[yellow]{differ} class names of the data differ from the model's "
                       "(--ignore-class-names): labels are matched by position[/yellow]")
-    check_eval_numbers(req.limit, req.batch_sizes, card, len(stream))
+    # What evaluate holds at once is the chunks in flight (one running, `prefetch` decoding
+    # ahead, and a chunk's parts while they are joined), not the whole split.
+    in_flight = min(len(stream), (stream.prefetch + 2) * stream.chunk_size)
+    check_eval_numbers(None, req.batch_sizes, card, in_flight)
 
     # An imported INT8/FP16 ONNX is recorded as such (port.models.onnx_signature): its row and
     # gate say what it is; trained and state-dict references are FP32.
