@@ -29,6 +29,7 @@ import os
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
@@ -193,7 +194,12 @@ class ImageStream:
                     break
             while pending:
                 start, stop, futures = pending.popleft()
-                images = np.concatenate([f.result() for f in futures])
+                try:
+                    images = np.concatenate([f.result() for f in futures])
+                except BrokenProcessPool:  # a worker was killed (out of memory, a signal)
+                    raise DataError(f"a decoding worker process died while reading "
+                                    f"{self.description} (out of memory?): rerun with fewer "
+                                    "--workers, or --workers 0") from None
                 nxt = next(upcoming, None)
                 if nxt is not None:  # keep `prefetch` chunks decoding while this one is used
                     pending.append((*nxt, [pool.submit(_run_task, t)
