@@ -302,8 +302,8 @@ class OnnxSource:
     """An ONNX graph with its module outputs exposed (ORT CPU, fusions off)."""
 
     def __init__(self, model: Any, card: Any, *, what: str) -> None:
+        from port.engines.activations import IntermediateRunner, float_tensors
         from port.engines.adapter import GraphIO
-        from port.evaluate.activations import IntermediateRunner, float_tensors
 
         self.graph = model
         self.what = what
@@ -358,8 +358,8 @@ class TrtDebugSource:
     def __init__(self, onnx_path: Path, card: Any) -> None:
         import onnx
 
+        from port.engines.activations import float_tensors
         from port.engines.adapter import GraphIO
-        from port.evaluate.activations import float_tensors
 
         self.onnx_path = onnx_path
         model = onnx.load(str(onnx_path))

@@ -1,7 +1,7 @@
 """Which layers of a converted (FP16 or INT8) graph add the most error, measured on real images.
 
 The FP32 graph and the converted graph run side by side on the same images with their
-intermediate tensors exposed (``port.evaluate.activations.IntermediateRunner``: ORT CPU, fusions
+intermediate tensors exposed (``port.engines.activations.IntermediateRunner``: ORT CPU, fusions
 off). Both converters keep the FP32 graph's node names and, for most tensors, its tensor names
 (``quantize_static`` inserts Q/DQ pairs beside the original tensors; the FP16 converter inserts
 Casts at the graph's edges), so each layer of the FP32 graph is found again in the converted one.
@@ -186,7 +186,7 @@ def rank_layers(fp32_onnx: Path, converted_onnx: Path, images: np.ndarray,
     converted graph no longer has (rewritten away) are left out. A graph input has no error
     (both graphs read the same float32 images).
     """
-    from port.evaluate.activations import IntermediateRunner
+    from port.engines.activations import IntermediateRunner
 
     fp32 = onnx.load(str(fp32_onnx))
     converted = onnx.load(str(converted_onnx))
