@@ -268,6 +268,7 @@ def evaluate(
     fp16_min_ratio: Annotated[float | None, typer.Option(help="FP16 gate: min fraction of reference top-1 kept (default 0.999).")] = None,
     int8_min_ratio: Annotated[float | None, typer.Option(help="INT8 gate: min fraction of reference top-1 kept (default 0.99).")] = None,
     int8_cpu_kernels: Annotated[str, typer.Option(help="INT8 graphs on ONNX Runtime's CPU: auto (exact U8U8 kernels where this CPU has no VNNI and would saturate) | exact | fast.")] = "auto",
+    int8_cpu_graph: Annotated[str, typer.Option(help="INT8 graphs on ONNX Runtime's CPU: cpu (run the file's CPU form: ReLU-side Q/DQ pairs as uint8, fused by ORT; the file is unchanged) | file (run it as written).")] = "cpu",
     download: Annotated[bool, typer.Option("--download", help="Let torchvision download CIFAR.")] = False,
     ignore_class_names: Annotated[bool, typer.Option("--ignore-class-names", help="Evaluate although the data's class names differ from the model's (same count).")] = False,
     workers: Annotated[int | None, typer.Option(help="Processes that decode and preprocess images (default: half the CPUs, 1-8; 0 = in this process).")] = None,
@@ -300,7 +301,7 @@ def evaluate(
         max_top1_drop=max_top1_drop, min_agreement=min_agreement,
         fp16_min_ratio=fp16_min_ratio, int8_min_ratio=int8_min_ratio, download=download,
         int8_cpu_kernels=int8_cpu_kernels.lower(), ignore_class_names=ignore_class_names,
-        workers=workers,
+        workers=workers, int8_cpu_graph=int8_cpu_graph.lower(),
     )
     passed = run_evaluate(run, req, console=console)
     if not passed:

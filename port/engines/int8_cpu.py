@@ -49,7 +49,8 @@ class Int8Kernels:
     saturating: bool  # this run's arithmetic can saturate: its accuracy measures the CPU
     kernels: str  # what ran, in words
     why: str  # one sentence for the report
-    # Which graph ran (port.engines.int8_cpu_graph.CpuGraph.to_dict()); None: the file as is.
+    # Which graph ran: {"graph": "cpu rewrite" | "as exported", "why": ..., counts}
+    # (port.engines.int8_cpu_graph); None where the CPU provider did not run it first.
     graph: dict[str, Any] | None = None
 
     def session_config(self) -> dict[str, str]:

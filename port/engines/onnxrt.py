@@ -133,6 +133,9 @@ class OnnxRuntimeRunner(Runner):
 
             model, graph = cpu_form(model, what)
             self.int8 = dataclasses.replace(self.int8, graph=graph)
+        elif self.int8 is not None and _names(providers)[0] == CPU_EP:
+            self.int8 = dataclasses.replace(self.int8, graph={
+                "graph": "as exported", "why": "ran the INT8 file as written, not its CPU form"})
         session = create_session(model, what=what, providers=providers, threads=self.threads,
                                  config=self.int8.session_config() if self.int8 else None)
         self._inputs = [_tensor_meta(i, what) for i in session.get_inputs()]

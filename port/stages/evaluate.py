@@ -42,6 +42,9 @@ class EvaluateRequest:
     download: bool = False
     # INT8 graphs on ONNX Runtime's CPU provider: auto | exact | fast (port.engines.int8_cpu).
     int8_cpu_kernels: str = "auto"
+    # INT8 graphs on ONNX Runtime's CPU provider: cpu (the file's CPU form) | file (as written);
+    # see port.engines.int8_cpu_graph.
+    int8_cpu_graph: str = "cpu"
     # Evaluate on data whose class names differ from the model's (same count): recorded.
     ignore_class_names: bool = False
     # Processes that decode and preprocess images (None: half the CPUs; 0: in this process).
@@ -77,7 +80,8 @@ def _candidate(manifest: Manifest, record: Record, precision: str,
     if how:  # the FP16 exporter measured how ONNX Runtime's CPU provider runs this graph
         notes["CPUExecutionProvider"] = how
     # The INT8 kernel choice only concerns ONNX Runtime, i.e. .onnx files.
-    kwargs = {"int8_kernels": req.int8_cpu_kernels} if record.kind == "onnx" else {}
+    kwargs = ({"int8_kernels": req.int8_cpu_kernels, "int8_graph": req.int8_cpu_graph}
+              if record.kind == "onnx" else {})
     return Candidate(
         artifact_id=record.id, precision=precision, kind=record.kind, path=path,
         size_bytes=record.bytes, make_runner=lambda: adapt(engines.load(path, **kwargs), card),
@@ -110,6 +114,11 @@ def run_evaluate(run: Path, req: EvaluateRequest, *, console: Console) -> bool:
     if req.int8_cpu_kernels not in INT8_KERNEL_MODES:
         raise UsageError(f"--int8-cpu-kernels {req.int8_cpu_kernels} is not known: choose one of "
                          f"{', '.join(INT8_KERNEL_MODES)}")
+    from port.engines.onnxrt import INT8_GRAPH_FORMS
+
+    if req.int8_cpu_graph not in INT8_GRAPH_FORMS:
+        raise UsageError(f"--int8-cpu-graph {req.int8_cpu_graph} is not known: choose one of "
+                         f"{', '.join(INT8_GRAPH_FORMS)}")
     _check_flags(req)
     manifest = open_run(run)
     # Held from the first read to the record: the report's parents are the files its rows
@@ -188,6 +197,7 @@ def _evaluate_locked(run: Path, manifest: Manifest, req: EvaluateRequest, *,
         params=ReportParams(data=str(spec), limit=req.limit, batch_sizes=list(req.batch_sizes),
                             compare=req.compare,
                             extra={"int8_cpu_kernels": req.int8_cpu_kernels,
+                                   "int8_cpu_graph": req.int8_cpu_graph,
                                    "ignore_class_names": req.ignore_class_names,
                                    "class_names_differ": differ}),
         metrics={"passed": report["passed"], "rows": len(report["rows"])},

@@ -164,7 +164,7 @@ def test_runner_runs_the_cpu_form_and_says_so(tiny_int8: Path, tiny: Tiny,
     with OnnxRuntimeRunner(tiny_int8, providers=["CPUExecutionProvider"],
                            int8_graph="file") as runner:
         file = runner.infer({"input": x})[runner.logits_output()]
-        assert runner.details()["int8_cpu"]["graph"] is None
+        assert runner.details()["int8_cpu"]["graph"]["graph"] == "as exported"
     assert tiny_int8.read_bytes() == before  # the TensorRT graph on disk is untouched
     assert graph["graph"] == "cpu rewrite" and graph["uint8_pairs"] > 0
     assert graph["removed_relus"] > 0 and "unchanged" in graph["why"]
@@ -177,3 +177,10 @@ def test_runner_runs_the_cpu_form_and_says_so(tiny_int8: Path, tiny: Tiny,
     assert ops["Relu"] == 0 and ops["QLinearConv"] > 0
     with pytest.raises(UsageError, match="cpu, file"):
         OnnxRuntimeRunner(tiny_int8, int8_graph="fast")
+
+
+def test_evaluate_refuses_an_unknown_int8_cpu_graph(tmp_path: Path) -> None:
+    from tests.inprocess import cli, refused
+
+    refused(cli("evaluate", "--run", tmp_path, "--compare", "--int8-cpu-graph", "fast"),
+            "--int8-cpu-graph fast", "cpu, file")
