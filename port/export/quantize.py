@@ -315,7 +315,7 @@ def _float_graph_outputs(model: onnx.ModelProto) -> list[str]:
             return None
         q = producer.get(dq.input[0])
         if (q is None or q.op_type != "QuantizeLinear" or readers.get(q.output[0], 0) != 1
-                or q.input[0] in inits or q.input[0] in outputs):
+                or q.input[0] not in producer or q.input[0] in outputs):
             return None
         return q, dq
 
