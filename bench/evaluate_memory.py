@@ -7,8 +7,9 @@ strided convolutions + global average pool + linear, ~0.02 GFLOPs per image: the
 data path, not the model), then for each image count runs, as separate processes:
 
 - porter: ``porter evaluate --run R --data DIR_N --batch-sizes 32 [--workers W]``;
-- bare: this file with ``--bare DIR_N``: list the files like ImageFolder, decode and preprocess
-  them with Pillow + numpy in the same number of spawned worker processes, feed ONNX Runtime
+- bare: this file with ``--bare DIR_N``: list the files like ImageFolder, decode, resize and crop
+  them with Pillow in the same number of spawned worker processes (uint8 back, as porter's
+  workers send), normalise with numpy, feed ONNX Runtime
   batches of 32 (the same session settings), take the top-1, then time batch 32 as porter does
   (``_bare_latency`` of bench/evaluate_vs_bare_ort.py, same warm-up/min runs/min seconds).
 
@@ -117,13 +118,12 @@ def make_model(path: Path) -> Path:
 
 # -- the bare loop -----------------------------------------------------------------------------
 def _bare_preprocess(paths: list[str]) -> np.ndarray:
-    """Decode, RGB, resize the shorter side to 256 (bilinear), centre-crop 224, normalise."""
+    """Decode, RGB, resize the shorter side to 256 (bilinear), centre-crop 224: uint8 NHWC
+    (a quarter of the bytes to send back, as porter's workers do; normalised by the caller)."""
     from PIL import Image
 
     resize = round(SIZE * 256 / 224)
-    out = np.empty((len(paths), 3, SIZE, SIZE), dtype=np.float32)
-    mean = np.asarray(IMAGENET_MEAN, dtype=np.float32).reshape(3, 1, 1)
-    std = np.asarray(IMAGENET_STD, dtype=np.float32).reshape(3, 1, 1)
+    out = np.empty((len(paths), SIZE, SIZE, 3), dtype=np.uint8)
     for i, p in enumerate(paths):
         with Image.open(p) as img:
             img = img.convert("RGB")
@@ -132,9 +132,15 @@ def _bare_preprocess(paths: list[str]) -> np.ndarray:
             img = img.resize((max(resize, int(w * scale)), max(resize, int(h * scale))),
                              Image.Resampling.BILINEAR)
             left, top = (img.width - SIZE) // 2, (img.height - SIZE) // 2
-            pixels = np.asarray(img.crop((left, top, left + SIZE, top + SIZE)), dtype=np.uint8)
-        out[i] = (pixels.transpose(2, 0, 1).astype(np.float32) / np.float32(255) - mean) / std
+            out[i] = np.asarray(img.crop((left, top, left + SIZE, top + SIZE)), dtype=np.uint8)
     return out
+
+
+def _bare_normalise(crops: np.ndarray) -> np.ndarray:
+    mean = np.asarray(IMAGENET_MEAN, dtype=np.float32).reshape(1, 3, 1, 1)
+    std = np.asarray(IMAGENET_STD, dtype=np.float32).reshape(1, 3, 1, 1)
+    return np.ascontiguousarray((crops.transpose(0, 3, 1, 2).astype(np.float32)
+                                 / np.float32(255) - mean) / std)
 
 
 def bare(folder: Path, model: Path, workers: int) -> None:
@@ -161,7 +167,7 @@ def bare(folder: Path, model: Path, workers: int) -> None:
         ahead = 16  # batches decoding ahead of the one being run (porter: 2 chunks)
         futures = [pool.submit(_bare_preprocess, t) for t in tasks[:ahead]]
         for i in range(len(tasks)):
-            batch = futures[i].result()
+            batch = _bare_normalise(futures[i].result())
             futures[i] = None  # type: ignore[call-overload]
             if i + ahead < len(tasks):
                 futures.append(pool.submit(_bare_preprocess, tasks[i + ahead]))
