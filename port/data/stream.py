@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from port.data.imageio import read_image
-from port.data.pixels import geometry, normalize
+from port.data.pixels import geometry, image_channels, normalize
 from port.data.preprocess import Preprocess
 from port.errors import DataError, UsageError
 
@@ -207,7 +207,8 @@ class ImageStream:
     def _assemble(self, start: int, stop: int, crops: Iterator[np.ndarray]) -> np.ndarray:
         """One float32 NCHW chunk, normalised task by task into a buffer allocated once."""
         pre = self.preprocess
-        out = np.empty((stop - start, 3, pre.crop, pre.crop), dtype=np.float32)
+        # One plane per mean value: 1 for a grayscale card, 3 for colour (pixels.image_channels).
+        out = np.empty((stop - start, image_channels(pre), pre.crop, pre.crop), dtype=np.float32)
         row = 0
         for part in crops:
             out[row:row + len(part)] = normalize(part, pre)
