@@ -24,7 +24,7 @@ The gate is the precision's default (``port.formats.PRECISIONS``, applied by
 
 from __future__ import annotations
 
-import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from port.atomic import atomic_path
 from port.errors import PorterError, UsageError, first_line
 from port.export.sensitivity import LayerSensitivity, candidate_nodes, fp32_unit, rank_layers
 
@@ -285,7 +286,10 @@ def run_autofix(
                 _print_step(console, step, heldout.reference_top1)
             else:
                 result.stop_reason = "the gate passed"
-        os.replace(best_path, out)
+        # Through port.atomic like every artifact: fsynced, the user's file mode, and a crash
+        # here leaves the previous file (or none), never half of the new one.
+        with atomic_path(out) as target:
+            shutil.copyfile(best_path, target)
     result.chosen = list(best.fp32_nodes)
     result.passed = best.gate_passed
     result.convert_metrics = best_metrics
