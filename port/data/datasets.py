@@ -267,6 +267,8 @@ def as_uint8_tensors(split: SplitData) -> tuple[torch.Tensor, torch.Tensor]:
 def _normalise_uint8(batch: np.ndarray, preprocess: Preprocess) -> torch.Tensor:
     """uint8 NHWC -> normalised float32 NCHW with the same float ops, in the same order, as
     ToTensor + Normalize, so the result is bit-identical to the per-image pipeline."""
+    if batch.shape[-1] == 3 and preprocess.color_order == "BGR" and image_channels(preprocess) == 3:
+        batch = batch[..., ::-1]  # as pixels.normalize: mean/std are in the model's BGR order
     x = torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2).to(torch.float32).div(255)
     mean = torch.as_tensor(preprocess.mean, dtype=torch.float32).view(1, -1, 1, 1)
     std = torch.as_tensor(preprocess.std, dtype=torch.float32).view(1, -1, 1, 1)

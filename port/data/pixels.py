@@ -136,13 +136,17 @@ def normalize(batch: np.ndarray, pre: Preprocess) -> np.ndarray:
     """uint8 (N, H, W, C) -> float32 (N, C, H, W): ``x / 255``, ``- mean``, ``/ std``.
 
     RGB pixels for a 1-channel preprocess (in-memory arrays already at the input size) become
-    grayscale first (:func:`luma`, the same values the per-image ``"L"`` conversion gives).
+    grayscale first (:func:`luma`, the same values the per-image ``"L"`` conversion gives); a
+    ``color_order`` of ``BGR`` reverses the channels before ``mean``/``std`` (given in BGR).
 
     The same float32 operations in the same order as torchvision's ``ToTensor`` +
     ``Normalize``, hence identical bits.
     """
     if batch.shape[-1] == 3 and image_channels(pre) == 1:
         batch = luma(batch)
+    elif batch.shape[-1] == 3 and pre.color_order == "BGR":
+        # A model trained on BGR (OpenCV, Caffe): its mean/std are in its own channel order.
+        batch = batch[..., ::-1]
     x = batch.transpose(0, 3, 1, 2).astype(np.float32) / np.float32(255)
     mean = np.asarray(pre.mean, dtype=np.float32).reshape(1, -1, 1, 1)
     std = np.asarray(pre.std, dtype=np.float32).reshape(1, -1, 1, 1)

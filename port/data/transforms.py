@@ -90,9 +90,21 @@ class Cutout:
         return f"Cutout(size={self.size})"
 
 
+class ToBGR:
+    """CHW tensor in RGB -> BGR (models trained on OpenCV/Caffe channel order)."""
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flip(0)
+
+    def __repr__(self) -> str:
+        return "ToBGR()"
+
+
 def _tensor_steps(preprocess: Preprocess) -> list[Callable]:
-    # ToTensor scales uint8 by 1/255, which is what Preprocess.scale records.
-    return [T.ToTensor(), T.Normalize(preprocess.mean, preprocess.std)]
+    # ToTensor scales uint8 by 1/255, which is what Preprocess.scale records; a BGR model's
+    # channels are swapped before Normalize (its mean/std are in BGR order), as pixels.normalize.
+    swap = [ToBGR()] if preprocess.color_order == "BGR" and image_channels(preprocess) == 3 else []
+    return [T.ToTensor(), *swap, T.Normalize(preprocess.mean, preprocess.std)]
 
 
 def eval_transform(preprocess: Preprocess) -> Transform:

@@ -419,8 +419,3 @@ def run_import(run: Path, req: ImportRequest, *, console: Console) -> None:
         console.print(f"read {signature}", highlight=False, markup=False)
     console.print(f"[green]imported[/green] {req.source} as {record.path} ({kind}, "
                   f"{card['num_classes']} classes, {card['preprocess']['image_size']} px)")
-    if card["preprocess"].get("color_order") == "BGR":
-        # Recorded for apps (porter.color_order), but porter's own preprocessing does not swap
-        # channels yet: say so rather than let later numbers rest on it silently.
-        console.print("[yellow]note: BGR is recorded in the card for apps; porter's evaluate, "
-                      "calibration and predict still feed channels in RGB order[/yellow]")
