@@ -396,6 +396,10 @@ def export_trt(ctx: ExportContext, fmt: Format, precision: str) -> Record:
                            calib_images=calib_images, log_path=out.with_suffix(".build.log"),
                            quantizer=quantizer)
     metrics.setdefault("build_seconds", time.perf_counter() - start)
+    auto = (source.metrics or {}).get("autofix")
+    if auto is not None:  # the engine is built from a searched graph: carry the verdict, so a
+        # search that missed the gate fails `porter export --to trt` too (cli: exit 1)
+        metrics["autofix"] = {**auto, "graph": source.id}
     params.update(build_options.to_dict())
     from port.engines.trt_sidecar import sidecar_path
 
