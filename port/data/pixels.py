@@ -132,12 +132,13 @@ def luma(rgb: np.ndarray) -> np.ndarray:
     return y.astype(np.uint8)[..., None]
 
 
-def normalize(batch: np.ndarray, pre: Preprocess) -> np.ndarray:
+def normalize(batch: np.ndarray, pre: Preprocess, out: np.ndarray | None = None) -> np.ndarray:
     """uint8 (N, H, W, C) -> float32 (N, C, H, W): ``x / 255``, ``- mean``, ``/ std``.
 
     RGB pixels for a 1-channel preprocess (in-memory arrays already at the input size) become
     grayscale first (:func:`luma`, the same values the per-image ``"L"`` conversion gives); a
     ``color_order`` of ``BGR`` reverses the channels before ``mean``/``std`` (given in BGR).
+    ``out``: a float32 NCHW buffer to write into (e.g. a slice of a chunk), else a new array.
 
     The same float32 operations in the same order as torchvision's ``ToTensor`` +
     ``Normalize``, hence identical bits.
@@ -147,10 +148,19 @@ def normalize(batch: np.ndarray, pre: Preprocess) -> np.ndarray:
     elif batch.shape[-1] == 3 and pre.color_order == "BGR":
         # A model trained on BGR (OpenCV, Caffe): its mean/std are in its own channel order.
         batch = batch[..., ::-1]
-    x = batch.transpose(0, 3, 1, 2).astype(np.float32) / np.float32(255)
-    mean = np.asarray(pre.mean, dtype=np.float32).reshape(1, -1, 1, 1)
-    std = np.asarray(pre.std, dtype=np.float32).reshape(1, -1, 1, 1)
-    return np.ascontiguousarray((x - mean) / std, dtype=np.float32)
+    n, h, w, c = batch.shape
+    if out is None:
+        out = np.empty((n, c, h, w), dtype=np.float32)
+    elif out.shape != (n, c, h, w) or out.dtype != np.float32 or not out.flags.c_contiguous:
+        raise ValueError(f"out must be a C-contiguous float32 array of shape {(n, c, h, w)}")
+    # In place, one buffer: the same float32 operations as ToTensor + Normalize (exact uint8 ->
+    # float32, / 255, - mean, / std), without three temporaries the size of the batch (they
+    # made this ~2x slower at 224 px and it runs in evaluate's main process, beside the model).
+    np.copyto(out, batch.transpose(0, 3, 1, 2), casting="unsafe")
+    out /= np.float32(255)
+    out -= np.asarray(pre.mean, dtype=np.float32).reshape(1, -1, 1, 1)
+    out /= np.asarray(pre.std, dtype=np.float32).reshape(1, -1, 1, 1)
+    return out
 
 
 def as_images(images: Any) -> list[Image.Image | np.ndarray]:

@@ -211,7 +211,7 @@ class ImageStream:
         out = np.empty((stop - start, image_channels(pre), pre.crop, pre.crop), dtype=np.float32)
         row = 0
         for part in crops:
-            out[row:row + len(part)] = normalize(part, pre)
+            normalize(part, pre, out=out[row:row + len(part)])
             row += len(part)
         return out
 
