@@ -68,7 +68,7 @@ def test_gray_28px_nhwc_fixed_batch_float64(tmp_path: Path) -> None:
 
 def test_size_and_classes_read_from_the_graph(tmp_path: Path) -> None:
     source = _save(graph_model(["N", 3, 32, 32], ["N", 10]), tmp_path / "m.onnx")
-    card, _, out = _import(source, tmp_path / "run", *RGB, "--color-order", "bgr")  # no size
+    card, _, _ = _import(source, tmp_path / "run", *RGB, "--color-order", "bgr")  # no size
     assert (card["num_classes"], card["preprocess"]["image_size"], card["batch"]) == (10, 32,
                                                                                        None)
     assert (card["channels"], card["preprocess"]["color_order"]) == (3, "BGR")

@@ -29,8 +29,10 @@ from port.engines.ort_session import create_session
 from port.errors import ModelError, UsageError, first_line
 from port.export.metadata import PRECISION_KEY, set_metadata
 from port.export.onnx_files import (
+    add_card,
     check_images,
     load_onnx,
+    onnx_graph_io,
     read_props,
     save_onnx_atomic,
     without_initializer_inputs,
@@ -224,7 +226,7 @@ def preflight_fp16(
     kept = set(_check_keep(model, keep_fp32))
     findings = _weight_findings(model, kept)
     if sample_images is not None:
-        io = _graph_io(model, card)
+        io = onnx_graph_io(model, card)
         images = check_images(sample_images, model, "FP16 pre-flight images", io=io)
         findings += _activation_findings(model, images, max(1, batch_size), kept, io)
     order = {"overflow": 0, "underflow": 1, "subnormal": 2}
@@ -345,7 +347,7 @@ def convert_fp16(
         raise UsageError(f"{fp32_onnx} is a {props[PRECISION_KEY]} model: convert the FP32 ONNX "
                          "to FP16")
     keep = _check_keep(source, keep_fp32)
-    io = _graph_io(source, card)
+    io = onnx_graph_io(source, card)
     images = None
     if sample_images is not None:
         images = check_images(sample_images, source, "FP16 pre-flight images", io=io)
@@ -371,7 +373,7 @@ def convert_fp16(
         "preflight": "weights+activations" if images is not None else "weights only",
         "preflight_images": 0 if images is None else len(images),
     }
-    _add_card(props, card, "fp16")
+    add_card(props, card, "fp16")
     props[PRECISION_KEY] = "fp16"
     props[FP16_KEY] = json.dumps(settings, sort_keys=True)
     set_metadata(model, props)
@@ -442,24 +444,6 @@ def _ort_cpu_check(fp32_onnx: Path, fp16_onnx: Path, model: onnx.ModelProto,
             "check_max_abs_diff": float(np.max(np.abs(got.astype(np.float32) - ref))),
         })
     return result
-
-
-def _graph_io(model: onnx.ModelProto, card: Any) -> Any:
-    """How to feed ``model`` porter's canonical batch: ``card``'s form, else its metadata's."""
-    from port.engines.adapter import GraphIO
-    from port.export.metadata import card_from_metadata
-
-    if card is None:
-        card = card_from_metadata(read_props(model), source="the FP32 graph")
-    return GraphIO.for_onnx(model, card)
-
-
-def _add_card(props: dict[str, str], card: Any, precision: str) -> None:
-    """Give a graph made from an imported ONNX (no porter metadata) the run's card."""
-    from port.export.metadata import CARD_KEY, card_metadata
-
-    if card is not None and CARD_KEY not in props:
-        props.update(card_metadata(card, precision=precision, source_sha256=None))
 
 
 def _first_output(session: Any, io: Any, images: np.ndarray) -> np.ndarray:

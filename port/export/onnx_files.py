@@ -136,3 +136,21 @@ def onnx_precision(path: Path | str) -> str:
         if node.op_type == "Cast" and any(a.name == "to" and a.i == fp16 for a in node.attribute):
             return "fp16"
     return "fp32"
+
+
+def onnx_graph_io(model: onnx.ModelProto, card: Any) -> Any:
+    """How to feed ``model`` porter's canonical batch: ``card``'s form, else its metadata's."""
+    from port.engines.adapter import GraphIO
+    from port.export.metadata import card_from_metadata
+
+    if card is None:
+        card = card_from_metadata(read_props(model), source="the FP32 graph")
+    return GraphIO.for_onnx(model, card)
+
+
+def add_card(props: dict[str, str], card: Any, precision: str) -> None:
+    """Give a graph made from an imported ONNX (no porter metadata) the run's card."""
+    from port.export.metadata import CARD_KEY, card_metadata
+
+    if card is not None and CARD_KEY not in props:
+        props.update(card_metadata(card, precision=precision, source_sha256=None))

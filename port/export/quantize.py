@@ -51,9 +51,11 @@ import onnx
 from port.errors import ModelError, UsageError, first_line
 from port.export.metadata import PRECISION_KEY, set_metadata
 from port.export.onnx_files import (
+    add_card,
     check_images,
     count_qdq,
     load_onnx,
+    onnx_graph_io,
     read_props,
     save_onnx_atomic,
     without_initializer_inputs,
@@ -178,7 +180,7 @@ def quantize_int8(
             n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in source.graph.node):
         raise UsageError(f"{fp32_onnx} is not an FP32 model (precision "
                          f"{props.get(PRECISION_KEY, 'quantized')}): quantize from the FP32 ONNX")
-    feed = _graph_io(source, card)
+    feed = onnx_graph_io(source, card)
     images = check_images(calib_images, source, "calibration images", io=feed)
     unknown = sorted(set(exclude_nodes) - {n.name for n in source.graph.node})
     if unknown:
@@ -261,7 +263,7 @@ def quantize_int8(
         "float_outputs": float_outputs,
         "relu_input_scales_tied": tied,
     }
-    _add_card(props, card, "int8")
+    add_card(props, card, "int8")
     props[PRECISION_KEY] = "int8"
     props[QUANTIZATION_KEY] = json.dumps(settings, sort_keys=True)
     set_metadata(model, props)
@@ -456,24 +458,6 @@ def _quantizable(model: onnx.ModelProto) -> onnx.ModelProto:
                              f"for INT8 quantization ({first_line(exc)}): re-export the model "
                              "with opset 13 or later") from None
     return plain
-
-
-def _graph_io(model: onnx.ModelProto, card: Any) -> Any:
-    """How to feed ``model`` porter's canonical batch: ``card``'s form, else its metadata's."""
-    from port.engines.adapter import GraphIO
-    from port.export.metadata import card_from_metadata
-
-    if card is None:
-        card = card_from_metadata(read_props(model), source="the FP32 graph")
-    return GraphIO.for_onnx(model, card)
-
-
-def _add_card(props: dict[str, str], card: Any, precision: str) -> None:
-    """Give a graph made from an imported ONNX (no porter metadata) the run's card."""
-    from port.export.metadata import CARD_KEY, card_metadata
-
-    if card is not None and CARD_KEY not in props:
-        props.update(card_metadata(card, precision=precision, source_sha256=None))
 
 
 def _quantizer_name() -> str:

@@ -126,7 +126,7 @@ def choose_quantizer(method: str, *, have_modelopt: bool | None = None) -> Quant
 
 
 def quantize_with_modelopt(
-    fp32_onnx: Path, out_path: Path, calib_images: np.ndarray, *, method: str
+    fp32_onnx: Path, out_path: Path, calib_images: np.ndarray, *, method: str, card: Any = None
 ) -> Path:
     """Quantize ``fp32_onnx`` into ``out_path`` with ``modelopt.onnx.quantization.quantize``.
 
@@ -145,12 +145,18 @@ def quantize_with_modelopt(
             f"NVIDIA modelopt {state} ({first_line(exc)}): install `nvidia-modelopt[onnx]` (see "
             f"README, GPU set-up)"
         ) from None
-    input_name = onnx.load(str(fp32_onnx), load_external_data=False).graph.input[0].name
+    from port.engines.adapter import GraphIO
+
+    # modelopt feeds the calibration array to the graph as it is: give it the graph's own
+    # image input (not an initializer listed as an input), layout and dtype; a fixed-batch
+    # graph is fed whole batches of its size (a short last one padded with real images).
+    io = GraphIO.for_onnx(onnx.load(str(fp32_onnx), load_external_data=False), card)
+    batches = list(io.graph_batches(calib_images, io.batch or len(calib_images)))
     out_path.parent.mkdir(parents=True, exist_ok=True)
     quantize(
         onnx_path=str(fp32_onnx),
         quantize_mode="int8",
-        calibration_data={input_name: np.ascontiguousarray(calib_images, dtype=np.float32)},
+        calibration_data={io.input_name: np.ascontiguousarray(np.concatenate(batches))},
         calibration_method=_MODELOPT_METHODS[method],
         calibration_eps=_modelopt_eps(),
         # Keep the layers modelopt does not quantize in FP32: --precision int8 means INT8 where

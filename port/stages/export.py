@@ -337,7 +337,8 @@ def _trt_int8_source(ctx: ExportContext) -> tuple[Record, str]:
         images, calib = _calibration(ctx)
         out = ctx.manifest.run_dir / ONNX.file_name("int8", choice.name)
         _claim(ctx, out, f"{ONNX.artifact_id('int8')}-{choice.name}")
-        quantize_with_modelopt(ctx.manifest.run_dir / fp32.path, out, images, method=method)
+        quantize_with_modelopt(ctx.manifest.run_dir / fp32.path, out, images, method=method,
+                               card=ctx.card)
         params = {"calibration": calib, "calib_method": method, "quantizer": choice.name,
                   "why": choice.why}
         record = _record(ctx, ONNX, "int8", out, art_id=f"{ONNX.artifact_id('int8')}-"
