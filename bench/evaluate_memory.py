@@ -32,6 +32,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -163,16 +164,24 @@ def bare(folder: Path, model: Path, workers: int) -> None:
     tasks = [[p for p, _ in files[i:i + BATCH]] for i in range(0, len(files), BATCH)]
     top1: list[np.ndarray] = []
     first = None
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-        ahead = 16  # batches decoding ahead of the one being run (porter: 2 chunks)
-        futures = [pool.submit(_bare_preprocess, t) for t in tasks[:ahead]]
-        for i in range(len(tasks)):
-            batch = _bare_normalise(futures[i].result())
-            futures[i] = None  # type: ignore[call-overload]
-            if i + ahead < len(tasks):
-                futures.append(pool.submit(_bare_preprocess, tasks[i + ahead]))
-            first = batch if first is None else first
-            top1.append(session.run(None, {"input": batch})[0].argmax(1))
+
+    def decoded() -> Iterator[np.ndarray]:
+        if workers == 0:  # as porter's --workers 0: decode in this process
+            yield from map(_bare_preprocess, tasks)
+            return
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+            ahead = 16  # batches decoding ahead of the one being run (porter: 2 chunks)
+            futures = [pool.submit(_bare_preprocess, t) for t in tasks[:ahead]]
+            for i in range(len(tasks)):
+                yield futures[i].result()
+                futures[i] = None  # type: ignore[call-overload]
+                if i + ahead < len(tasks):
+                    futures.append(pool.submit(_bare_preprocess, tasks[i + ahead]))
+
+    for crops in decoded():
+        batch = _bare_normalise(crops)
+        first = batch if first is None else first
+        top1.append(session.run(None, {"input": batch})[0].argmax(1))
     accuracy = float(np.mean(np.concatenate(top1) == labels))
     p50 = _bare_latency(session, {"input": first}, warmup=10, min_runs=20, min_seconds=1.0)
     print(f"bare: {len(files)} images, top-1 {accuracy:.4f}, p50 @{BATCH} {p50:.3f} ms")

@@ -271,7 +271,7 @@ def evaluate(
     int8_cpu_graph: Annotated[str, typer.Option(help="INT8 graphs on ONNX Runtime's CPU: cpu (run the file's CPU form: ReLU-side Q/DQ pairs as uint8, fused by ORT; the file is unchanged) | file (run it as written).")] = "cpu",
     download: Annotated[bool, typer.Option("--download", help="Let torchvision download CIFAR.")] = False,
     ignore_class_names: Annotated[bool, typer.Option("--ignore-class-names", help="Evaluate although the data's class names differ from the model's (same count).")] = False,
-    workers: Annotated[int | None, typer.Option(help="Processes that decode and preprocess images (default: half the CPUs, 1-8; 0 = in this process).")] = None,
+    workers: Annotated[int | None, typer.Option(help="Processes that decode and preprocess images (default: half the CPUs up to 8, none below 4 CPUs; 0 = in this process).")] = None,
     layerwise: Annotated[str | None, typer.Option("--layerwise", help="Compare ARTIFACT (export id, .onnx file, or 'model') with the reference layer by layer; writes RUN/layerwise/.")] = None,
     images: Annotated[int, typer.Option("--images", help="--layerwise: validation images to compare on.")] = 32,
     against: Annotated[Path | None, typer.Option("--against", help="--layerwise: compare with <module>.npy activations in DIR (another implementation's dump).")] = None,

@@ -47,7 +47,7 @@ class EvaluateRequest:
     int8_cpu_graph: str = "cpu"
     # Evaluate on data whose class names differ from the model's (same count): recorded.
     ignore_class_names: bool = False
-    # Processes that decode and preprocess images (None: half the CPUs; 0: in this process).
+    # Decoding processes (None: stream.default_workers(); 0: in this process).
     workers: int | None = None
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from port import engines
 from port.data.datasets import load_split, materialize
 from port.data.preprocess import Preprocess
 from port.data.spec import parse_data_spec
-from port.data.stream import check_workers, stream_split
+from port.data.stream import check_workers, default_workers, stream_split
 from port.errors import DataError, UsageError
 from port.evaluate.compare import Candidate, evaluate, evaluate_stream
 
@@ -101,7 +102,7 @@ def test_a_broken_file_is_named_from_a_worker(cifar_subset_dir: Path, tmp_path: 
 
 
 def test_workers_out_of_range_are_refused() -> None:
-    assert check_workers(0) == 0 and check_workers(None) >= 1
+    assert check_workers(0) == 0
     with pytest.raises(UsageError, match="--workers -1"):
         check_workers(-1)
 
@@ -127,3 +128,12 @@ def test_open_split_lists_what_load_split_does_without_torch(cifar_subset_dir: P
     code = ("import sys, port.stages.evaluate, port.data.stream, port.evaluate.report, "
             "port.engines.onnxrt; sys.exit('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
+
+
+def test_default_workers_leave_small_machines_in_process(monkeypatch) -> None:
+    # Below 4 CPUs a decoding worker only competes with the model for the cores (measured:
+    # 77 s instead of 57 s for 10,000 CIFAR-10 images on 2 cores); above, half the CPUs, <= 8.
+    for cpus, want in ((1, 0), (2, 0), (3, 0), (4, 2), (6, 3), (16, 8), (64, 8)):
+        monkeypatch.setattr(os, "sched_getaffinity", lambda _pid, n=cpus: set(range(n)))
+        assert default_workers() == want, cpus
+    assert check_workers(None) == default_workers()
