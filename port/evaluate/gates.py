@@ -160,3 +160,14 @@ def check(row: dict[str, Any], gates: Gates, *, reference_top1: float | None = N
     if failures:
         return False, f"{row['precision']} gate: " + "; ".join(failures)
     return True, None
+
+
+def check_gate_flags(max_top1_drop: float | None, min_agreement: float | None,
+                     fp16_min_ratio: float | None, int8_min_ratio: float | None) -> None:
+    """The gate flags of `porter evaluate` and `porter gate`: finite numbers in their ranges."""
+    from port.limits import check_float
+
+    check_float("--max-top1-drop", max_top1_drop, lo=0.0, hi=100.0)
+    for flag, value in (("--min-agreement", min_agreement), ("--fp16-min-ratio", fp16_min_ratio),
+                        ("--int8-min-ratio", int8_min_ratio)):
+        check_float(flag, value, lo=0.0, hi=1.0)

@@ -42,7 +42,7 @@ def write_report(report: dict[str, Any], out_dir: str | Path, *,
         report["outputs"] = write_outputs(outputs, npz)
         written_outputs.append(npz)
     json_path = out / "report.json"
-    atomic_write_text(json_path, json.dumps(_finite(report), indent=2, allow_nan=False) + "\n")
+    atomic_write_text(json_path, json.dumps(json_safe(report), indent=2, allow_nan=False) + "\n")
     md_path = out / "report.md"
     atomic_write_text(md_path, render_markdown(report))
     latency_png = out / "latency.png"
@@ -262,14 +262,14 @@ def _save(fig: Any, path: Path) -> None:
         fig.savefig(tmp, format="png")
 
 
-def _finite(value: Any) -> Any:
-    """A copy with NaN/inf floats replaced by None (JSON has no NaN)."""
+def json_safe(value: Any) -> Any:
+    """A copy with NaN/inf floats replaced by None (JSON has no NaN); used by every report file."""
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 

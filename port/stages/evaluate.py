@@ -10,7 +10,7 @@ from rich.console import Console
 
 from port.errors import ManifestError, UsageError
 from port.formats import exported_kinds
-from port.limits import MAX_BATCH, MAX_IMAGES, check_float, check_int
+from port.limits import MAX_BATCH, MAX_IMAGES, check_int
 from port.manifest import Manifest, Record, run_lock
 from port.manifest_params import ReportParams
 from port.stages.common import (
@@ -129,11 +129,10 @@ def run_evaluate(run: Path, req: EvaluateRequest, *, console: Console) -> bool:
 
 def _check_flags(req: EvaluateRequest) -> None:
     """Gate values must be finite numbers in their range; counts in theirs (before any load)."""
-    check_float("--max-top1-drop", req.max_top1_drop, lo=0.0, hi=100.0)
-    for flag, value in (("--min-agreement", req.min_agreement),
-                        ("--fp16-min-ratio", req.fp16_min_ratio),
-                        ("--int8-min-ratio", req.int8_min_ratio)):
-        check_float(flag, value, lo=0.0, hi=1.0)
+    from port.evaluate.gates import check_gate_flags
+
+    check_gate_flags(req.max_top1_drop, req.min_agreement, req.fp16_min_ratio,
+                     req.int8_min_ratio)
     check_int("--limit", req.limit, 1, MAX_IMAGES)
     check_int("--workers", req.workers, 0, MAX_WORKERS)
     for size in req.batch_sizes:

@@ -22,7 +22,6 @@ from typing import Any
 import numpy as np
 
 from port.errors import DataError, ManifestError, UsageError
-from port.limits import check_float
 
 REPORT_ID = "report"  # port.stages.evaluate.REPORT_ID (not imported: it pulls in rich)
 # A recomputed number may differ from the recorded one by float rounding only.
@@ -80,11 +79,10 @@ def run_gate(run: Path, req: GateRequest) -> dict[str, Any]:
 
 def _check_flags(req: GateRequest) -> None:
     """Thresholds in their ranges, before any file is read."""
-    check_float("--max-top1-drop", req.max_top1_drop, lo=0.0, hi=100.0)
-    for flag, value in (("--min-agreement", req.min_agreement),
-                        ("--fp16-min-ratio", req.fp16_min_ratio),
-                        ("--int8-min-ratio", req.int8_min_ratio)):
-        check_float(flag, value, lo=0.0, hi=1.0)
+    from port.evaluate.gates import check_gate_flags
+
+    check_gate_flags(req.max_top1_drop, req.min_agreement, req.fp16_min_ratio,
+                     req.int8_min_ratio)
 
 
 def _gates(report: dict[str, Any], req: GateRequest) -> Any:

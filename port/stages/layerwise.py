@@ -20,6 +20,7 @@ from typing import Any
 from rich.console import Console
 
 from port.errors import BackendUnavailable, ModelError, UsageError
+from port.evaluate.report import json_safe
 from port.limits import MAX_IMAGES, check_float, check_int
 from port.manifest import Manifest, Record, run_lock
 from port.manifest_params import ReportParams
@@ -238,7 +239,7 @@ def _layerwise_locked(run: Path, manifest: Manifest, req: LayerwiseRequest, *,
     if req.as_json:
         import sys
 
-        sys.stdout.write(json.dumps(_finite(payload), indent=2) + "\n")
+        sys.stdout.write(json.dumps(json_safe(payload), indent=2) + "\n")
     else:
         _print(console, payload, name, run, dumped, req.dump)
     return payload
@@ -354,17 +355,6 @@ def _annotate(result: dict[str, Any], against: Any, cand: _Side | None) -> None:
 
 
 # -- output -----------------------------------------------------------------------------------
-def _finite(value: Any) -> Any:
-    """JSON has no inf/NaN: they become null (``nonfinite`` counts them per layer)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value
-
-
 def _record(manifest: Manifest, run: Path, payload: dict[str, Any], name: str, ref: Record,
             art_record: Record | None, art_file: Path, spec_text: str | None,
             req: LayerwiseRequest, dumped: list[str]) -> None:
@@ -377,7 +367,7 @@ def _record(manifest: Manifest, run: Path, payload: dict[str, Any], name: str, r
     out_dir.mkdir(exist_ok=True)
     json_path = out_dir / f"{name}.json"
     png_path = out_dir / f"{name}.png"
-    atomic_write_text(json_path, json.dumps(_finite(payload), indent=2) + "\n")
+    atomic_write_text(json_path, json.dumps(json_safe(payload), indent=2) + "\n")
     plot_layerwise(payload, png_path)
     parents = [ref] + ([art_record] if art_record is not None and art_record.id != ref.id
                        else [])
