@@ -110,9 +110,14 @@ def run_lock(run_dir: str | os.PathLike[str], command: str, *,
         return
     created = False
     if create and not run.exists():
-        run.mkdir(parents=True)
-        created = True
-    elif not run.is_dir():
+        try:
+            run.mkdir(parents=True)
+            created = True
+        except FileExistsError:
+            # A concurrent command made it between the check and the mkdir: the lock below
+            # decides which of the two goes on, and names the holder to the other.
+            pass
+    if not run.is_dir():
         raise ManifestError(
             f"no porter run at {run} (the directory does not exist): create it with "
             f"`porter train --run {run}` or `porter import MODEL --run {run}`")

@@ -115,3 +115,18 @@ def test_lock_wait_is_not_a_busy_retry(run: Path, holder: subprocess.Popen) -> N
     with pytest.raises(ManifestError, match="is in use by"), run_lock(run, "export"):
         pass
     assert time.perf_counter() - start < 5
+
+
+def test_run_made_by_another_command_between_check_and_mkdir(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch
+                                                             ) -> None:
+    """Two `porter import --run NEW` at once: the one whose mkdir loses takes the existing
+    directory and the lock decides, instead of failing with EEXIST (seen in CI)."""
+    run = tmp_path / "race"
+    run.mkdir()  # made by the other command after this one looked
+    real_exists = Path.exists
+    monkeypatch.setattr(Path, "exists", lambda self: False if self == run else real_exists(self))
+    with run_lock(run, "import", create=True) as held:
+        assert held == run and (run / ".porter.lock").is_file()
+    monkeypatch.undo()
+    assert run.is_dir()  # not ours to remove: this command did not create it
