@@ -291,8 +291,13 @@ class _Row:
                                description=f"{self.label} latency @ batch {size}")
                 picked = np.take(self.kept, np.arange(size) % len(self.kept), axis=0)
                 feed = {self.name: np.ascontiguousarray(picked, dtype=self.dtype)}
+                # Timed on inputs already in the backend's format (README): an adapted runner
+                # converts once here, not in every timed run.
+                form = getattr(runner, "timed_form", None)
+                timed_runner, timed_feed = form(feed) if form else (runner, feed)
                 self.latency[str(size)] = measure_latency(
-                    runner, feed, warmup=warmup, min_runs=min_runs, min_seconds=min_seconds)
+                    timed_runner, timed_feed, warmup=warmup, min_runs=min_runs,
+                    min_seconds=min_seconds)
                 timed = runner.time_phases(feed, runs=min_runs)  # None: cannot split them
                 if timed is not None:
                     self.phases[str(size)] = timed

@@ -124,3 +124,22 @@ def test_a_card_that_contradicts_the_graph_is_refused_and_releases_the_runner(
     with pytest.raises(ModelError, match=r"3 channels .* card says 1"):
         AdaptedRunner(inner, card).activate()
     assert not inner.is_active
+
+
+def test_latency_is_timed_on_the_graph_form_not_the_conversion(tmp_path: Path) -> None:
+    # evaluate times timed_form(): the inner runner on a feed converted once, outside the loop.
+    path = nhwc(tmp_path)
+    io = GraphIO.for_onnx(path)
+    inner = OnnxRuntimeRunner(path, providers=["CPUExecutionProvider"])
+    with AdaptedRunner(inner, io=io) as runner:
+        timed, feed = runner.timed_form({io.input_name: IMAGES})
+        assert timed is inner
+        assert feed[io.input_name].shape == (5, 32, 32, 3)
+        assert feed[io.input_name].flags.c_contiguous
+    fixed = batch1(tmp_path / "b1")
+    io1 = GraphIO.for_onnx(fixed)
+    with AdaptedRunner(OnnxRuntimeRunner(fixed, providers=["CPUExecutionProvider"]),
+                       io=io1) as runner:
+        # More images than the fixed batch: several graph runs, so the adapter itself is timed.
+        timed, _ = runner.timed_form({io1.input_name: IMAGES})
+        assert timed is runner
