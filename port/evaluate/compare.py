@@ -108,7 +108,9 @@ class ChunkSource(Protocol):
     """What :func:`evaluate_stream` reads: a length and, per pass, ``(images, labels)`` chunks.
 
     ``images`` float32 NCHW (preprocessed), ``labels`` int64; chunks may have any sizes (e.g.
-    :class:`port.data.stream.ImageStream`).
+    :class:`port.data.stream.ImageStream`). A source may write the next chunk into the array of
+    the previous one (``ImageStream.recycle``): evaluate_stream holds nothing of a chunk, other
+    than copies, once it asks for the next.
     """
 
     def __len__(self) -> int: ...
@@ -350,8 +352,9 @@ def _batch_groups(source: ChunkSource, size: int
         start = 0
         if held:  # complete the batch left over from the previous chunk
             take = min(size - held, len(images))
-            carry_x.append(images[:take])
-            carry_y.append(labels[:take])
+            # Copied (under a batch): the source may reuse this chunk's array for the next one.
+            carry_x.append(images[:take].copy())
+            carry_y.append(labels[:take].copy())
             held += take
             start = take
             if held == size:
@@ -360,8 +363,8 @@ def _batch_groups(source: ChunkSource, size: int
         while len(images) - start >= size:
             group.append((images[start:start + size], labels[start:start + size]))
             start += size
-        if start < len(images):
-            carry_x, carry_y = [images[start:]], [labels[start:]]
+        if start < len(images):  # copied, as above
+            carry_x, carry_y = [images[start:].copy()], [labels[start:].copy()]
             held = len(images) - start
         if group:
             yield group

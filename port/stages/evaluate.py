@@ -154,8 +154,10 @@ def _evaluate_locked(run: Path, manifest: Manifest, req: EvaluateRequest, *,
     # Listed without torch (an ONNX reference never needs it); read, decoded and preprocessed
     # chunk by chunk in worker processes, once for every row: memory is bounded by the chunk
     # size, not by the number of images.
+    # evaluate_stream is done with a chunk when it asks for the next: one buffer serves them all.
+    # Chunks hold whole batches of the size evaluate_stream runs (the largest timed size).
     stream = open_split(spec, "val", preprocess=card.preprocess, limit=req.limit, seed=0,
-                        workers=req.workers)
+                        workers=req.workers, recycle=True, batch=max(req.batch_sizes))
     differ = check_classes(card, stream.classes or [], spec_text,
                            ignore_names=req.ignore_class_names, override="--ignore-class-names")
     if differ:  # only reached with --ignore-class-names: say what the numbers rest on

@@ -86,6 +86,42 @@ def test_stream_evaluation_equals_the_in_memory_path(cifar_subset_dir: Path,
     assert report["dataset"]["images"] == 45
 
 
+def test_a_recycling_stream_writes_every_chunk_into_one_buffer(
+        cifar_subset_dir: Path, synthetic_spec: object, artifacts: dict[str, Path]) -> None:
+    """recycle: the same images, chunk by chunk, from one buffer per pass (files in this
+    process, files in workers, in-memory arrays); evaluate_stream's numbers do not change."""
+    split = _split(cifar_subset_dir, limit=45)
+    images, labels = materialize(split)
+    arrays = load_split(synthetic_spec, "val", limit=50, seed=0)  # type: ignore[arg-type]
+    for source, want, workers in ((split, images, 0), (split, images, 2),
+                                  (arrays, materialize(arrays)[0], 0)):
+        stream = stream_split(source, chunk_size=7, workers=workers)
+        stream.recycle, stream.pool_min_images, stream.task_size = True, 0, 3
+        bases, offset = set(), 0
+        for chunk, _ in stream:  # used before the next is asked for, as evaluate_stream does
+            assert np.array_equal(chunk, want[offset:offset + len(chunk)])
+            offset += len(chunk)
+            bases.add(id(chunk.base if chunk.base is not None else chunk))
+        assert offset == len(want) and len(bases) == 1, (workers, bases)
+    # Kept as a list, recycled chunks alias: only a consumer like evaluate_stream may recycle.
+    stream = stream_split(split, chunk_size=7, workers=0)
+    stream.recycle = True
+    kept = [x for x, _ in stream]
+    assert not np.array_equal(np.concatenate(kept), images)
+
+    onnx_path = artifacts["onnx"]
+    ref = Candidate("model", "fp32", "onnx", onnx_path, None, lambda: engines.load(onnx_path))
+    results = []
+    for recycle in (False, True):
+        stream = stream_split(split, chunk_size=7, workers=0)  # batches of 16 cross chunks
+        stream.recycle = recycle
+        _, outputs = evaluate_stream(ref, [], stream, batch_sizes=(16,), progress=False,
+                                     **FAST_LATENCY)
+        results.append(outputs)
+    assert np.array_equal(results[0].logits["model"], results[1].logits["model"])
+    assert np.array_equal(results[1].labels, labels)
+
+
 def test_a_broken_file_is_named_from_a_worker(cifar_subset_dir: Path, tmp_path: Path) -> None:
     root = tmp_path / "data"
     for split in ("train", "test"):
