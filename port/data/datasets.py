@@ -26,11 +26,11 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision.datasets import ImageFolder
 
 from port.data.imageio import read_image
+from port.data.listing import balanced_subset, note_skipped, skipped_files
 from port.data.pixels import image_channels
 from port.data.preprocess import Preprocess
 from port.data.sources import ArraySplit, class_dirs
 from port.data.spec import DataSpec
-from port.data.stream import balanced_subset, note_skipped, skipped_files
 from port.data.transforms import Transform, eval_transform, geometry_transform, train_transform
 from port.errors import DataError, UsageError
 

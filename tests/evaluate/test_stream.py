@@ -149,7 +149,7 @@ def test_open_split_lists_what_load_split_does_without_torch(cifar_subset_dir: P
 
     from torchvision.datasets.folder import IMG_EXTENSIONS
 
-    from port.data.stream import IMG_EXTENSIONS as OURS
+    from port.data.listing import IMG_EXTENSIONS as OURS
     from port.data.stream import open_split
 
     assert tuple(OURS) == tuple(IMG_EXTENSIONS)
