@@ -20,6 +20,7 @@ from port.digest import sha256_file
 
 if TYPE_CHECKING:
     from port.evaluate.compare import Outputs
+    from port.evaluate.plot_process import PlotProcess
 
 REPORT_FILES = ("report.json", "report.md", "latency.png", "accuracy_vs_latency.png",
                 "outputs.npz")
@@ -27,15 +28,21 @@ OUTPUTS_FILE = "outputs.npz"
 
 
 def write_report(report: dict[str, Any], out_dir: str | Path, *,
-                 outputs: Outputs | None = None) -> list[Path]:
+                 outputs: Outputs | None = None, plotter: PlotProcess | None = None
+                 ) -> list[Path]:
     """Write the report files into ``out_dir`` (created); returns their paths, JSON first.
 
     With ``outputs``, every row's per-image logits go to ``outputs.npz`` first and
     ``report["outputs"]`` records that file's sha256, rows and image count, so ``porter gate``
     can re-apply the gates to exactly these numbers later (:func:`write_outputs`).
+    ``plotter``: a helper process that draws the two plots while the rest is written
+    (:mod:`port.evaluate.plot_process`); if it cannot, they are drawn here.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    latency_png = out / "latency.png"
+    scatter_png = out / "accuracy_vs_latency.png"
+    asked = plotter is not None and plotter.request(report, latency_png, scatter_png)
     written_outputs = []
     if outputs is not None:
         npz = out / OUTPUTS_FILE
@@ -45,10 +52,9 @@ def write_report(report: dict[str, Any], out_dir: str | Path, *,
     atomic_write_text(json_path, json.dumps(json_safe(report), indent=2, allow_nan=False) + "\n")
     md_path = out / "report.md"
     atomic_write_text(md_path, render_markdown(report))
-    latency_png = out / "latency.png"
-    plot_latency(report, latency_png)
-    scatter_png = out / "accuracy_vs_latency.png"
-    plot_accuracy_vs_latency(report, scatter_png)
+    if not (asked and plotter is not None and plotter.finish()):
+        plot_latency(report, latency_png)
+        plot_accuracy_vs_latency(report, scatter_png)
     return [json_path, md_path, latency_png, scatter_png, *written_outputs]
 
 

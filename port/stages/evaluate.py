@@ -145,6 +145,7 @@ def _evaluate_locked(run: Path, manifest: Manifest, req: EvaluateRequest, *,
     from port.data.spec import parse_data_spec
     from port.data.stream import open_split
     from port.evaluate.compare import evaluate_stream
+    from port.evaluate.plot_process import PlotProcess, ReadyAtEnd
     from port.evaluate.report import notes_lines, render_table, write_report
 
     ref = reference(manifest)
@@ -182,11 +183,17 @@ def _evaluate_locked(run: Path, manifest: Manifest, req: EvaluateRequest, *,
                           "(porter export --to onnx first)[/yellow]")
     dataset = {"spec": str(spec), "split": "val", "images": len(stream),
                "limit": req.limit}
-    report, outputs = evaluate_stream(reference_candidate, candidates, stream,
-                                      batch_sizes=req.batch_sizes, gates=_gates(req),
-                                      dataset=dataset)
-    out_dir = run / REPORT_DIR
-    written = write_report(report, out_dir, outputs=outputs)
+    # The plots' helper loads matplotlib beside the pass and is ready before latency is timed.
+    plots = PlotProcess()
+    try:
+        report, outputs = evaluate_stream(reference_candidate, candidates,
+                                          ReadyAtEnd(stream, plots),
+                                          batch_sizes=req.batch_sizes, gates=_gates(req),
+                                          dataset=dataset)
+        out_dir = run / REPORT_DIR
+        written = write_report(report, out_dir, outputs=outputs, plotter=plots)
+    finally:
+        plots.close()
     report_json = next(p for p in written if p.name == "report.json")
     manifest.record(
         "evaluate", "report", report_json, id=REPORT_ID,

@@ -77,3 +77,36 @@ def test_render_table(torch_and_onnx_report: dict) -> None:
     text = out.getvalue()
     assert "PASSED" in text and "onnx-fp32" in text and "CPUExecutionProvider" in text
     assert "p50 ms @16" in text and "pass" in text
+
+
+def test_the_plot_helper_draws_what_this_process_draws(tmp_path: Path,
+                                                       torch_and_onnx_report: dict) -> None:
+    """The helper process (which loads matplotlib during the pass) writes the same plot files
+    as drawing them here; a helper that cannot serve leaves the plots to this process."""
+    import sys
+
+    from port.evaluate.plot_process import PlotProcess
+
+    report = copy.deepcopy(torch_and_onnx_report)
+    here = write_report(copy.deepcopy(report), tmp_path / "here")
+    helper = PlotProcess()
+    try:
+        assert helper.wait_ready()
+        assert helper.request(report, tmp_path / "lat.png", tmp_path / "acc.png")
+        assert helper.finish()
+    finally:
+        helper.close()
+    assert (tmp_path / "lat.png").read_bytes() == here[2].read_bytes()
+    assert (tmp_path / "acc.png").read_bytes() == here[3].read_bytes()
+
+    # Helpers that fail in each way: not ready, dead after "ready", silent after the request.
+    for code in ("print('busy')", "print('ready', flush=True)",
+                 "import sys; print('ready', flush=True); sys.stdin.readline()"):
+        out = tmp_path / f"fallback-{len(code)}"
+        helper = PlotProcess([sys.executable, "-c", code])
+        try:
+            written = write_report(copy.deepcopy(report), out, plotter=helper)
+        finally:
+            helper.close()
+        assert written[2].read_bytes() == here[2].read_bytes(), code
+        assert written[3].read_bytes() == here[3].read_bytes(), code
