@@ -72,8 +72,10 @@ class IntermediateRunner:
     """
 
     def __init__(self, model: onnx.ModelProto, names: Sequence[str] | None = None, *,
-                 what: str = "the graph") -> None:
-        self.tensors = float_tensors(model)
+                 what: str = "the graph", elem_types: Iterable[int] = FLOAT_TYPES) -> None:
+        """Watch ``names`` (default: every float node output) of the types ``elem_types``."""
+        types = set(elem_types)
+        self.tensors = [t for t in float_tensors(model) if t.elem_type in types]
         wanted = set(names) if names is not None else None
         if wanted is not None:
             self.tensors = [t for t in self.tensors if t.name in wanted]

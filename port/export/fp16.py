@@ -163,11 +163,9 @@ def _weight_findings(model: onnx.ModelProto, kept: set[str]) -> list[Fp16Finding
 
 def _activation_findings(model: onnx.ModelProto, images: np.ndarray, batch_size: int,
                          kept: set[str], io: Any) -> list[Fp16Finding]:
-    """Run the FP32 model with every float node output exposed; judge each tensor's range."""
+    """Run the FP32 model with every FP32 node output exposed; judge each tensor's range."""
+    from port.engines.activations import IntermediateRunner
 
-    inferred = onnx.shape_inference.infer_shapes(model)
-    types = {v.name: v.type.tensor_type.elem_type
-             for v in [*inferred.graph.value_info, *inferred.graph.output]}
     producer: dict[str, onnx.NodeProto] = {}
     consumers: dict[str, list[str]] = {}
     for node in model.graph.node:
@@ -175,24 +173,15 @@ def _activation_findings(model: onnx.ModelProto, images: np.ndarray, batch_size:
             producer[name] = node
         for name in node.input:
             consumers.setdefault(name, []).append(node.name)
-    existing = {o.name for o in model.graph.output}
-    watched = [t for t in producer if t and types.get(t) == onnx.TensorProto.FLOAT]
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    for name in watched:
-        if name not in existing:
-            probe.graph.output.append(onnx.helper.make_tensor_value_info(
-                name, onnx.TensorProto.FLOAT, None))
-
-    # No fusion: every tensor we look at must be the one the FP32 graph computes, node by node.
-    session = create_session(probe.SerializeToString(), what="the FP32 graph (FP16 pre-flight)",
-                             optimize=False)
+    # Fusions off (engines.activations): every tensor judged is the one the FP32 graph computes.
+    runner = IntermediateRunner(model, what="the FP32 graph (FP16 pre-flight)",
+                                elem_types=[onnx.TensorProto.FLOAT])
+    watched = runner.names
     stats = {name: _Stats() for name in watched}
     # Fed as the graph takes them (layout, dtype, fixed batch: port.engines.adapter); a padded
     # last batch repeats a real image, so every range seen is a real image's.
     for batch in io.graph_batches(images, batch_size):
-        outs = session.run(watched, {io.input_name: batch})
-        for name, value in zip(watched, outs, strict=True):
+        for name, value in runner.run({io.input_name: batch}).items():
             stats[name].add(value)
 
     findings = []
