@@ -20,7 +20,7 @@ from the smallest to the largest count (target: flat, within 10%) and porter's w
 bare per count, the median of the back-to-back pairs (target <= 1.15).
 
     .venv/bin/python bench/evaluate_memory.py [--counts 1000,5000,20000] [--workers N]
-                                              [--repeats 1] [--keep DIR]
+                                              [--repeats 3] [--warmup 1] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -229,7 +229,10 @@ def main() -> None:
     parser.add_argument("--counts", default="1000,5000,20000")
     parser.add_argument("--workers", type=int, default=None,
                         help="decoding processes for both sides (default: porter's default)")
-    parser.add_argument("--repeats", type=int, default=1, help="runs per count and side")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="back-to-back pairs per count (sides alternate which goes first)")
+    parser.add_argument("--warmup", type=int, default=1,
+                        help="uncounted runs of each side per count, first (caches, page cache)")
     parser.add_argument("--keep", type=Path, default=None,
                         help="make/reuse the images and run here instead of a temporary folder")
     parser.add_argument("--bare", type=Path, default=None, help=argparse.SUPPRESS)
@@ -270,17 +273,17 @@ def main() -> None:
               f"{os.cpu_count()} CPUs")
         rows = []
         for n in counts:
+            commands = {
+                "porter": [porter, "evaluate", "--run", str(run), "--data", str(folders[n]),
+                           "--batch-sizes", str(BATCH), "--workers", str(workers)],
+                "bare": [sys.executable, __file__, "--bare", str(folders[n]), "--model",
+                         str(model), "--workers", str(workers)]}
+            for _ in range(args.warmup):
+                for cmd in commands.values():
+                    measure(cmd)
             for r in range(args.repeats):
                 sides = ("porter", "bare") if r % 2 == 0 else ("bare", "porter")
-                got = {}
-                for side in sides:
-                    if side == "porter":
-                        cmd = [porter, "evaluate", "--run", str(run), "--data", str(folders[n]),
-                               "--batch-sizes", str(BATCH), "--workers", str(workers)]
-                    else:
-                        cmd = [sys.executable, __file__, "--bare", str(folders[n]), "--model",
-                               str(model), "--workers", str(workers)]
-                    got[side] = measure(cmd)
+                got = {side: measure(commands[side]) for side in sides}
                 p, b = got["porter"], got["bare"]
                 rows.append((n, p, b))
                 print(f"{n:>6} images: porter {p['wall_s']:7.1f} s, peak RSS {p['own_mb']:6.0f} MB "
