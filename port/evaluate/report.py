@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -20,15 +20,26 @@ from port.digest import sha256_file
 
 if TYPE_CHECKING:
     from port.evaluate.compare import Outputs
-    from port.evaluate.plot_process import PlotProcess
 
 REPORT_FILES = ("report.json", "report.md", "latency.png", "accuracy_vs_latency.png",
                 "outputs.npz")
 OUTPUTS_FILE = "outputs.npz"
 
 
+class Plotter(Protocol):
+    """Something that draws the two plots elsewhere (``plot_process.PlotProcess``)."""
+
+    def request(self, report: dict[str, Any], latency: Path, scatter: Path) -> bool:
+        """Ask for both plots; False if it cannot be asked."""
+        ...
+
+    def finish(self) -> bool:
+        """Wait for them; whether both were written."""
+        ...
+
+
 def write_report(report: dict[str, Any], out_dir: str | Path, *,
-                 outputs: Outputs | None = None, plotter: PlotProcess | None = None
+                 outputs: Outputs | None = None, plotter: Plotter | None = None
                  ) -> list[Path]:
     """Write the report files into ``out_dir`` (created); returns their paths, JSON first.
 
