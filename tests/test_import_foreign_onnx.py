@@ -131,6 +131,25 @@ def test_external_data_is_copied_loaded_and_covered(tmp_path: Path) -> None:
     assert "modified" in status.out and "model.onnx.data" in status.out
 
 
+def test_external_data_counts_in_the_evaluated_size(tmp_path: Path, cifar_subset_dir: Path
+                                                     ) -> None:
+    """The report's size of an imported model with external weights is the graph plus them."""
+    folder = tmp_path / "export"
+    (folder / "weights").mkdir(parents=True)
+    source = folder / "model.onnx"
+    onnx.save(graph_model(["N", 3, 32, 32], ["N", 10]), str(source), save_as_external_data=True,
+              location="weights/model.onnx.data", size_threshold=0)
+    run = tmp_path / "run"
+    _import(source, run, *RGB)
+    result = cli("evaluate", "--run", run, "--data", cifar_subset_dir, "--limit", "20",
+                 "--batch-sizes", "4")
+    assert result.code == 0, result.err
+    row = json.loads((run / "report" / "report.json").read_text())["rows"][0]
+    graph, data = (run / "model.onnx").stat().st_size, (run / "weights/model.onnx.data")
+    assert data.stat().st_size > 0
+    assert row["size_bytes"] == graph + data.stat().st_size
+
+
 def test_porters_own_int8_reimported_as_int8(tmp_path: Path) -> None:
     """An FP32 graph carrying porter's card, quantized by porter's own INT8 exporter (the
     network is a tiny onnx.helper one to keep this fast; the bytes are porter's)."""

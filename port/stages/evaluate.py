@@ -84,9 +84,22 @@ def _candidate(manifest: Manifest, record: Record, precision: str,
               if record.kind == "onnx" else {})
     return Candidate(
         artifact_id=record.id, precision=precision, kind=record.kind, path=path,
-        size_bytes=record.bytes, make_runner=lambda: adapt(engines.load(path, **kwargs), card),
-        notes=notes,
+        size_bytes=_model_bytes(manifest, record),
+        make_runner=lambda: adapt(engines.load(path, **kwargs), card), notes=notes,
     )
+
+
+def _model_bytes(manifest: Manifest, record: Record) -> int:
+    """The model's size on disk: its file, plus the external weight files an imported ONNX
+    keeps beside it (its params' ``external_data``, relative to the model's folder; without
+    them a 100 MB model would show as its few-kB graph)."""
+    total = record.bytes
+    folder = (manifest.run_dir / record.path).parent
+    for rel in (record.params or {}).get("external_data") or []:
+        data = folder / rel
+        if data.is_file():
+            total += data.stat().st_size
+    return total
 
 
 def _exports(manifest: Manifest, ref: Record) -> list[Record]:
