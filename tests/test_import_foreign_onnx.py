@@ -175,6 +175,15 @@ def test_porters_own_int8_reimported_as_int8(tmp_path: Path) -> None:
             "its porter card says 0.5,0.5,0.5")
     assert cli("import", tmp_path / "model.int8.onnx", "--run", tmp_path / "same",
                "--num-classes", "10").code == 0
+    # Nothing lower can be made from an INT8 reference: each precision says so, and what to do.
+    run = tmp_path / "run"
+    refused(cli("export", "--run", run, "--to", "onnx", "--precision", "fp32"),
+            "already an ONNX model (int8)", "--to trt", "import the FP32 model")
+    for precision in ("fp16", "int8"):  # before any data is asked for
+        refused(cli("export", "--run", run, "--to", "onnx", "--precision", precision),
+                "already an ONNX model (int8)", "import the FP32 model")
+    assert json.loads((run / "manifest.json").read_text())["artifacts"][0]["id"] == "model"
+    assert len(json.loads((run / "manifest.json").read_text())["artifacts"]) == 1
 
 
 # -- refusals: one line, exit 2, the value the model wants and the fix -------------------------

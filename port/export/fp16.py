@@ -333,8 +333,8 @@ def convert_fp16(
     source = without_initializer_inputs(load_onnx(fp32_onnx))
     props = read_props(source)
     if props.get(PRECISION_KEY, "fp32") != "fp32":
-        raise UsageError(f"{fp32_onnx} is a {props[PRECISION_KEY]} model: convert the FP32 ONNX "
-                         "to FP16")
+        raise UsageError(f"{fp32_onnx} is already {props[PRECISION_KEY].upper()}: convert the "
+                         "FP32 ONNX to FP16 (import the FP32 model)")
     keep = _check_keep(source, keep_fp32)
     io = onnx_graph_io(source, card)
     images = None

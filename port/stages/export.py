@@ -156,12 +156,23 @@ def _ensure_fp32_onnx(ctx: ExportContext) -> Record:
     return export_onnx_fp32(ctx, ONNX, "fp32")
 
 
+def _refuse_reduced_reference(ctx: ExportContext) -> None:
+    """An imported FP16/INT8 ONNX reference: no ONNX precision can be made from it (FP16 and
+    INT8 are made from an FP32 graph); said before any data is asked for or loaded."""
+    precision = (ctx.ref.params or {}).get("precision") or "fp32"
+    if ctx.ref.kind == ONNX.kind and precision != "fp32":
+        raise UsageError(f"the run's reference is already an ONNX model ({precision}): "
+                         "evaluate it as it is, or build an engine from it with --to trt; "
+                         "import the FP32 model to export other precisions")
+
+
 def export_onnx_fp32(ctx: ExportContext, fmt: Format, precision: str) -> Record:
     """``--to onnx --precision fp32``: torch.onnx export of the checkpoint, parity-checked."""
     from port.export.onnx import export_onnx
     from port.models.checkpoint import load_model
 
     if ctx.ref.kind == ONNX.kind:
+        _refuse_reduced_reference(ctx)
         raise UsageError("the run's reference is already an ONNX model: export --precision "
                          "fp16/int8 or --to trt from it instead")
     model, _, _ = load_model(ctx.manifest.run_dir / ctx.ref.path)
@@ -210,6 +221,7 @@ def export_onnx_lowp(ctx: ExportContext, fmt: Format, precision: str, *,
     (``variant`` names a second graph of the same precision, e.g. ``sym``)."""
     from port.export.autofix import parse_request
 
+    _refuse_reduced_reference(ctx)
     # --keep-fp32/--exclude [auto] and --max-fp32-layers are checked before anything is made.
     fallback = parse_request(precision, ctx.options)
     fp32 = _ensure_fp32_onnx(ctx)
