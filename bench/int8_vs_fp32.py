@@ -216,8 +216,8 @@ def _cifar(workdir: Path, args: argparse.Namespace) -> tuple[float, float] | Non
     from port.data.datasets import load_split, materialize, subset
     from port.data.spec import parse_data_spec
     from port.export.calibration import select_calibration
+    from port.export.context import DEFAULT_CALIB_IMAGES
     from port.export.metadata import read_card
-    from port.stages.export import DEFAULT_CALIB_IMAGES
 
     if not (args.cifar_run / "model.pt").is_file():
         print(f"\nCIFAR-10: skipped, no trained run at {args.cifar_run} (porter train ...)")

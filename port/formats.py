@@ -199,7 +199,6 @@ class Format:
         return resolve(self.precision_of)(path) if self.precision_of else None
 
 
-_STAGE = "port.stages.export"
 FORMATS: dict[str, Format] = {
     f.name: f
     for f in (
@@ -208,8 +207,9 @@ FORMATS: dict[str, Format] = {
             description="ONNX graph with porter metadata; fp16 as an FP16 graph, int8 as QDQ",
             kind="onnx", suffixes=(".onnx",), backend="onnxruntime",
             runner="port.engines.onnxrt:OnnxRuntimeRunner",
-            exporters={"fp32": f"{_STAGE}:export_onnx_fp32", "fp16": f"{_STAGE}:export_onnx_lowp",
-                       "int8": f"{_STAGE}:export_onnx_lowp"},
+            exporters={"fp32": "port.export.onnx_job:export_onnx_fp32",
+                       "fp16": "port.export.onnx_job:export_onnx_fp16",
+                       "int8": "port.export.onnx_job:export_onnx_int8"},
             options=ONNX_OPTIONS,
             precision_of="port.export.onnx_files:onnx_precision",
         ),
@@ -223,7 +223,7 @@ FORMATS: dict[str, Format] = {
                    ("pycuda.driver", "install pycuda (see README, GPU set-up) or evaluate the "
                                      ".onnx instead")),
             hardware="cuda-gpu",
-            exporters=dict.fromkeys(PRECISION_NAMES, f"{_STAGE}:export_trt"),
+            exporters=dict.fromkeys(PRECISION_NAMES, "port.export.trt_job:export_trt"),
             options=TRT_OPTIONS,
             precision_of="port.engines.trt_sidecar:sidecar_precision",
         ),
@@ -232,7 +232,7 @@ FORMATS: dict[str, Format] = {
             description="Triton Inference Server model repository of the run's ONNX files and "
                         "engines at the precision",
             kind="triton", suffixes=(".triton.json",), backend="triton", runner=None,
-            exporters=dict.fromkeys(PRECISION_NAMES, f"{_STAGE}:export_triton"),
+            exporters=dict.fromkeys(PRECISION_NAMES, "port.export.triton_job:export_triton"),
             options=TRITON_OPTIONS,
         ),
         Format(

@@ -108,7 +108,7 @@ def test_a_new_format_is_one_entry(monkeypatch: pytest.MonkeyPatch) -> None:
                    suffixes=(".tflite",), backend="tflite", runner="port.engines.base:Runner",
                    needs=(("tflite_runtime", "pip install tflite-runtime"),),
                    precisions=("fp32", "int8"),
-                   exporters={"fp32": "port.stages.export:export_onnx_fp32"})
+                   exporters={"fp32": "port.export.onnx_job:export_onnx_fp32"})
     monkeypatch.setitem(FORMATS, "tflite", extra)
     assert normalize_format("TFLite") is extra
     assert "tflite" in exported_kinds()
@@ -128,7 +128,7 @@ def test_a_format_without_a_runner_is_exported_but_never_run(
     bundle = Format(name="bundle", description="a folder for some server", kind="bundle",
                     suffixes=(".bundle.json",), backend="bundle", runner=None,
                     precisions=("fp32",),
-                    exporters={"fp32": "port.stages.export:export_triton"})
+                    exporters={"fp32": "port.export.triton_job:export_triton"})
     monkeypatch.setitem(FORMATS, "bundle", bundle)
     assert normalize_format("Bundle") is bundle and not bundle.runnable
     assert "bundle" not in exported_kinds()

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from port.data.sources import SOURCES, DataSource, default_data_root, directory_source, valid_forms
-from port.errors import DataError
+from port.errors import DataError, UsageError
 
 KINDS = tuple(SOURCES)
 VALID_FORMS = valid_forms()
@@ -120,3 +120,12 @@ def parse_data_spec(text: str, download: bool = False) -> DataSpec:
     if source.check_directory is not None:
         source.check_directory(root)
     return DataSpec(source.kind, root, download)
+
+
+def data_text(override: str | None, recorded: str | None, purpose: str) -> str:
+    """The ``--data`` text a command uses: the flag when given, else the one recorded with the
+    model; a ``UsageError`` naming ``purpose`` and the valid forms when neither is known."""
+    text = override or recorded
+    if not text:
+        raise UsageError(f"no data set known for {purpose}: pass --data ({VALID_FORMS})")
+    return str(text)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from port.data.preprocess import Preprocess
+from port.errors import UsageError
 
 
 @dataclass
@@ -74,3 +75,40 @@ class ModelCard:
         """C, H, W of one image (porter's canonical layout, whatever the graph's)."""
         s = self.preprocess.image_size
         return (self.channels, s, s)
+
+
+def _placeholder_names(names: list[str]) -> bool:
+    """Whether ``names`` are the ``class_0, class_1, ...`` an import without names made up."""
+    return all(name == f"class_{i}" for i, name in enumerate(names))
+
+
+def check_classes(card: ModelCard, classes: list[str], spec_text: str, *,
+                  ignore_names: bool = False, override: str | None = None) -> int:
+    """A data set must have the model's class count and, when both name them, its class names.
+
+    Labels are indices, so names are compared position by position (case and surrounding
+    blanks aside): the same names in another order are a mismatch too. A card without real
+    names (an import without --classes or --data) is checked by count only. ``override`` names
+    the flag that accepts differing names (evaluate's ``--ignore-class-names``); with
+    ``ignore_names`` they are accepted. Returns how many names differ (0 when not compared).
+    """
+    if len(classes) != card.num_classes:
+        raise UsageError(
+            f"data '{spec_text}' has {len(classes)} classes but the model has {card.num_classes}: "
+            "pass the --data the model was trained on"
+        )
+    model_names = list(card.classes)
+    if len(model_names) != len(classes) or _placeholder_names(model_names):
+        return 0
+    differ = [i for i, (m, d) in enumerate(zip(model_names, classes, strict=True))
+              if m.strip().casefold() != str(d).strip().casefold()]
+    if not differ or ignore_names:
+        return len(differ)
+    i = differ[0]
+    fix = (f", or {override} to use it anyway" if override else "")
+    raise UsageError(
+        f"data '{spec_text}' names its classes differently from the model ({len(differ)} of "
+        f"{len(classes)} differ; labels are matched by position): class {i} is "
+        f"{model_names[i][:40]!r} in the model but {str(classes[i])[:40]!r} in the data: pass "
+        f"the --data the model was trained on or rename the data's class folders{fix}"
+    )

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from port.errors import ManifestError, UsageError
 from port.limits import MAX_BATCH, MAX_IMAGES, check_allocation, check_int, image_bytes
 from port.manifest import Manifest
+from port.models.card import check_classes as check_classes  # with the card: export uses it too
 
 if TYPE_CHECKING:
     from port.manifest import Record
@@ -56,50 +57,10 @@ def reference_card(manifest: Manifest, record: Record) -> ModelCard:
 
 def run_data(record: Record, override: str | None, purpose: str) -> str:
     """The data spec text to use: the flag when given, else the one the reference came with."""
-    text = override or record.typed_params.data
-    if not text:
-        # Imported here: the data table pulls in numpy, which `porter status` never needs.
-        from port.data.spec import VALID_FORMS
+    # Imported here: the data table pulls in numpy, which `porter status` never needs.
+    from port.data.spec import data_text
 
-        raise UsageError(f"no data set known for {purpose}: pass --data ({VALID_FORMS})")
-    return str(text)
-
-
-def _placeholder_names(names: list[str]) -> bool:
-    """Whether ``names`` are the ``class_0, class_1, ...`` an import without names made up."""
-    return all(name == f"class_{i}" for i, name in enumerate(names))
-
-
-def check_classes(card: ModelCard, classes: list[str], spec_text: str, *,
-                  ignore_names: bool = False, override: str | None = None) -> int:
-    """A data set must have the model's class count and, when both name them, its class names.
-
-    Labels are indices, so names are compared position by position (case and surrounding
-    blanks aside): the same names in another order are a mismatch too. A card without real
-    names (an import without --classes or --data) is checked by count only. ``override`` names
-    the flag that accepts differing names (evaluate's ``--ignore-class-names``); with
-    ``ignore_names`` they are accepted. Returns how many names differ (0 when not compared).
-    """
-    if len(classes) != card.num_classes:
-        raise UsageError(
-            f"data '{spec_text}' has {len(classes)} classes but the model has {card.num_classes}: "
-            "pass the --data the model was trained on"
-        )
-    model_names = list(card.classes)
-    if len(model_names) != len(classes) or _placeholder_names(model_names):
-        return 0
-    differ = [i for i, (m, d) in enumerate(zip(model_names, classes, strict=True))
-              if m.strip().casefold() != str(d).strip().casefold()]
-    if not differ or ignore_names:
-        return len(differ)
-    i = differ[0]
-    fix = (f", or {override} to use it anyway" if override else "")
-    raise UsageError(
-        f"data '{spec_text}' names its classes differently from the model ({len(differ)} of "
-        f"{len(classes)} differ; labels are matched by position): class {i} is "
-        f"{model_names[i][:40]!r} in the model but {str(classes[i])[:40]!r} in the data: pass "
-        f"the --data the model was trained on or rename the data's class folders{fix}"
-    )
+    return data_text(override, record.typed_params.data, purpose)
 
 
 def check_export_numbers(options: dict[str, Any], card: ModelCard) -> None:

@@ -9,9 +9,11 @@ import torch
 from rich.console import Console
 
 from port.errors import UsageError
+from port.export.context import ExportContext
+from port.export.trt_job import trt_int8_source
 from port.manifest import Manifest
 from port.models.registry import create_model
-from port.stages.export import ExportContext, ExportRequest, _trt_int8_source, run_export
+from port.stages.export import ExportRequest, run_export
 from port.stages.importing import ImportRequest, run_import
 
 QUIET = Console(quiet=True)
@@ -51,13 +53,13 @@ def test_tensorrt_int8_gets_a_symmetric_qdq_graph_when_the_run_has_uint8(run: Pa
                console=QUIET)
     manifest = Manifest(run)
     assert manifest.get("onnx-int8").params["int8_activations"] == "uint8"
-    source, quantizer = _trt_int8_source(_ctx(manifest, {"calib_images": 64}))
+    source, quantizer = trt_int8_source(_ctx(manifest, {"calib_images": 64}))
     assert quantizer == "onnxruntime"  # modelopt is not installed here
     assert source.id == "onnx-int8-sym" and source.params["int8_activations"] == "int8"
     assert (run / source.path).name == "model.int8-sym.onnx"
     assert [p["id"] for p in source.parents] == ["onnx-fp32"]
     # Asked again, the fresh symmetric graph is reused, not re-made.
-    again, _ = _trt_int8_source(_ctx(manifest, {}))
+    again, _ = trt_int8_source(_ctx(manifest, {}))
     assert again.created == source.created
 
 

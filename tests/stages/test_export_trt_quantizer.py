@@ -20,9 +20,11 @@ from rich.console import Console
 
 import port.export.tensorrt as trt_export
 from port.errors import BackendUnavailable
+from port.export.context import ExportContext
+from port.export.trt_job import trt_int8_source
 from port.manifest import Manifest
 from port.stages.common import reference_card
-from port.stages.export import ExportContext, ExportRequest, _trt_int8_source, run_export
+from port.stages.export import ExportRequest, run_export
 from port.stages.importing import ImportRequest, run_import
 
 HAVE_MODELOPT = importlib.util.find_spec("modelopt") is not None
@@ -70,7 +72,7 @@ def _source(run: Path, options: dict) -> tuple[str, str, str, Manifest]:
     ref = manifest.get("model")
     ctx = ExportContext(manifest, ref, reference_card(manifest, ref),
                         {"calib_images": 64, **options}, Console(file=out, width=300))
-    record, quantizer = _trt_int8_source(ctx)
+    record, quantizer = trt_int8_source(ctx)
     return record.id, quantizer, out.getvalue(), manifest
 
 
