@@ -8,14 +8,14 @@ dtype) listing every tensor (shape, dtype, parameter or buffer, owning module, l
 convention) and every layer in the order a real forward pass ran it, and the model card.
 
 Reading is the other half: no pickle (``allow_pickle=False``), numeric dtypes only, and an
-index that disagrees with the arrays is refused; the tensors come back bit for bit.
+index that disagrees with the arrays is refused; the tensors come back bit for bit. Importing
+one as a run's reference (`porter import W.npz`) is :mod:`port.importing.npz`'s.
 """
 
 from __future__ import annotations
 
 import json
 import zipfile
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,8 +25,7 @@ import torch
 from torch import nn
 
 from port.atomic import atomic_path
-from port.errors import ModelError, UsageError, first_line
-from port.models.card import ModelCard
+from port.errors import ModelError, first_line
 
 FORMAT = "porter-weights/1"
 INDEX_KEY = "__porter_index__"  # the index member (``__porter_index__.npy``)
@@ -313,82 +312,3 @@ def _check_index(path: Path, index: dict[str, Any], arrays: dict[str, np.ndarray
         if entry.get("dtype") != array.dtype.name:
             raise _refuse(path, f"disagrees with its index: {key[:80]!r} is {array.dtype.name} "
                           f"but the index says {str(entry.get('dtype'))[:20]}: re-export it")
-
-
-# -- import as a run's reference ------------------------------------------------------------------
-def _card_for_npz(req: Any, card_dict: dict[str, Any] | None, inferred: int | None,
-                  card_from_flags: Callable[[Any, str, int | None], ModelCard],
-                  class_names: Callable[[Any], list[str] | None]) -> ModelCard:
-    """The card of an imported npz: its index's card (a flag may not contradict it), else the
-    flags' (``card_from_flags``, the import stage's, as for a state_dict)."""
-    if card_dict is None:
-        if not req.arch:
-            raise UsageError("importing an .npz without a porter index needs --arch (see "
-                             "`porter models`)")
-        return card_from_flags(req, req.arch, inferred)
-    try:
-        card = ModelCard.from_dict(card_dict)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ModelError(f"{req.source} has a malformed model card in its index ({exc!r}): "
-                         "re-export it") from None
-    given = {"--arch": (req.arch, card.arch),
-             "--num-classes": (req.num_classes, card.num_classes),
-             "--image-size": (req.image_size, card.preprocess.image_size),
-             "--width": (req.width, card.model_kwargs.get("width")),
-             "--mean": (req.mean, tuple(card.preprocess.mean)),
-             "--std": (req.std, tuple(card.preprocess.std))}
-    for flag, (flag_value, file_value) in given.items():
-        if flag_value is not None and flag_value != file_value:
-            raise UsageError(f"{flag} {flag_value} contradicts {req.source}'s own card "
-                             f"({file_value}): drop the flag (the file says it)")
-    if req.classes and class_names(req) != list(card.classes):
-        raise UsageError(f"--classes contradicts {req.source}'s own class names "
-                         f"({', '.join(card.classes[:3])}, ...): drop the flag")
-    return card
-
-
-def import_npz(run: Path, req: Any, *,
-               card_from_flags: Callable[[Any, str, int | None], ModelCard],
-               class_names: Callable[[Any], list[str] | None],
-               ) -> tuple[Path, dict[str, Any], dict[str, Any]]:
-    """`porter import W.npz`: rebuild the architecture from the file's tensors and write
-    ``RUN/model.pt``; returns (model.pt, card dict, how the weights were read).
-
-    ``req`` is the import stage's ``ImportRequest`` (source, arch, card flags, key_map,
-    weights_key); ``card_from_flags(req, arch, inferred_classes)`` and ``class_names(req)`` are
-    its card builders, used for an npz without a porter index. The tensors go through the same
-    checks as a state_dict import (missing/unexpected keys with the closest names and shapes).
-    """
-    from port.limits import check_card
-    from port.models.checkpoint import (
-        _apply_key_map,
-        apply_state_dict,
-        parse_key_map,
-        save_model,
-    )
-    from port.models.registry import create_model, get_entry
-
-    source = Path(req.source)
-    if req.weights_key:
-        raise UsageError(f"--weights-key applies to checkpoint files (.pt/.pth), not to "
-                         f"{source.name}: an .npz holds the tensors themselves")
-    if req.arch:
-        get_entry(req.arch)  # an unknown name is refused before the (large) file is read
-    renames = [parse_key_map(text) for text in req.key_map]
-    weights = read_npz(source)
-    state = _apply_key_map(weights.state, renames, source) if renames else weights.state
-    inferred = next((int(v.shape[0]) for k, v in state.items()
-                     if k.endswith(("fc.weight", "linear.weight", "classifier.weight"))
-                     and v.dim() >= 1), None)
-    card = _card_for_npz(req, weights.card, inferred, card_from_flags, class_names)
-    get_entry(card.arch)
-    check_card(card.to_dict(), str(source))
-    model = create_model(card.arch, card.num_classes, **card.model_kwargs)
-    apply_state_dict(model, state, str(source),
-                     hint=f"check --arch {card.arch} and --num-classes {card.num_classes}, or "
-                          "rename keys with --key-map OLD=NEW")
-    out = run / "model.pt"
-    save_model(out, model, card, extra={"imported_from": str(source)})
-    how = {"weights_format": weights.index["format"] if weights.index else "npz",
-           "key_map": [f"{o}={n}" for o, n in renames]}
-    return out, card.to_dict(), how

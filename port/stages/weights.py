@@ -7,7 +7,7 @@ The export writes the reference's parameters and buffers as ``porter-weights/1``
 accuracy gate (``evaluate --compare`` leaves the kind out).
 
 Reading one back (`porter import W.npz`) is the import stage's: it calls
-:func:`port.models.weights_npz.import_npz` (stages never import each other).
+:func:`port.importing.npz.import_npz` (stages never import each other).
 """
 
 from __future__ import annotations
