@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from port.atomic import atomic_path
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 def _num(value: float | None, fmt: str = ".2e") -> str:
@@ -125,3 +128,36 @@ def plot_layerwise(payload: dict[str, Any], path: Path) -> None:
     ax.legend(fontsize=8)
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, format="png")
+
+
+def print_layerwise(console: Console, payload: dict[str, Any], written: Path,
+                    dumped: list[str], dump: Path | None) -> None:
+    """The table, then one line each: unmatched tensors by reason, the first divergence (or
+    none), the layers adding the most error, what was dumped and ``written`` (JSON + plot)."""
+    console.print(render_layerwise(payload))
+    if payload["unmatched"]:
+        reasons: dict[str, int] = {}
+        for u in payload["unmatched"]:
+            reasons[u["reason"]] = reasons.get(u["reason"], 0) + 1
+        console.print(f"{len(payload['unmatched'])} tensor(s)/file(s) with no reference "
+                      "layer: " + "; ".join(f"{n} x {r}" for r, n in reasons.items()),
+                      highlight=False, markup=False)
+    first = payload["first_divergence"]
+    if first is None:
+        console.print(f"[green]no layer over the tolerance[/green] "
+                      f"({payload['tolerance']:g}, relative L2 error)")
+    else:
+        entry = next(e for e in payload["layers"] if e["module"] == first)
+        folded = f" (with {', '.join(entry['folded'])} folded into it)" if entry.get(
+            "folded") else ""
+        # No error value: none finite (an overflow), printed as inf.
+        error = entry["rel_error"]
+        console.print(f"[red]first divergence: {first}[/red]{folded}: relative error "
+                      f"{_num(math.inf if error is None else error, '.3g')} > "
+                      f"{payload['tolerance']:g}", highlight=False)
+    if payload["top_growth"]:
+        console.print("most error added by: " + ", ".join(payload["top_growth"]),
+                      highlight=False)
+    if dump is not None:
+        console.print(f"dumped input.npy and {len(dumped)} layer(s) to {dump}/", highlight=False)
+    console.print(f"written {written}.json and .png", highlight=False)
