@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from port.errors import ModelError, UsageError
+from port.vocab import CHANNELS, COLOR_ORDERS, INPUT_DTYPES, LAYOUTS, OUTPUT_LAYOUTS
 
 MIN_IMAGE_SIZE = 8  # px: below this no registered network keeps a spatial map
 MAX_IMAGE_SIZE = 4096  # px: one 4096 px float32 image is 201 MB already
@@ -23,12 +24,6 @@ MAX_TENSOR_NAME = 256  # an ONNX input/output name
 MAX_BATCH = 65_536  # images in one latency/evaluation batch
 MAX_IMAGES = 10_000_000  # --limit, --calib-images
 MAX_WIDTH = 16.0  # width multiplier: 16x channels is already ~256x the parameters
-# What a model card may say about the graph's input and output (port.models.card.ModelCard).
-CARD_CHANNELS = (1, 3)
-CARD_INPUT_DTYPES = ("float16", "float32", "float64")
-CARD_OUTPUT_LAYOUTS = ("NC", "NC11")
-CARD_LAYOUTS = ("NCHW", "NHWC")
-CARD_COLOR_ORDERS = ("RGB", "BGR")
 # Share of the available memory one allocation may take: the rest is the framework's working
 # set (model, activations, ONNX Runtime arenas) and the other processes of the machine.
 MEMORY_SHARE = 0.5
@@ -162,7 +157,7 @@ def check_card(card: Mapping[str, Any], source: str, *, outputs: int | None = No
     if not isinstance(scale, int | float) or not math.isfinite(scale) or scale <= 0:
         raise bad(f"has scale {scale!r}; it must be a finite number > 0")
     channels = card.get("channels", 3)
-    if channels not in CARD_CHANNELS or isinstance(channels, bool):
+    if channels not in CHANNELS or isinstance(channels, bool):
         raise bad(f"has channels {channels!r}; porter feeds 1 (grayscale) or 3 (colour)")
     for key, values in (("mean", mean), ("std", std)):
         if len(values) != channels:
@@ -177,11 +172,12 @@ def check_card(card: Mapping[str, Any], source: str, *, outputs: int | None = No
                               or not 1 <= batch <= MAX_BATCH):
         raise bad(f"has a fixed batch of {batch!r}; it must be an integer in [1, {MAX_BATCH}] "
                   "or null (any batch)")
+    # The card's named fields must be words porter feeds or reads (port.vocab); absent = default.
     for key, allowed, default, where in (
-            ("input_dtype", CARD_INPUT_DTYPES, "float32", card),
-            ("output_layout", CARD_OUTPUT_LAYOUTS, "NC", card),
-            ("layout", CARD_LAYOUTS, "NCHW", pre),
-            ("color_order", CARD_COLOR_ORDERS, "RGB", pre)):
+            ("input_dtype", INPUT_DTYPES, "float32", card),
+            ("output_layout", OUTPUT_LAYOUTS, "NC", card),
+            ("layout", LAYOUTS, "NCHW", pre),
+            ("color_order", COLOR_ORDERS, "RGB", pre)):
         value = where.get(key, default)
         if value not in allowed:
             raise bad(f"has {key} {value!r}; it must be one of {', '.join(allowed)}")
