@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from port.errors import UsageError
+from port.vocab import ACTIVATIONS
 
-ACTIVATIONS = ("relu", "celu", "gelu")
 # CELU's alpha in Page's "bag of tricks" ResNet-9: a smooth ReLU whose negative side saturates at
 # -alpha; smoothness gives better-behaved gradients at the high learning rates of short runs.
 CELU_ALPHA = 0.3

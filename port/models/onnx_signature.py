@@ -17,14 +17,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from port.errors import ModelError, UsageError
+from port.vocab import CHANNELS, LAYOUTS
 
 if TYPE_CHECKING:
     from port.models.card import ModelCard
 
-LAYOUTS = ("NCHW", "NHWC")
-CHANNELS = (1, 3)
-# ONNX TensorProto element types porter feeds (cast at the runner's boundary) -> card name.
-INPUT_DTYPES = {10: "float16", 1: "float32", 11: "float64"}
+# ONNX TensorProto element types porter feeds (cast at the runner's boundary) -> card name
+# (one of port.vocab.INPUT_DTYPES: tests/test_vocab.py holds them together).
+ONNX_INPUT_DTYPES = {10: "float16", 1: "float32", 11: "float64"}
 # Ops that pass a softmax through unchanged in value: Softmax -> Flatten -> [N, C] is still one.
 _SHAPE_ONLY_OPS = frozenset({"Flatten", "Reshape", "Squeeze", "Unsqueeze", "Identity"})
 # Any of these means the graph runs integer arithmetic (QDQ or the QOperator format).
@@ -294,7 +294,7 @@ def read_signature(model_or_path: Any, *, layout: str | None = None,
                          "batches of rank 4 ([N, C, H, W] or [N, H, W, C]): re-export the model "
                          "with a 4-D image input")
     elem = image.type.tensor_type.elem_type
-    if elem not in INPUT_DTYPES:
+    if elem not in ONNX_INPUT_DTYPES:
         import onnx
 
         name = onnx.TensorProto.DataType.Name(elem) if elem else "undefined"
@@ -313,7 +313,7 @@ def read_signature(model_or_path: Any, *, layout: str | None = None,
     return Signature(
         input_name=image.name, input_shape=shape, layout=found, channels=channels,
         batch=fixed(shape[0]), height=fixed(shape[h_axis]), width=fixed(shape[w_axis]),
-        input_dtype=INPUT_DTYPES[elem], output_name=output.name, output_shape=out_shape,
+        input_dtype=ONNX_INPUT_DTYPES[elem], output_name=output.name, output_shape=out_shape,
         output_layout=out_layout, num_classes=classes,
         output_softmax=_is_softmax(graph, output.name), precision=_precision(graph),
         opset=_opset(model), layout_from_flag=from_flag,

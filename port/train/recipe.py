@@ -26,11 +26,11 @@ from typing import Any, Literal, Union
 from port.atomic import atomic_write_text
 from port.errors import UsageError
 from port.limits import MAX_BATCH, MAX_IMAGE_SIZE, MAX_IMAGES, MAX_WIDTH
+from port.vocab import ACTIVATIONS
 
 SCHEDULES = ("step", "exponential", "cosine", "onecycle")
 LOADERS = ("auto", "device", "dataloader")
 AMP_DTYPES = ("float16", "bfloat16")
-ACTIVATIONS = ("relu", "celu", "gelu")  # = port.models.layers.ACTIVATIONS (no torch import here)
 WHITEN_KERNELS = (0, 2, 3)
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 Auto = Literal["auto"]
