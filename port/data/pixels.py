@@ -28,6 +28,7 @@ from PIL import Image
 
 from port.data.preprocess import Preprocess
 from port.errors import DataError, UsageError
+from port.vocab import CHANNELS
 
 # Decoding errors PIL raises on broken files (see port.data.imageio for the full story).
 _READ_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
@@ -60,7 +61,7 @@ def image_channels(pre: Preprocess, channels: int | None = None) -> int:
     """
     per_mean = len(pre.mean)
     found = channels if channels is not None else (1 if per_mean == 1 else 3)
-    if found not in (1, 3) or per_mean not in (1, found) or len(pre.std) not in (1, found):
+    if found not in CHANNELS or per_mean not in (1, found) or len(pre.std) not in (1, found):
         raise UsageError(f"a {found}-channel model cannot be normalised with {per_mean} mean and "
                          f"{len(pre.std)} std values: give one value per channel (1 or 3)")
     return found

@@ -42,10 +42,10 @@ from port.data.listing import balanced_subset, list_images
 from port.data.pixels import geometry, image_channels, normalize
 from port.data.preprocess import Preprocess
 from port.errors import DataError, UsageError
+from port.vocab import MAX_WORKERS
 
 CHUNK_BYTES = 128 * 2**20  # preprocessed float32 per chunk: ~220 images at 224 px
 MAX_CHUNK = 4096  # images (48 MB at 32 px)
-MAX_WORKERS = 64
 # uint8 crops a worker sends back per task: under 4 MB, glibc's mmap threshold as porter fixes it
 # (_release_large_buffers) and numpy's huge-page threshold, so the main process unpickles each
 # task into reused heap memory instead of faulting in fresh pages. Measured at 224 px with one

@@ -17,6 +17,7 @@ from port.limits import (
     check_float,
     check_int,
 )
+from port.vocab import CHANNELS, COLOR_ORDERS, LAYOUTS
 
 
 @dataclass
@@ -79,12 +80,12 @@ def check_import_flags(req: ImportRequest) -> None:
     check_int("--num-classes", req.num_classes, 1, MAX_CLASSES)
     check_int("--image-size", req.image_size, MIN_IMAGE_SIZE, MAX_IMAGE_SIZE)
     check_float("--width", req.width, lo=0.0, hi=MAX_WIDTH, lo_open=True)
-    for flag, value, allowed in (("--layout", req.layout, ("NCHW", "NHWC")),
-                                 ("--color-order", req.color_order, ("RGB", "BGR"))):
+    for flag, value, allowed in (("--layout", req.layout, LAYOUTS),
+                                 ("--color-order", req.color_order, COLOR_ORDERS)):
         if value is not None and value not in allowed:
             raise UsageError(f"{flag} must be {' or '.join(allowed)}, got {value!r}")
     for flag, values in (("--mean", req.mean), ("--std", req.std)):
-        if values is not None and len(values) not in (1, 3):
+        if values is not None and len(values) not in CHANNELS:
             raise UsageError(f"{flag} takes one value per channel (1 or 3), got {len(values)}")
     for flag, values in (("--mean", req.mean), ("--std", req.std)):
         for v in values or ():
