@@ -30,10 +30,7 @@ import numpy as np
 
 from port.engines.base import Runner, TensorMeta
 from port.errors import DataError, ModelError, UsageError
-
-LAYOUTS = ("NCHW", "NHWC")
-INPUT_DTYPES = ("float16", "float32", "float64")
-OUTPUT_LAYOUTS = ("NC", "NC11")
+from port.vocab import CHANNELS, INPUT_DTYPES, LAYOUTS, OUTPUT_LAYOUTS
 
 
 @dataclass(frozen=True)
@@ -63,7 +60,7 @@ class GraphIO:
         if self.output_layout not in OUTPUT_LAYOUTS:
             raise ModelError(f"output layout {self.output_layout!r} is not one porter reads: "
                              f"the model card must say one of {', '.join(OUTPUT_LAYOUTS)}")
-        if self.channels not in (1, 3):
+        if self.channels not in CHANNELS:
             raise ModelError(f"a {self.channels}-channel input is not one porter feeds: image "
                              "classifiers take 1 (grayscale) or 3 (colour) channels")
         if self.batch is not None and self.batch < 1:
@@ -374,7 +371,7 @@ def _io_from_graph(meta: TensorMeta, outputs: list[TensorMeta]) -> GraphIO:
     channel axis as the graph has it).
     """
     shape = tuple(meta.shape)
-    channels = shape[1] if len(shape) == 4 and shape[1] in (1, 3) else 3
+    channels = shape[1] if len(shape) == 4 and shape[1] in CHANNELS else 3
     nc11 = any(len(m.shape) == 4 and tuple(m.shape[2:]) == (1, 1) for m in outputs)
     dtype = np.dtype(meta.dtype).name
     if dtype not in INPUT_DTYPES:

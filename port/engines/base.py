@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from port.errors import UsageError
+from port.vocab import CHANNELS
 
 Loader = Path | str | Callable[[], Any]
 
@@ -62,7 +63,7 @@ def shape_mismatch(got: tuple[int, ...], want: tuple[int | None, ...]) -> str:
             return (f"{head}: the model takes a fixed batch of {want[0]}; feed batches of "
                     f"{want[0]} (porter pads a short last batch when the card says batch "
                     f"{want[0]})")
-        channel_axis = 1 if want[1] in (1, 3) else 3 if want[3] in (1, 3) else None
+        channel_axis = 1 if want[1] in CHANNELS else 3 if want[3] in CHANNELS else None
         if channel_axis is not None and got[channel_axis] != want[channel_axis]:
             return (f"{head}: the model takes {want[channel_axis]} channel(s), the batch has "
                     f"{got[channel_axis]}; preprocess with the model's card "

@@ -24,10 +24,11 @@ from port.engines import runner_for
 from port.engines.base import Runner
 from port.errors import ModelError, UsageError
 from port.models.card import ModelCard
+from port.vocab import EVALUATE_BATCH_SIZES
 
-# porter evaluate's default batch (the largest of --batch-sizes 1,32): predicting in the same
-# batches keeps even batch-dependent kernels' results identical to evaluate's.
-DEFAULT_BATCH = 32
+# porter evaluate's default batch (the largest of its default --batch-sizes): predicting in the
+# same batches keeps even batch-dependent kernels' results identical to evaluate's.
+DEFAULT_BATCH = max(EVALUATE_BATCH_SIZES)
 
 
 @dataclass(frozen=True)
