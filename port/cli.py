@@ -19,6 +19,7 @@ import typer
 from rich.console import Console
 
 from port.errors import PorterError, UsageError, first_line, os_error_line
+from port.vocab import CHANNELS, EVALUATE_BATCH_SIZES
 
 try:  # typer >= 0.22 vendors click privately and exports its exceptions
     from typer import Abort, Exit
@@ -60,7 +61,7 @@ def _channel_floats(text: str | None, flag: str) -> tuple[float, ...] | None:
         values = tuple(float(p) for p in parts)
     except ValueError:
         values = ()
-    if len(values) not in (1, 3):
+    if len(values) not in CHANNELS:
         raise UsageError(f"{flag} needs one number per channel: one (grayscale) or three "
                          f"comma-separated (R,G,B), got '{text}'")
     return values
@@ -262,7 +263,7 @@ def evaluate(
     compare: Annotated[bool, typer.Option("--compare", help="Also run every exported artifact.")] = False,
     data: Annotated[str | None, typer.Option(help="Data set (default: the run's validation split).")] = None,
     limit: Annotated[int | None, typer.Option(help="Evaluate a seeded subset of N images.")] = None,
-    batch_sizes: Annotated[str, typer.Option(help="Latency batch sizes, e.g. 1,32.")] = "1,32",
+    batch_sizes: Annotated[str, typer.Option(help="Latency batch sizes, e.g. 1,32.")] = ",".join(map(str, EVALUATE_BATCH_SIZES)),
     max_top1_drop: Annotated[float | None, typer.Option(help="FP32 gate: max top-1 drop in pp (default 0.1).")] = None,
     min_agreement: Annotated[float | None, typer.Option(help="FP32 gate: min top-1 agreement (default 0.999).")] = None,
     fp16_min_ratio: Annotated[float | None, typer.Option(help="FP16 gate: min fraction of reference top-1 kept (default 0.999).")] = None,

@@ -21,10 +21,7 @@ from port.stages.common import (
     reference_card,
     run_data,
 )
-
-REPORT_ID = "report"
-MAX_WORKERS = 64  # --workers: port.data.stream.MAX_WORKERS (not imported: flags need no numpy)
-REPORT_DIR = "report"
+from port.vocab import EVALUATE_BATCH_SIZES, MAX_WORKERS, REPORT_DIR, REPORT_ID
 
 
 @dataclass
@@ -34,7 +31,7 @@ class EvaluateRequest:
     compare: bool = False
     data: str | None = None
     limit: int | None = None
-    batch_sizes: tuple[int, ...] = (1, 32)
+    batch_sizes: tuple[int, ...] = EVALUATE_BATCH_SIZES
     max_top1_drop: float | None = None
     min_agreement: float | None = None
     fp16_min_ratio: float | None = None
