@@ -22,6 +22,7 @@ from typing import Any
 
 from port.errors import BackendUnavailable, ManifestError, UsageError
 from port.formats import FORMATS
+from port.vocab import REFERENCE_ID
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the directory holding port/
 SERVE_VENV = PACKAGE_ROOT / ".venv-serve"
@@ -96,7 +97,7 @@ def serve_artifact(run: Path, artifact: str | None) -> tuple[str, Path]:
     wanted = artifact or DEFAULT_ARTIFACT
     record = manifest.get(wanted)
     if record is None and artifact is None:
-        ref = manifest.get("model")
+        ref = manifest.get(REFERENCE_ID)
         record = ref if ref is not None and ref.kind == onnx_kind else None
     if record is None:
         onnx = [r.id for r in manifest.records(kind=onnx_kind)]

@@ -9,12 +9,11 @@ from port.errors import ManifestError, UsageError
 from port.limits import MAX_BATCH, MAX_IMAGES, check_allocation, check_int, image_bytes
 from port.manifest import Manifest
 from port.models.card import check_classes as check_classes  # with the card: export uses it too
+from port.vocab import REFERENCE_ID
 
 if TYPE_CHECKING:
     from port.manifest import Record
     from port.models.card import ModelCard
-
-REFERENCE_ID = "model"  # the trained or imported model every export and comparison starts from
 
 
 def open_run(run: Path) -> Manifest:
@@ -81,11 +80,11 @@ def check_eval_numbers(limit: int | None, batch_sizes: tuple[int, ...], card: Mo
     """Evaluate flags that size allocations, against ranges and this machine's free memory.
 
     ``images`` is how many images the split holds: the preprocessed set and the largest latency
-    batch (built from it) are what evaluate allocates.
+    batch (built from it) are what evaluate allocates. ``batch_sizes`` are already in range:
+    they are checked once, where the request is made (``stages.evaluate._check_flags``;
+    layerwise passes its constant batch).
     """
     check_int("--limit", limit, 1, MAX_IMAGES)
-    for size in batch_sizes:
-        check_int("--batch-sizes", size, 1, MAX_BATCH)
     per_image = image_bytes(card.preprocess.image_size)
     n = min(limit, images) if limit else images
     check_allocation(f"evaluating {n} images at {card.preprocess.image_size} px",

@@ -20,7 +20,7 @@ from port.importing.request import ImportRequest as ImportRequest  # the CLI's r
 from port.importing.request import check_request
 from port.manifest import Manifest, run_lock
 from port.manifest_params import ReferenceParams
-from port.stages.common import REFERENCE_ID
+from port.vocab import REFERENCE_ID
 
 # What an import writes into the run (port.importing: state_dict/npz, onnx_model).
 _MODEL_FILES = ("model.pt", "model.onnx")

@@ -25,7 +25,6 @@ from port.limits import MAX_IMAGES, check_float, check_int
 from port.manifest import Manifest, Record, run_lock
 from port.manifest_params import ReportParams
 from port.stages.common import (
-    REFERENCE_ID,
     check_classes,
     check_eval_numbers,
     open_run,
@@ -33,6 +32,7 @@ from port.stages.common import (
     reference_card,
     run_data,
 )
+from port.vocab import REFERENCE_ID
 
 LAYERWISE_DIR = "layerwise"
 

@@ -10,7 +10,7 @@ from rich.console import Console
 from port.errors import UsageError
 from port.manifest import Manifest, run_lock
 from port.manifest_params import ReferenceParams
-from port.stages.common import REFERENCE_ID
+from port.vocab import REFERENCE_ID
 
 if TYPE_CHECKING:
     from port.train.launch import LaunchSpec
