@@ -18,6 +18,7 @@ from port.export.trt_options import (
     plan_build,
     required_onnx_precision,
 )
+from port.vocab import EVALUATE_BATCH_SIZES
 
 
 @pytest.mark.parametrize(
@@ -53,7 +54,8 @@ def test_defaults_are_valid_everywhere_and_cover_evaluates_batch_sizes() -> None
     for major in (10, 11):
         assert plan_build(opts, major).onnx_precision == opts.precision
     check_build_gpu(opts, (7, 5))
-    assert opts.min_batch <= 1 and opts.max_batch >= 32
+    assert (opts.min_batch <= min(EVALUATE_BATCH_SIZES)
+            and opts.max_batch >= max(EVALUATE_BATCH_SIZES))
 
 
 def test_options_from_flags_parses_the_cli_dict_and_leaves_other_keys_alone(tmp_path: Path) -> None:
