@@ -8,16 +8,28 @@ DEMO_RUN ?= runs/demo
 
 .PHONY: setup serve-env demo test test-gpu lint bench clean
 
+# EXTRAS: the extras of porter's normal environment, named once. `uv sync` removes every extra it
+# is not given, so each sync below names all of them (the bench sync adds its own on top).
+EXTRAS := --extra dev --extra openvino
+UV_INSTALL := python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet "uv==$(UV_VERSION)"
+
 # uv resolves torch + torchvision together from uv.lock (see DEVELOPERS.md); `python3 -m uv`
 # works whether pip put the uv binary on PATH or not. --compile-bytecode writes the .pyc files
 # once at install: where PYTHONDONTWRITEBYTECODE is set (CI, these machines) Python would
 # otherwise recompile torch and torchvision from source in every process (~2x slower start).
 $(VENV)/.synced: pyproject.toml uv.lock
-	@python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet "uv==$(UV_VERSION)"
-	python3 -m uv sync --frozen --extra dev --compile-bytecode
+	@$(UV_INSTALL)
+	python3 -m uv sync --frozen $(EXTRAS) --compile-bytecode
 	@touch $@
 
 setup: $(VENV)/.synced
+
+# The bench environment is the normal one plus the bench extra (NNCF), a superset: `make test`
+# after `make bench` runs as before. It depends on the normal stamp, so a re-sync there (which
+# drops NNCF) makes the next `make bench` sync again.
+$(VENV)/.synced-bench: $(VENV)/.synced pyproject.toml uv.lock
+	python3 -m uv sync --frozen $(EXTRAS) --extra bench --compile-bytecode
+	@touch $@
 
 # `porter serve`'s Triton server runs in its own environment: PyTriton's Python-backend stub
 # needs numpy < 2 (see port/serve/requirements.txt); porter finds it at .venv-serve.
@@ -50,7 +62,7 @@ test-gpu: setup
 lint: setup
 	$(VENV)/bin/ruff check .
 
-bench: setup
+bench: $(VENV)/.synced-bench
 	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 clean:

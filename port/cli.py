@@ -257,7 +257,41 @@ def export(
 # --------------------------------------------------------------------------------------------
 # evaluate
 # --------------------------------------------------------------------------------------------
+def _with_backend_flags(command: Callable[..., None]) -> Callable[..., None]:
+    """Give ``command`` one option per backend option of the registry (``port.formats.
+    BACKENDS``: ``--int8-cpu-kernels``, ``--openvino-device``, ...), received as ``**options``."""
+    from port.formats import BACKENDS, backend_options
+
+    sig = inspect.signature(command, eval_str=True)
+    keyword_only = inspect.Parameter.KEYWORD_ONLY
+    own = [p.replace(kind=keyword_only) for p in sig.parameters.values()
+           if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    flags = []
+    for option in backend_options().values():
+        users = ", ".join(b.name for b in BACKENDS.values() if option in b.options)
+        choices = f" One of {' | '.join(option.choices)}." if option.choices else ""
+        default = f" Default {option.default}." if option.default is not None else ""
+        flags.append(inspect.Parameter(option.name, keyword_only, default=None, annotation=Annotated[
+            option.type | None,
+            typer.Option(option.flag, help=f"{option.help}{choices}{default} ({users})")]))
+    command.__signature__ = sig.replace(parameters=[*own, *flags])  # type: ignore[attr-defined]
+    return command
+
+
+def _backends_help() -> str:
+    """--backends help, from the registry."""
+    from port.formats import BACKENDS
+
+    names = ", ".join(f"{b.name}{'' if b.default else ' (opt-in)'}" for b in BACKENDS.values())
+    return ("Backends whose rows to make, comma-separated (default: every default backend "
+            f"installed here; see porter doctor): {names}.")
+
+
+_BACKENDS_HELP = _backends_help()
+
+
 @app.command()
+@_with_backend_flags
 def evaluate(
     run: RunOpt,
     compare: Annotated[bool, typer.Option("--compare", help="Also run every exported artifact.")] = False,
@@ -268,8 +302,8 @@ def evaluate(
     min_agreement: Annotated[float | None, typer.Option(help="FP32 gate: min top-1 agreement (default 0.999).")] = None,
     fp16_min_ratio: Annotated[float | None, typer.Option(help="FP16 gate: min fraction of reference top-1 kept (default 0.999).")] = None,
     int8_min_ratio: Annotated[float | None, typer.Option(help="INT8 gate: min fraction of reference top-1 kept (default 0.99).")] = None,
-    int8_cpu_kernels: Annotated[str, typer.Option(help="INT8 graphs on ONNX Runtime's CPU: auto (exact U8U8 kernels where this CPU has no VNNI and would saturate) | exact | fast.")] = "auto",
-    int8_cpu_graph: Annotated[str, typer.Option(help="INT8 graphs on ONNX Runtime's CPU: cpu (run the file's CPU form: ReLU-side Q/DQ pairs as uint8, fused by ORT; the file is unchanged) | file (run it as written).")] = "cpu",
+    gate_limits: Annotated[list[str] | None, typer.Option("--gate", help="A gate limit, PRECISION.LIMIT=VALUE (repeatable; 'none' switches it off), e.g. int8.min_top1_ratio=0.98 or bf16.min_top1_ratio=0.995; limits: min_agreement, max_top1_drop_pp, min_top1_ratio. The four flags above are its aliases.")] = None,
+    backends: Annotated[str | None, typer.Option("--backends", help=_BACKENDS_HELP)] = None,
     download: Annotated[bool, typer.Option("--download", help="Let torchvision download CIFAR.")] = False,
     ignore_class_names: Annotated[bool, typer.Option("--ignore-class-names", help="Evaluate although the data's class names differ from the model's (same count).")] = False,
     workers: Annotated[int | None, typer.Option(help="Processes that decode and preprocess images (default: half the CPUs up to 8, none below 4 CPUs; 0 = in this process).")] = None,
@@ -279,8 +313,9 @@ def evaluate(
     dump: Annotated[Path | None, typer.Option("--dump", help="--layerwise: also write the reference's activations to DIR (input.npy + <module>.npy).")] = None,
     tolerance: Annotated[float | None, typer.Option("--tolerance", help="--layerwise: relative L2 error over which a layer diverges (default by precision: fp32 1e-4, fp16 1e-2, int8 0.2).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="--layerwise: print the result as JSON.")] = False,
+    **options: Any,
 ) -> None:
-    """Top-1 parity and latency of the reference and (with --compare) every export."""
+    """Top-1 parity and latency of the reference and (with --compare) every export, on every backend that runs it."""
     if layerwise is not None or against is not None or dump is not None:
         from port.stages.layerwise import LayerwiseRequest, run_layerwise
 
@@ -295,14 +330,16 @@ def evaluate(
         if result["first_divergence"] is not None:
             raise typer.Exit(code=1)
         return
+    from port.formats import normalize_backend_options, parse_backends
     from port.stages.evaluate import EvaluateRequest, run_evaluate
 
     req = EvaluateRequest(
         compare=compare, data=data, limit=limit, batch_sizes=_batch_sizes(batch_sizes),
         max_top1_drop=max_top1_drop, min_agreement=min_agreement,
         fp16_min_ratio=fp16_min_ratio, int8_min_ratio=int8_min_ratio, download=download,
-        int8_cpu_kernels=int8_cpu_kernels.lower(), ignore_class_names=ignore_class_names,
-        workers=workers, int8_cpu_graph=int8_cpu_graph.lower(),
+        ignore_class_names=ignore_class_names, workers=workers,
+        backends=parse_backends(backends), gate=tuple(gate_limits or ()),
+        backend_options=normalize_backend_options(options),
     )
     passed = run_evaluate(run, req, console=console)
     if not passed:
@@ -316,6 +353,7 @@ def gate(
     min_agreement: Annotated[float | None, typer.Option(help="FP32 gate: min top-1 agreement (default: the report's).")] = None,
     fp16_min_ratio: Annotated[float | None, typer.Option(help="FP16 gate: min fraction of reference top-1 kept (default: the report's).")] = None,
     int8_min_ratio: Annotated[float | None, typer.Option(help="INT8 gate: min fraction of reference top-1 kept (default: the report's).")] = None,
+    gate_limits: Annotated[list[str] | None, typer.Option("--gate", help="A gate limit, PRECISION.LIMIT=VALUE (repeatable; 'none' switches it off), e.g. bf16.min_top1_ratio=0.995. The four flags above are its aliases.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Re-apply the gates to the last evaluation's saved outputs at new thresholds (runs no model)."""
@@ -323,7 +361,8 @@ def gate(
 
     result = run_gate(run, GateRequest(max_top1_drop=max_top1_drop, min_agreement=min_agreement,
                                        fp16_min_ratio=fp16_min_ratio,
-                                       int8_min_ratio=int8_min_ratio))
+                                       int8_min_ratio=int8_min_ratio,
+                                       gate=tuple(gate_limits or ())))
     if as_json:
         sys.stdout.write(json.dumps(result, indent=2) + "\n")
     else:
@@ -396,12 +435,15 @@ def doctor(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """What this machine offers and which --to/--precision targets work here."""
-    from port.doctor import probe, render, targets
+    from port.doctor import backend_rows, probe, render, targets
 
     found = probe()
     usable = targets(found)
     if as_json:
-        payload = {"probe": found, "targets": [t.__dict__ for t in usable]}
+        payload = {"probe": found, "targets": [t.__dict__ for t in usable],
+                   "backends": [{"backend": b.to, "version": b.precision or None,
+                                 "available": b.available, "why": b.why}
+                                for b in backend_rows(found)]}
         sys.stdout.write(json.dumps(payload, indent=2, default=str) + "\n")
     else:
         console.print(render(found, usable))
@@ -410,8 +452,9 @@ def doctor(
 @app.command()
 def predict(
     images: Annotated[list[Path], typer.Argument(help="Image files (JPEG, PNG, ...).", show_default=False)],
-    model: Annotated[Path, typer.Option("--model", help="ONNX file, TensorRT engine (+ .json sidecar) or porter checkpoint.")],
+    model: Annotated[Path, typer.Option("--model", help="ONNX file, OpenVINO IR (.xml + .bin), TensorRT engine (+ .json sidecar) or porter checkpoint.")],
     top_k: Annotated[int, typer.Option("--top-k", help="Classes shown per image.")] = 5,
+    backend: Annotated[str | None, typer.Option("--backend", help="Run it on another backend of its format, e.g. openvino for an .onnx (default: the format's first; see porter doctor).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Classify images with an exported model, preprocessing them as the model records."""
@@ -419,7 +462,7 @@ def predict(
 
     if top_k < 1:
         raise UsageError(f"--top-k {top_k} must be at least 1")
-    with load(model) as predictor:
+    with load(model, backend=backend) as predictor:
         results = predictor.predict(list(images), top_k=top_k)
     if as_json:
         rows = [{"image": str(path), **r.to_dict()} for path, r in zip(images, results, strict=True)]

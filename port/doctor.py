@@ -20,7 +20,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from port.formats import Format, export_formats
+from port.formats import Backend, Format, export_formats
 from port.hostinfo import has_module, parse_version, probe_machine
 
 
@@ -170,6 +170,52 @@ def targets(found: dict[str, Any]) -> list[Target]:
     return out
 
 
+def _backend_why(found: dict[str, Any], entry: Backend) -> tuple[bool, str]:
+    """Whether backend ``entry`` runs here and why (not), from the probe alone.
+
+    Generic over the registry: its modules must be importable, a ``cuda-gpu`` backend needs a
+    CUDA GPU, and an entry that exists to compute in one precision (``compute``) needs a device
+    whose capabilities (its probe's ``devices``) list it.
+    """
+    probe = found.get(entry.name) or found.get(entry.distributions[0] if entry.distributions
+                                                 else entry.name) or {}
+    absent = [module for module, _ in entry.needs if not has_module(module.split(".")[0])]
+    if absent:
+        return False, "needs " + ", ".join(absent) + " (not installed)"
+    if probe.get("error"):
+        return False, f"cannot be imported: {probe['error']}"
+    if entry.hardware == "cuda-gpu":
+        missing = trt_missing(found) if entry.name == "tensorrt" else (
+            [] if found.get("torch", {}).get("devices") else ["a CUDA GPU (none found)"])
+        if missing:
+            return False, "needs " + ", ".join(missing)
+    devices = probe.get("devices")
+    if entry.compute and isinstance(devices, dict):
+        want = {"bf16": "BF16", "fp16": "FP16"}.get(entry.compute, entry.compute.upper())
+        able = [d for d, caps in devices.items() if want in caps]
+        if not able:
+            seen = ", ".join(f"{d}: {'/'.join(c)}" for d, c in devices.items())
+            return False, (f"no device here computes in {entry.compute} "
+                           f"(OPTIMIZATION_CAPABILITIES: {seen})")
+        return True, f"{entry.description}; {entry.compute} on {', '.join(able)}"
+    where = probe.get("providers") or (list(devices) if isinstance(devices, dict) else None)
+    return True, entry.description + (f"; {', '.join(where)}" if where else "")
+
+
+def backend_rows(found: dict[str, Any]) -> list[Target]:
+    """Every registered backend (``port.formats.BACKENDS``), its version and whether it runs
+    here (a :class:`Target` with the backend in ``to`` and its version in ``precision``)."""
+    from port.formats import BACKENDS
+    from port.hostinfo import dist_version
+
+    rows = []
+    for entry in BACKENDS.values():
+        ok, why = _backend_why(found, entry)
+        version = dist_version(*entry.distributions) if entry.distributions else None
+        rows.append(Target(entry.name, version or "", ok, why))
+    return rows
+
+
 # --------------------------------------------------------------------------------------------
 # render
 # --------------------------------------------------------------------------------------------
@@ -210,19 +256,19 @@ def render(found: dict[str, Any], usable: list[Target]) -> Group:
         machine.add_row("GPUs", "none")
     driver = found.get("driver", {})
     machine.add_row("NVIDIA driver", _yes(driver.get("version") or driver.get("cuda_driver_api")))
-    trt = found.get("tensorrt", {})
-    trt_text = _yes(trt.get("version")) if trt.get("installed") else "not installed"
-    if trt.get("error"):
-        trt_text += f" (cannot be imported: {trt['error']})"
-    machine.add_row("TensorRT", trt_text)
     for name in ("pycuda", "modelopt", "onnx"):
         entry = found.get(name, {})
         machine.add_row(name, _yes(entry.get("version")) if entry.get("installed")
                         else "not installed")
-    ort_info = found.get("onnxruntime", {})
-    machine.add_row("onnxruntime", f"{_yes(ort_info.get('version'))}: "
-                    + ", ".join(ort_info.get("providers", [])) if ort_info.get("installed")
-                    else "not installed")
+
+    runtimes = Table(title="Backends (porter evaluate --backends ...)", title_justify="left")
+    runtimes.add_column("backend")
+    runtimes.add_column("version")
+    runtimes.add_column("works here")
+    runtimes.add_column("how / why not")
+    for b in backend_rows(found):
+        verdict = Text("yes", style="green") if b.available else Text("no", style="red")
+        runtimes.add_row(b.to, _yes(b.precision), verdict, b.why)
 
     table = Table(title="Export targets (porter export --to ... --precision ...)",
                   title_justify="left")
@@ -233,4 +279,4 @@ def render(found: dict[str, Any], usable: list[Target]) -> Group:
     for t in usable:
         verdict = Text("yes", style="green") if t.available else Text("no", style="red")
         table.add_row(t.to, t.precision, verdict, t.why)
-    return Group(machine, Text(""), table)
+    return Group(machine, Text(""), runtimes, Text(""), table)

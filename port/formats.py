@@ -38,6 +38,9 @@ class Precision:
     # fp32 must compute the same function; fp16/int8 keep a fraction of the reference top-1,
     # MLPerf Inference's convention (99.9% "high accuracy", 99% for quantised models).
     gate: Mapping[str, float | None]
+    # False for a precision only a backend computes in (bf16: OpenVINO's opt-in rows): it has a
+    # gate but no file carries it, so it is no --precision choice.
+    exportable: bool = True
 
 
 PRECISIONS: dict[str, Precision] = {
@@ -49,9 +52,39 @@ PRECISIONS: dict[str, Precision] = {
                   gate={"min_top1_ratio": 0.999}),
         Precision("int8", "8-bit integer (explicit QuantizeLinear/DequantizeLinear)",
                   gate={"min_top1_ratio": 0.99}),
+        # bfloat16 keeps FP32's range with 8 mantissa bits (FP16 has 11): the FP16 gate's
+        # 99.9% of the reference top-1, measured on the row, not assumed.
+        Precision("bf16", "bfloat16 arithmetic on an FP32/FP16 file (a runtime's choice)",
+                  gate={"min_top1_ratio": 0.999}, exportable=False),
     )
 }
-PRECISION_NAMES: tuple[str, ...] = tuple(PRECISIONS)
+# The precisions a file can carry (--precision choices); bf16 is computed, never exported.
+PRECISION_NAMES: tuple[str, ...] = tuple(p.name for p in PRECISIONS.values() if p.exportable)
+# From the strictest gate to the loosest: a row is gated as the looser of what its file carries
+# and what its backend computes in (an FP32 file computed in bf16 is gated as bf16).
+GATE_ORDER: tuple[str, ...] = ("fp32", "fp16", "bf16", "int8")
+
+
+# Runtimes' own spellings of a compute precision -> porter's (OpenVINO says f32, f16, bf16).
+_COMPUTE_NAMES = {"f32": "fp32", "f16": "fp16", "bf16": "bf16", "i8": "int8", "u8": "int8"}
+
+
+def compute_name(text: str | None) -> str | None:
+    """A runtime's compute precision in porter's vocabulary: ``f32`` -> ``fp32``,
+    ``int8+f32`` -> ``int8+fp32`` (int8 kernels with the rest in FP32); None stays None."""
+    if text is None:
+        return None
+    return "+".join(_COMPUTE_NAMES.get(p, p) for p in str(text).strip().lower().split("+"))
+
+
+def gated_precision(carried: str, computed: str | None) -> str:
+    """The precision whose gate a row must pass: the looser of ``carried`` (the file's) and
+    each part of ``computed`` (what the backend really computed in, e.g. ``int8+bf16``; None or
+    unknown parts: the file's)."""
+    if carried not in GATE_ORDER:
+        return carried
+    parts = [p for p in (compute_name(computed) or "").split("+") if p in GATE_ORDER]
+    return max([carried, *parts], key=GATE_ORDER.index)
 
 
 # -- export options (flags) -------------------------------------------------------------------
@@ -64,6 +97,10 @@ class Option:
     help: str
     precisions: frozenset[str] | None = None  # None: every precision of the format
     choices: tuple[str, ...] | None = None  # normalised to lower case at the CLI boundary
+    # Backend (evaluate) options only: the value when the flag is absent, and the runner
+    # constructor's keyword it feeds (None: the option's own name).
+    default: Any = None
+    kwarg: str | None = None
 
     @property
     def flag(self) -> str:
@@ -137,6 +174,166 @@ def options_dataclass(name: str, options: tuple[Option, ...]) -> type:
     )
 
 
+# -- backends (runtimes that run artifacts) -----------------------------------------------------
+@dataclass(frozen=True)
+class Backend:
+    """One runtime porter runs artifacts on: its runner, what it needs, how it is probed.
+
+    A backend is a *row maker*: ``porter evaluate --compare`` gives every artifact one row per
+    backend of its format that is chosen (``--backends``) and can run here. Entries that share a
+    runner class differ in ``fixed`` (e.g. OpenVINO computing in bfloat16 is its own opt-in
+    entry, so a bf16 row is never mistaken for an FP32 one).
+    """
+
+    name: str  # what --backends and report rows say; also engines.load(backend=...)
+    description: str  # one line for --help and doctor
+    runner: str  # "module:Class" of the Runner (imported when used)
+    # pip distributions whose installed version the environment record and doctor report (the
+    # first installed wins: e.g. onnxruntime-gpu provides the onnxruntime module).
+    distributions: tuple[str, ...] = ()
+    # Python modules the runner needs beyond porter's dependencies, and what to do without them.
+    needs: tuple[tuple[str, str], ...] = ()
+    hardware: str | None = None  # "cuda-gpu" when it only runs on an NVIDIA GPU
+    # `porter evaluate` flags that configure this backend's runner (Option.kwarg, Option.default).
+    options: tuple[Option, ...] = ()
+    # Runner keywords this entry always passes (what sets it apart from a sibling entry).
+    fixed: Mapping[str, Any] = field(default_factory=dict)
+    # The precision it computes in when that is its point (an opt-in bf16 row is gated as bf16).
+    compute: str | None = None
+    # True: a row of `evaluate --compare` when --backends is not given (and it can run here).
+    default: bool = True
+    # "module:function" returning a JSON-able dict for doctor ({"version", "devices", "error"}).
+    probe: str | None = None
+
+    def runner_class(self) -> Any:
+        """The Runner class (imported now)."""
+        return resolve(self.runner)
+
+    def version(self) -> str | None:
+        """The installed version (distribution metadata only: nothing is imported)."""
+        from port.hostinfo import dist_version
+
+        return dist_version(*self.distributions) if self.distributions else None
+
+    def runner_kwargs(self, given: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Constructor keywords: the options' defaults, the given option values, then ``fixed``."""
+        out: dict[str, Any] = {}
+        for option in self.options:
+            value = (given or {}).get(option.name)
+            value = option.default if value is None else value
+            if value is not None:
+                out[option.kwarg or option.name] = value
+        return {**out, **self.fixed}
+
+
+_OV_FIX = ("install porter's openvino extra (pip install 'porter[openvino]') or drop it from "
+           "--backends")
+_OV_DEVICE = Option("openvino_device", str, "OpenVINO rows: the device to compile for (CPU, GPU, "
+                    "NPU, AUTO).", default="CPU", kwarg="device")
+BACKENDS: dict[str, Backend] = {
+    b.name: b
+    for b in (
+        Backend(
+            name="torch", description="PyTorch eager (the trained reference)",
+            runner="port.engines.torch_runner:TorchRunner", distributions=("torch",),
+        ),
+        Backend(
+            name="onnxruntime", description="ONNX Runtime (CPU; CUDA/TensorRT providers when "
+                                            "onnxruntime-gpu is installed)",
+            runner="port.engines.onnxrt:OnnxRuntimeRunner",
+            distributions=("onnxruntime", "onnxruntime-gpu"),
+            options=(
+                Option("int8_cpu_kernels", str, "INT8 graphs on ONNX Runtime's CPU: auto = exact "
+                       "U8U8 kernels where this CPU has no VNNI and would saturate.",
+                       choices=("auto", "exact", "fast"), default="auto", kwarg="int8_kernels"),
+                Option("int8_cpu_graph", str, "INT8 graphs on ONNX Runtime's CPU: cpu = run the "
+                       "file's CPU form (ReLU-side Q/DQ pairs as uint8, fused by ORT; the file is "
+                       "unchanged), file = run it as written.", choices=("cpu", "file"),
+                       default="cpu", kwarg="int8_graph"),
+            ),
+            probe="port.hostinfo:probe_onnxruntime",
+        ),
+        Backend(
+            name="openvino", description="OpenVINO, computing in FP32 (inference precision "
+                                         "hint f32, set explicitly)",
+            runner="port.engines.openvino:OpenVinoRunner", distributions=("openvino",),
+            needs=(("openvino", _OV_FIX),), options=(_OV_DEVICE,),
+            fixed={"inference_precision": "f32"}, probe="port.hostinfo:probe_openvino",
+        ),
+        Backend(
+            name="openvino-bf16", description="OpenVINO computing in bfloat16 (its default on "
+                                              "CPUs with AVX512_BF16/AMX; opt-in row)",
+            runner="port.engines.openvino:OpenVinoRunner", distributions=("openvino",),
+            needs=(("openvino", _OV_FIX),), options=(_OV_DEVICE,),
+            fixed={"inference_precision": "bf16"}, compute="bf16", default=False,
+        ),
+        Backend(
+            name="openvino-f16", description="OpenVINO computing in FP16 (GPUs, NPUs, ARM and "
+                                             "AVX512_FP16 CPUs; opt-in row)",
+            runner="port.engines.openvino:OpenVinoRunner", distributions=("openvino",),
+            needs=(("openvino", _OV_FIX),), options=(_OV_DEVICE,),
+            fixed={"inference_precision": "f16"}, compute="fp16", default=False,
+        ),
+        Backend(
+            name="tensorrt", description="NVIDIA TensorRT engine runtime (GPU only)",
+            runner="port.engines.tensorrt:TensorRTRunner",
+            distributions=("tensorrt", "tensorrt-cu13", "tensorrt-cu12", "tensorrt-cu11"),
+            needs=(("tensorrt", "install TensorRT (see README, GPU set-up) or evaluate the "
+                                ".onnx instead"),
+                   ("pycuda.driver", "install pycuda (see README, GPU set-up) or evaluate the "
+                                     ".onnx instead")),
+            hardware="cuda-gpu", probe="port.hostinfo:probe_tensorrt",
+        ),
+    )
+}
+
+
+def normalize_backend(text: str) -> Backend:
+    """The backend ``text`` names (any letter case); ``UsageError`` listing the choices."""
+    entry = BACKENDS.get(str(text).strip().lower())
+    if entry is None:
+        raise UsageError(f"unknown backend '{text}': choose one of {', '.join(BACKENDS)}")
+    return entry
+
+
+def parse_backends(text: str | None) -> tuple[str, ...] | None:
+    """``--backends a,b`` as registry names, in the user's order (None: not given)."""
+    if text is None:
+        return None
+    names = [normalize_backend(part).name for part in str(text).split(",") if part.strip()]
+    if not names:
+        raise UsageError(f"--backends needs backend names, e.g. onnxruntime,openvino: choose "
+                         f"from {', '.join(BACKENDS)}")
+    return tuple(dict.fromkeys(names))
+
+
+def backend_options() -> dict[str, Option]:
+    """Every `porter evaluate` backend option by name, once (sibling backends share some)."""
+    out: dict[str, Option] = {}
+    for entry in BACKENDS.values():
+        for option in entry.options:
+            out.setdefault(option.name, option)
+    return out
+
+
+def normalize_backend_options(given: Mapping[str, Any]) -> dict[str, Any]:
+    """Backend option values lower-cased where they have choices and checked (``UsageError``
+    listing the choices); ``None`` values dropped."""
+    known = backend_options()
+    out: dict[str, Any] = {}
+    for name, value in given.items():
+        if value is None:
+            continue
+        option = known[name]
+        if option.choices is not None:
+            value = str(value).strip().lower()
+            if value not in option.choices:
+                raise UsageError(f"{option.flag} {given[name]} is not known: choose one of "
+                                 f"{', '.join(option.choices)}")
+        out[name] = value
+    return out
+
+
 # -- formats ---------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Format:
@@ -146,13 +343,10 @@ class Format:
     description: str  # one line for --help and doctor
     kind: str  # manifest artifact kind
     suffixes: tuple[str, ...]  # file suffixes, lower case; the first is what porter writes
-    backend: str  # the runner's backend name (report rows, engines.load)
-    # "module:Class" of the Runner; None for a format porter makes but does not run itself (a
-    # Triton model repository): evaluate, engines.load and the suffix map leave it out.
-    runner: str | None
-    # Python modules the runner needs beyond porter's dependencies, and what to do without them.
-    needs: tuple[tuple[str, str], ...] = ()
-    hardware: str | None = None  # "cuda-gpu" when it only runs on an NVIDIA GPU
+    # Every backend (BACKENDS) that runs this format, the one engines.load picks first; empty
+    # for a format porter makes but does not run itself (a Triton model repository): evaluate,
+    # engines.load and the suffix map leave it out.
+    backends: tuple[str, ...]
     precisions: tuple[str, ...] = PRECISION_NAMES
     # precision -> "module:function" making it (export stage level); empty: not exportable.
     exporters: Mapping[str, str] = field(default_factory=dict)
@@ -168,7 +362,25 @@ class Format:
     @property
     def runnable(self) -> bool:
         """Whether porter runs this format's artifacts (``evaluate``, ``engines.load``)."""
-        return self.runner is not None
+        return bool(self.backends)
+
+    @property
+    def backend(self) -> str:
+        """The backend that runs this format unless told otherwise (``engines.load``)."""
+        if not self.backends:
+            raise UsageError(f"porter does not run --to {self.name} artifacts "
+                             f"({self.description})")
+        return self.backends[0]
+
+    @property
+    def needs(self) -> tuple[tuple[str, str], ...]:
+        """What the default backend needs installed (doctor's verdict for --to targets)."""
+        return BACKENDS[self.backend].needs if self.backends else ()
+
+    @property
+    def hardware(self) -> str | None:
+        """The default backend's hardware need (``cuda-gpu`` for TensorRT)."""
+        return BACKENDS[self.backend].hardware if self.backends else None
 
     @property
     def options_type(self) -> type:
@@ -189,10 +401,9 @@ class Format:
         return resolve(self.exporters[precision])
 
     def runner_class(self) -> Any:
-        """The Runner class (imported now); ``UsageError`` for a format porter does not run."""
-        if self.runner is None:
-            raise UsageError(f"porter does not run --to {self.name} artifacts ({self.description})")
-        return resolve(self.runner)
+        """The default backend's Runner class (imported now); ``UsageError`` for a format porter
+        does not run."""
+        return BACKENDS[self.backend].runner_class()
 
     def read_precision(self, path: str | Path) -> str | None:
         """The precision the file at ``path`` carries, read from its content (None: unknown)."""
@@ -205,8 +416,8 @@ FORMATS: dict[str, Format] = {
         Format(
             name="onnx",
             description="ONNX graph with porter metadata; fp16 as an FP16 graph, int8 as QDQ",
-            kind="onnx", suffixes=(".onnx",), backend="onnxruntime",
-            runner="port.engines.onnxrt:OnnxRuntimeRunner",
+            kind="onnx", suffixes=(".onnx",),
+            backends=("onnxruntime", "openvino", "openvino-bf16", "openvino-f16"),
             exporters={"fp32": "port.export.onnx_job:export_onnx_fp32",
                        "fp16": "port.export.onnx_job:export_onnx_fp16",
                        "int8": "port.export.onnx_job:export_onnx_int8"},
@@ -216,13 +427,7 @@ FORMATS: dict[str, Format] = {
         Format(
             name="trt",
             description="TensorRT engine built from the ONNX of the same precision (GPU only)",
-            kind="engine", suffixes=(".engine", ".plan"), backend="tensorrt",
-            runner="port.engines.tensorrt:TensorRTRunner",
-            needs=(("tensorrt", "install TensorRT (see README, GPU set-up) or evaluate the "
-                                ".onnx instead"),
-                   ("pycuda.driver", "install pycuda (see README, GPU set-up) or evaluate the "
-                                     ".onnx instead")),
-            hardware="cuda-gpu",
+            kind="engine", suffixes=(".engine", ".plan"), backends=("tensorrt",),
             exporters=dict.fromkeys(PRECISION_NAMES, "port.export.trt_job:export_trt"),
             options=TRT_OPTIONS,
             precision_of="port.engines.trt_sidecar:sidecar_precision",
@@ -231,15 +436,14 @@ FORMATS: dict[str, Format] = {
             name="triton",
             description="Triton Inference Server model repository of the run's ONNX files and "
                         "engines at the precision",
-            kind="triton", suffixes=(".triton.json",), backend="triton", runner=None,
+            kind="triton", suffixes=(".triton.json",), backends=(),
             exporters=dict.fromkeys(PRECISION_NAMES, "port.export.triton_job:export_triton"),
             options=TRITON_OPTIONS,
         ),
         Format(
             name="checkpoint",
             description="PyTorch checkpoint (weights + model card): the reference, not an export",
-            kind="checkpoint", suffixes=(".pt", ".pth"), backend="torch",
-            runner="port.engines.torch_runner:TorchRunner",
+            kind="checkpoint", suffixes=(".pt", ".pth"), backends=("torch",),
             precisions=("fp32",),
         ),
     )
@@ -347,13 +551,13 @@ def exported_kinds() -> tuple[str, ...]:
 
 
 def suffix_backends() -> dict[str, str]:
-    """File suffix -> runner backend name, for every format porter runs (``engines.load``)."""
+    """File suffix -> the backend that runs it by default, for every format porter runs."""
     return {s: f.backend for f in FORMATS.values() if f.runnable for s in f.suffixes}
 
 
-def backend_formats() -> dict[str, Format]:
-    """Runner backend name -> its format (formats porter runs)."""
-    return {f.backend: f for f in FORMATS.values() if f.runnable}
+def backend_formats() -> dict[str, list[Format]]:
+    """Backend name -> the formats it runs (every registered backend, in registry order)."""
+    return {name: [f for f in FORMATS.values() if name in f.backends] for name in BACKENDS}
 
 
 def format_for_path(path: str | Path) -> Format:

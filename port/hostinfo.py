@@ -22,10 +22,20 @@ from typing import Any
 
 from port.cpu import cpu_info
 
-# The distribution names each package ships under (the CUDA-suffixed TensorRT wheels, the GPU
-# build of ONNX Runtime): one list, used wherever porter asks what is installed.
-TENSORRT_DISTRIBUTIONS = ("tensorrt", "tensorrt-cu13", "tensorrt-cu12", "tensorrt-cu11")
-ONNXRUNTIME_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu")
+
+def backend_distributions() -> dict[str, tuple[str, ...]]:
+    """Runtime name -> the distributions it ships under, from the backend registry
+    (``port.formats.BACKENDS``: the CUDA-suffixed TensorRT wheels, onnxruntime-gpu, ...); keyed
+    by each entry's first distribution, so sibling entries (openvino, openvino-bf16) count once."""
+    from port.formats import BACKENDS
+
+    return {entry.distributions[0]: entry.distributions
+            for entry in BACKENDS.values() if entry.distributions}
+
+
+def tensorrt_version() -> str | None:
+    """The installed TensorRT version (whichever CUDA-suffixed wheel provides it)."""
+    return dist_version(*backend_distributions()["tensorrt"])
 
 
 def dist_version(*names: str) -> str | None:
@@ -84,11 +94,10 @@ def _env_info() -> tuple[tuple[str, Any], ...]:
         ("porter", __version__),
         ("python", platform.python_version()),
         ("platform", platform.platform()),
-        ("torch", dist_version("torch")),
         ("torchvision", dist_version("torchvision")),
         ("onnx", dist_version("onnx")),
-        ("onnxruntime", dist_version(*ONNXRUNTIME_DISTRIBUTIONS)),
-        ("tensorrt", dist_version(*TENSORRT_DISTRIBUTIONS)),
+        # Every runtime of the backend registry (torch, onnxruntime, openvino, tensorrt, ...).
+        *((name, dist_version(*names)) for name, names in backend_distributions().items()),
         ("device", device_name()),
     )
 
@@ -165,11 +174,12 @@ def _probe_driver(pycuda_ok: bool) -> dict[str, Any]:
     return {"version": None, "source": None}
 
 
-def _probe_tensorrt() -> dict[str, Any]:
+def probe_tensorrt() -> dict[str, Any]:
+    """TensorRT: installed, version, and the import error of a wheel without its libraries."""
     info: dict[str, Any] = {"installed": has_module("tensorrt"), "version": None, "error": None}
     if not info["installed"]:
         return info
-    info["version"] = dist_version(*TENSORRT_DISTRIBUTIONS)
+    info["version"] = tensorrt_version()
     try:
         import tensorrt as trt
 
@@ -179,7 +189,8 @@ def _probe_tensorrt() -> dict[str, Any]:
     return info
 
 
-def _probe_onnxruntime() -> dict[str, Any]:
+def probe_onnxruntime() -> dict[str, Any]:
+    """ONNX Runtime: installed, version and the execution providers this build offers."""
     info: dict[str, Any] = {"installed": has_module("onnxruntime"), "version": None,
                             "providers": []}
     if info["installed"]:
@@ -193,6 +204,40 @@ def _probe_onnxruntime() -> dict[str, Any]:
     return info
 
 
+def probe_openvino() -> dict[str, Any]:
+    """OpenVINO: installed, version, the devices it sees and what each can compute in
+    (``OPTIMIZATION_CAPABILITIES``: e.g. FP32, BF16, INT8 on a CPU with AVX512_BF16)."""
+    info: dict[str, Any] = {"installed": has_module("openvino"), "version": None,
+                            "devices": {}, "error": None}
+    if not info["installed"]:
+        return info
+    try:
+        import openvino as ov
+
+        info["version"] = str(ov.get_version())
+        core = ov.Core()
+        for device in core.available_devices:
+            try:
+                caps = list(core.get_property(device, "OPTIMIZATION_CAPABILITIES"))
+            except RuntimeError:  # a plugin that cannot answer: listed without capabilities
+                caps = []
+            info["devices"][device] = caps
+    except (ImportError, OSError, RuntimeError) as exc:
+        info["error"] = str(exc).strip().splitlines()[0]
+    return info
+
+
+def _probe_backends() -> dict[str, dict[str, Any]]:
+    """Each registered backend's own probe (``Backend.probe``), run once per probe."""
+    from port.formats import BACKENDS, resolve
+
+    out: dict[str, dict[str, Any]] = {}
+    for entry in BACKENDS.values():
+        if entry.probe is not None and entry.name not in out:
+            out[entry.name] = resolve(entry.probe)()
+    return out
+
+
 def probe_machine() -> dict[str, Any]:
     """What this machine offers; plain data (JSON-serialisable), never raises."""
     pycuda_ok = has_module("pycuda")
@@ -203,10 +248,9 @@ def probe_machine() -> dict[str, Any]:
         "cpu": dict(cpu_info()),
         "torch": _probe_torch(),
         "driver": _probe_driver(pycuda_ok),
-        "tensorrt": _probe_tensorrt(),
+        **_probe_backends(),  # onnxruntime, openvino, tensorrt: their registry probes
         "pycuda": {"installed": pycuda_ok, "version": dist_version("pycuda")},
         "onnx": {"installed": has_module("onnx"), "version": dist_version("onnx")},
-        "onnxruntime": _probe_onnxruntime(),
         "modelopt": {"installed": has_module("modelopt"),
                      "version": dist_version("nvidia-modelopt")},
     }

@@ -13,6 +13,7 @@ from port import engines
 from port.errors import UsageError
 from port.evaluate.gates import Gates
 from port.formats import (
+    BACKENDS,
     FORMATS,
     PRECISIONS,
     Format,
@@ -88,7 +89,9 @@ def test_evaluate_engines_and_doctor_derive_from_the_registry() -> None:
     runnable = [f for f in FORMATS.values() if f.runnable]
     assert set(exported_kinds()) == {f.kind for f in export_formats() if f.runnable}
     assert {s: f.backend for f in runnable for s in f.suffixes} == engines.SUFFIXES
-    assert set(engines.RUNNERS) == {f.backend for f in runnable}
+    assert set(engines.RUNNERS) == set(BACKENDS)
+    # every backend a format lists is registered, and every registered backend runs a format
+    assert {b for f in runnable for b in f.backends} == set(BACKENDS)
     for fmt in FORMATS.values():
         assert format_for_kind(fmt.kind) is fmt
     for fmt in runnable:
@@ -104,10 +107,13 @@ def test_evaluate_engines_and_doctor_derive_from_the_registry() -> None:
 def test_a_new_format_is_one_entry(monkeypatch: pytest.MonkeyPatch) -> None:
     # A format added to the registry alone shows up in --to, in evaluate's kinds, in doctor and
     # in the options check, with no other file touched.
+    from port.formats import Backend
+
+    monkeypatch.setitem(BACKENDS, "tflite", Backend(
+        name="tflite", description="TensorFlow Lite interpreter", runner="port.engines.base:Runner",
+        needs=(("tflite_runtime", "pip install tflite-runtime"),)))
     extra = Format(name="tflite", description="TensorFlow Lite flatbuffer", kind="tflite",
-                   suffixes=(".tflite",), backend="tflite", runner="port.engines.base:Runner",
-                   needs=(("tflite_runtime", "pip install tflite-runtime"),),
-                   precisions=("fp32", "int8"),
+                   suffixes=(".tflite",), backends=("tflite",), precisions=("fp32", "int8"),
                    exporters={"fp32": "port.export.onnx_job:export_onnx_fp32"})
     monkeypatch.setitem(FORMATS, "tflite", extra)
     assert normalize_format("TFLite") is extra
@@ -126,7 +132,7 @@ def test_a_format_without_a_runner_is_exported_but_never_run(
     # A deployment bundle (like the Triton repository) is one entry with runner=None: --to and
     # doctor list it, evaluate's kinds, engines.load's suffixes and runners leave it out.
     bundle = Format(name="bundle", description="a folder for some server", kind="bundle",
-                    suffixes=(".bundle.json",), backend="bundle", runner=None,
+                    suffixes=(".bundle.json",), backends=(),
                     precisions=("fp32",),
                     exporters={"fp32": "port.export.triton_job:export_triton"})
     monkeypatch.setitem(FORMATS, "bundle", bundle)
@@ -134,7 +140,8 @@ def test_a_format_without_a_runner_is_exported_but_never_run(
     assert "bundle" not in exported_kinds()
     from port.formats import backend_formats, suffix_backends
 
-    assert "bundle" not in backend_formats() and ".bundle.json" not in suffix_backends()
+    assert all(bundle not in fmts for fmts in backend_formats().values())
+    assert ".bundle.json" not in suffix_backends()
     with pytest.raises(UsageError, match=r"porter runs \.onnx"):
         format_for_path("x/model.fp32.bundle.json")
     from port.doctor import targets

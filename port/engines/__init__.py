@@ -1,8 +1,9 @@
 """Runners: one way to run every artifact (see :mod:`port.engines.base`).
 
-:func:`load` picks the runner from the artifact's file suffix; :data:`RUNNERS` maps backend names
-to runner classes. Both resolve classes lazily, so importing this package imports neither torch,
-onnxruntime nor tensorrt.
+:func:`load` picks the runner from the artifact's file suffix (the format's first backend) or
+the backend named; :data:`RUNNERS` maps backend names to runner classes. Everything comes from
+the backend registry (``port.formats.BACKENDS``) and is resolved lazily, so importing this
+package imports neither torch, onnxruntime, openvino nor tensorrt.
 """
 
 from __future__ import annotations
@@ -13,38 +14,28 @@ from pathlib import Path
 from typing import Any
 
 from port.engines.base import Runner, TensorMeta
-from port.errors import BackendUnavailable, ModelError, UsageError
-from port.formats import backend_formats, format_for_path, suffix_backends
+from port.errors import BackendUnavailable, ModelError
+from port.formats import BACKENDS, format_for_path, normalize_backend, suffix_backends
 
-__all__ = ["RUNNERS", "SUFFIXES", "Runner", "TensorMeta", "load", "runner_for"]
+__all__ = ["RUNNERS", "SUFFIXES", "Runner", "TensorMeta", "available", "load", "runner_for"]
 
-# Everything about which file runs on which backend, and what a backend needs installed, comes
-# from the format registry (port.formats), so a new format is one entry there.
-_FORMATS_BY_BACKEND = backend_formats()
-# backend name -> "module:Class"
-_RUNNER_PATHS: dict[str, str] = {name: fmt.runner for name, fmt in _FORMATS_BY_BACKEND.items()}
-# artifact file suffix -> backend name
+# artifact file suffix -> the backend that runs it unless told otherwise
 SUFFIXES: dict[str, str] = suffix_backends()
-# Python packages a backend needs beyond porter's own dependencies, and what to do without them.
-_NEEDS: dict[str, tuple[tuple[str, str], ...]] = {
-    name: fmt.needs for name, fmt in _FORMATS_BY_BACKEND.items() if fmt.needs
-}
 
 
 class _LazyRunners(Mapping[str, type[Runner]]):
-    """``RUNNERS[name]`` imports the runner's module on first use."""
+    """``RUNNERS[name]`` imports the backend's runner module on first use."""
 
     def __getitem__(self, name: str) -> type[Runner]:
-        if name not in _RUNNER_PATHS:
+        if name not in BACKENDS:
             raise KeyError(name)
-        module, _, attr = _RUNNER_PATHS[name].partition(":")
-        return getattr(importlib.import_module(module), attr)
+        return BACKENDS[name].runner_class()
 
     def __iter__(self) -> Iterator[str]:
-        return iter(_RUNNER_PATHS)
+        return iter(BACKENDS)
 
     def __len__(self) -> int:
-        return len(_RUNNER_PATHS)
+        return len(BACKENDS)
 
 
 RUNNERS: Mapping[str, type[Runner]] = _LazyRunners()
@@ -52,7 +43,7 @@ RUNNERS: Mapping[str, type[Runner]] = _LazyRunners()
 
 def check_backend(name: str) -> None:
     """Raise ``BackendUnavailable`` (one line) if the packages backend ``name`` needs are absent."""
-    for module, fix in _NEEDS.get(name, ()):
+    for module, fix in BACKENDS[name].needs:
         try:
             importlib.import_module(module)
         except ImportError as exc:
@@ -66,24 +57,42 @@ def check_backend(name: str) -> None:
             ) from None
 
 
+def available(name: str) -> bool:
+    """Whether backend ``name``'s packages import here (its hardware is checked when it runs)."""
+    try:
+        check_backend(name)
+    except BackendUnavailable:
+        return False
+    return True
+
+
 def runner_for(path: str | Path) -> str:
-    """The backend name that runs the artifact at ``path``, from its suffix."""
+    """The backend name that runs the artifact at ``path`` by default, from its suffix."""
     return format_for_path(path).backend
 
 
 def load(path: str | Path, *, backend: str | None = None, **kwargs: Any) -> Runner:
     """An inactive runner for the artifact at ``path``; ``kwargs`` go to the runner's constructor.
 
-    The runner is picked from the suffix (``.pt``/``.pth`` torch, ``.onnx`` ONNX Runtime,
-    ``.engine``/``.plan`` TensorRT) unless ``backend`` names one of :data:`RUNNERS`. A missing
-    file is a ``ModelError``; a backend whose packages are absent is ``BackendUnavailable``.
+    The runner is the format's first backend (``.pt``/``.pth`` torch, ``.onnx`` ONNX Runtime,
+    ``.xml`` OpenVINO, ``.engine``/``.plan`` TensorRT) unless ``backend`` names another backend
+    of that format (any letter case): e.g. ``backend="openvino"`` for an ``.onnx``. The entry's
+    fixed keywords (OpenVINO's inference precision) always apply. A missing file is a
+    ``ModelError``; a backend that does not run the format is a ``UsageError``; a backend whose
+    packages are absent is ``BackendUnavailable``.
     """
+    from port.errors import UsageError
+
     path = Path(path)
-    if backend is None:
-        backend = runner_for(path)
-    elif backend not in _RUNNER_PATHS:
-        raise UsageError(f"unknown backend '{backend}': choose one of {', '.join(_RUNNER_PATHS)}")
+    fmt = format_for_path(path)
+    entry = BACKENDS[fmt.backend] if backend is None else normalize_backend(backend)
+    if entry.name not in fmt.backends:
+        raise UsageError(f"the {entry.name} backend does not run {fmt.suffixes[0]} files "
+                         f"({path.name}): choose one of {', '.join(fmt.backends)}")
     if not path.is_file():
         raise ModelError(f"artifact {path} not found: re-make it (see `porter status`)")
-    check_backend(backend)
-    return RUNNERS[backend](path, **kwargs)
+    check_backend(entry.name)
+    runner = entry.runner_class()(path, **{**kwargs, **entry.fixed})
+    # Sibling entries share a runner class: the row says which entry it is (openvino-bf16).
+    runner.backend = entry.name
+    return runner

@@ -231,7 +231,7 @@ class AdaptedRunner(Runner):
     """A runner that takes porter's canonical batch and feeds ``inner`` what its graph takes.
 
     ``card``: the model card (``None``: the one the artifact carries, read after activation
-    from ``inner.metadata()``; for an ONNX file without one, its graph's signature; for any
+    with ``inner.model_card()``; for an ONNX file without one, its graph's signature; for any
     other artifact without one, NCHW plus what its input/output metadata say: fixed batch,
     dtype, ``[N, C, 1, 1]`` output).
     Everything else (device, details, timing mode, backend-specific attributes) is the inner
@@ -284,11 +284,7 @@ class AdaptedRunner(Runner):
                              "single-input image classifiers only")
         if self._given_io is not None:
             return self._given_io
-        card = self.card
-        if card is None and hasattr(self.inner, "metadata"):
-            from port.export.metadata import card_from_metadata
-
-            card = card_from_metadata(self.inner.metadata(), source=self.inner.name)
+        card = self.card if self.card is not None else self.inner.model_card()
         if card is not None:
             return graph_io(card, metas[0])
         if isinstance(self.inner.loader, str | Path) and str(self.inner.loader).endswith(".onnx"):
@@ -353,6 +349,10 @@ class AdaptedRunner(Runner):
     def details(self) -> dict[str, Any]:
         """The inner runner's details (what ran and how)."""
         return self.inner.details()
+
+    def model_card(self) -> Any:
+        """The card this runner feeds by: the given one, else the artifact's own."""
+        return self.card if self.card is not None else self.inner.model_card()
 
     def synchronize(self) -> None:
         """The inner runner's."""

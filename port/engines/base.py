@@ -171,9 +171,16 @@ class Runner(abc.ABC):
         return None
 
     def details(self) -> dict[str, Any]:
-        """How the artifact really ran, beyond :attr:`device` (e.g. which INT8 kernels and why);
-        empty when there is nothing to add. Valid after activate; goes into report rows."""
+        """How the artifact really ran, beyond :attr:`device` (e.g. which INT8 kernels and why,
+        ``compute_precision`` where the backend chose it); empty when there is nothing to add.
+        Valid after activate; goes into report rows."""
         return {}
+
+    def model_card(self) -> Any:
+        """The porter model card the artifact carries (ONNX metadata, IR rt_info, engine
+        sidecar, checkpoint), or ``None`` when it carries none. Valid after activate; each
+        backend reads its own artifacts, so no caller asks which backend it holds."""
+        return None
 
     def synchronize(self) -> None:  # noqa: B027 - optional hook, a no-op for synchronous backends
         """Wait for queued device work (no-op for synchronous backends); used by latency timing."""

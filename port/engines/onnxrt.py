@@ -118,6 +118,12 @@ class OnnxRuntimeRunner(Runner):
         """The model's ``metadata_props`` (porter writes its ModelCard there)."""
         return dict(self._require_session().get_modelmeta().custom_metadata_map)
 
+    def model_card(self) -> Any:
+        """The card porter wrote into the graph's ``metadata_props`` (None: a foreign graph)."""
+        from port.export.metadata import card_from_metadata
+
+        return card_from_metadata(self.metadata(), source=self.name)
+
     # -- lifecycle -------------------------------------------------------------------------
     def _activate(self) -> None:
         import onnxruntime as ort

@@ -20,7 +20,6 @@ import numpy as np
 
 from port.data import pixels
 from port.engines import load as load_runner
-from port.engines import runner_for
 from port.engines.base import Runner
 from port.errors import ModelError, UsageError
 from port.models.card import ModelCard
@@ -142,41 +141,32 @@ class Predictor:
         self.close()
 
 
-def _card_for(runner: Runner, path: Path, backend: str) -> ModelCard:
-    """The model card the artifact carries (ONNX metadata, engine sidecar, checkpoint)."""
-    if backend == "onnxruntime":
-        from port.export.metadata import card_from_metadata
-
-        card = card_from_metadata(runner.metadata(), source=str(path))  # type: ignore[attr-defined]
-        if card is None:
-            raise ModelError(f"{path} carries no porter metadata (porter.card): export it with "
-                             "porter, or import it with `porter import` and export again")
-        return card
-    if backend == "tensorrt":
-        from port.engines.trt_sidecar import card_from_sidecar, read_sidecar, sidecar_path
-
-        return card_from_sidecar(read_sidecar(sidecar_path(path)))
-    card = getattr(runner, "card", None)  # the checkpoint's card, read at activate()
+def _card_for(runner: Runner, path: Path) -> ModelCard:
+    """The model card the artifact carries (each runner reads its own: ONNX metadata, IR
+    rt_info, engine sidecar, checkpoint)."""
+    card = runner.model_card()
     if card is None:
-        raise ModelError(f"{path} has no model card: save it with porter")
+        raise ModelError(f"{path} carries no porter model card: export it with porter, or import "
+                         "it with `porter import` and export again")
     return card
 
 
 def load(path: str | Path, *, backend: str | None = None, **runner_kwargs: Any) -> Predictor:
-    """A :class:`Predictor` for an ONNX file, a TensorRT engine (with its ``.json`` sidecar next
-    to it) or a porter checkpoint; ``runner_kwargs`` go to the runner (e.g. ``threads=2``).
+    """A :class:`Predictor` for an ONNX file, an OpenVINO IR (``.xml`` + ``.bin``), a TensorRT
+    engine (with its ``.json`` sidecar next to it) or a porter checkpoint; ``backend`` picks
+    another backend of the format (e.g. ``"openvino"`` for an ``.onnx``; default: the format's
+    first); ``runner_kwargs`` go to the runner (e.g. ``threads=2``).
 
     Raises ``ModelError`` (missing or foreign file), ``BackendUnavailable`` (e.g. an engine on a
     machine without TensorRT), ``UsageError`` (an unknown suffix or backend).
     """
     path = Path(path)
-    backend = backend or runner_for(path)
     from port.engines.adapter import adapt
 
     runner = load_runner(path, backend=backend, **runner_kwargs)
     runner.activate()
     try:
-        card = _card_for(runner, path, backend)
+        card = _card_for(runner, path)
         # Fed porter's canonical batch, converted to what the card says the graph takes.
         adapted = adapt(runner, card)
         adapted.activate()

@@ -86,6 +86,17 @@ class TensorRTRunner(Runner):
         """``cuda:<index>``."""
         return f"cuda:{self.device_index}"
 
+    def model_card(self) -> Any:
+        """The card in the engine's sidecar (read and checked at activate; None without one)."""
+        from port.engines.trt_sidecar import card_from_sidecar
+
+        return card_from_sidecar(self.sidecar) if self.sidecar else None
+
+    def details(self) -> dict[str, Any]:
+        """The precision the engine was built at (its sidecar), which is what it computes in."""
+        precision = (self.sidecar or {}).get("precision")
+        return {"compute_precision": str(precision)} if precision else {}
+
     def _activate(self) -> None:
         trt = import_tensorrt()
         self._cuda = import_driver()

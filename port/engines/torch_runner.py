@@ -123,6 +123,10 @@ class TorchRunner(Runner):
 
             torch.cuda.synchronize(self._device)
 
+    def model_card(self) -> ModelCard | None:
+        """The checkpoint's card (read at activate)."""
+        return self.card
+
     def _require_card(self) -> ModelCard:
         if self.card is None:
             raise RuntimeError("TorchRunner.input_metadata() needs activate() first")

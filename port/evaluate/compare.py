@@ -28,11 +28,15 @@ from port.evaluate.accuracy import accuracy
 from port.evaluate.gates import Gates, check
 from port.evaluate.latency import measure_latency
 from port.evaluate.parity import parity
-from port.formats import format_for_kind
+from port.formats import compute_name, format_for_kind, gated_precision
 from port.hostinfo import env_info
 
+# report.json's schema: 2 keys rows (and outputs.npz) by (artifact, backend); 1 (before) had one
+# row per artifact. porter gate reads both.
+REPORT_SCHEMA = 2
 ROW_FIELDS = (
-    "artifact", "kind", "backend", "device", "precision", "top1", "top5", "top1_drop_pp",
+    "row", "artifact", "kind", "backend", "device", "precision", "compute_precision", "gated_as",
+    "top1", "top5", "top1_drop_pp",
     "agreement", "max_abs_diff", "mean_abs_diff", "latency_ms", "throughput", "size_bytes",
     "passed", "why", "note", "phases_ms", "int8_cpu", "timing",
 )
@@ -48,10 +52,20 @@ class Candidate:
     path: Path | str | None  # the artifact file; None for in-memory models
     size_bytes: int | None  # artifact size; None = take it from ``path``
     make_runner: Callable[[], Runner]  # returns an *inactive* runner; called only when it runs
-    backend: str | None = None  # label for a skipped row; defaults from ``kind``
+    backend: str | None = None  # the backend it runs on (port.formats.BACKENDS); None: the kind's
     # How the artifact really ran on a given device, when that is not obvious from the row
     # (e.g. an FP16 graph on ONNX Runtime's CPU provider computes in FP32): device -> note.
     notes: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def backend_name(self) -> str:
+        """The backend this row runs on: the given one, else the format's default."""
+        return self.backend or _backend_of_kind(self.kind)
+
+    @property
+    def row_id(self) -> str:
+        """The row's key in report.json and outputs.npz: ``artifact@backend``."""
+        return row_id(self.artifact_id, self.backend_name)
 
     def artifact_bytes(self) -> int | None:
         """``size_bytes`` if given, else the file size of ``path`` (None when unknown)."""
@@ -132,9 +146,15 @@ class ArrayChunks:
         yield self.images, self.labels
 
 
+def row_id(artifact: str, backend: str) -> str:
+    """The key of one (artifact, backend) row: ``onnx-int8@openvino``."""
+    return f"{artifact}@{backend}"
+
+
 @dataclass
 class Outputs:
-    """What every row computed, per image: the labels and each row's float32 logits (by id)."""
+    """What every row computed, per image: the labels and each row's float32 logits (by
+    :func:`row_id`)."""
 
     labels: np.ndarray
     logits: dict[str, np.ndarray]
@@ -173,6 +193,9 @@ def evaluate_stream(
     gates.for_precision(reference.precision)  # unknown precisions fail before any work
     for cand in candidates:
         gates.for_precision(cand.precision)
+    ids = [c.row_id for c in (reference, *candidates)]
+    if len(set(ids)) != len(ids):  # a caller's bug: two rows would share one outputs.npz key
+        raise UsageError(f"evaluate was given the same (artifact, backend) row twice: {ids}")
     if len(source) == 0:
         raise DataError("evaluate needs at least one image: the data set or --limit gave none")
 
@@ -202,7 +225,7 @@ def evaluate_stream(
     ref_acc = accuracy(ref.logits, labels)
     report_rows = [_row(reference, ref, ref_acc, ref_acc["top1"], parity(ref.logits, ref.logits))]
     report_rows[0]["passed"], report_rows[0]["why"] = True, None
-    outputs = Outputs(labels=labels, logits={reference.artifact_id: ref.logits})
+    outputs = Outputs(labels=labels, logits={reference.row_id: ref.logits})
     for row in rows[1:]:
         if row.skipped:
             report_rows.append(_skipped_row(row.cand, row.skipped))
@@ -212,15 +235,16 @@ def evaluate_stream(
                    parity(got.logits, ref.logits))
         out["passed"], out["why"] = verdict(out, gates, ref_acc["top1"])
         report_rows.append(out)
-        outputs.logits[row.cand.artifact_id] = got.logits
+        outputs.logits[row.cand.row_id] = got.logits
 
     ran = [r for r in report_rows if r["passed"] is not None]
     report = {
+        "schema": REPORT_SCHEMA,
         "passed": all(r["passed"] for r in ran),
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "dataset": {**(dataset or {}), "images": len(labels)},
-        "reference": {"artifact": reference.artifact_id, "backend": ref.backend,
-                      "device": ref.device, "top1": ref_acc["top1"]},
+        "reference": {"row": reference.row_id, "artifact": reference.artifact_id,
+                      "backend": ref.backend, "device": ref.device, "top1": ref_acc["top1"]},
         "gates": gates.to_dict(),
         "batch_sizes": sizes,
         "latency_settings": settings,
@@ -265,7 +289,7 @@ class _Row:
         except BaseException:
             row.close()
             raise
-        row.label = f"{cand.artifact_id} ({runner.backend})"  # no [..]: rich reads it as markup
+        row.label = f"{cand.artifact_id} ({cand.backend_name})"  # no [..]: rich reads markup
         return row
 
     @property
@@ -447,12 +471,19 @@ def _note(cand: Candidate, got: _Measured) -> str | None:
 
 def _row(cand: Candidate, got: _Measured, acc: dict[str, float], ref_top1: float,
          par: dict[str, float]) -> dict[str, Any]:
+    # What the backend computed in, as it said after compiling (OpenVINO's bf16 on a BF16 CPU;
+    # a TensorRT engine's build precision); else what the file carries.
+    computed = compute_name(got.details.get("compute_precision")) or cand.precision
     return {
+        "row": cand.row_id,
         "artifact": cand.artifact_id,
         "kind": cand.kind,
-        "backend": got.backend,
+        "backend": cand.backend_name,
         "device": got.device,
         "precision": cand.precision,
+        "compute_precision": computed,
+        # The gate this row must pass: the looser of the file's precision and the arithmetic's.
+        "gated_as": gated_precision(cand.precision, computed),
         "top1": acc["top1"],
         "top5": acc["top5"],
         "top1_drop_pp": (ref_top1 - acc["top1"]) * 100.0,
@@ -479,8 +510,8 @@ def _backend_of_kind(kind: str) -> str:
 
 def _skipped_row(cand: Candidate, reason: str) -> dict[str, Any]:
     row: dict[str, Any] = dict.fromkeys(ROW_FIELDS)
-    row.update(artifact=cand.artifact_id, kind=cand.kind, precision=cand.precision,
-               backend=cand.backend or _backend_of_kind(cand.kind),
+    row.update(row=cand.row_id, artifact=cand.artifact_id, kind=cand.kind,
+               precision=cand.precision, backend=cand.backend_name,
                size_bytes=cand.artifact_bytes(), latency_ms={}, throughput={},
                passed=None, why=f"skipped: {reason}")
     return row

@@ -11,7 +11,8 @@ Defaults, and what they mean:
   MLPerf Inference default target for quantised classifiers.
 
 Each limit is optional (``None`` = not checked) and every one can be overridden per precision,
-e.g. ``Gates().with_overrides(parse_gate_overrides(["int8.min_top1_ratio=0.98"]))``.
+e.g. ``Gates().with_overrides(gate_overrides(texts=["int8.min_top1_ratio=0.98"]))`` (what
+``--gate`` does). ``bf16`` gates rows that computed in bfloat16 (OpenVINO's opt-in rows).
 """
 
 from __future__ import annotations
@@ -86,27 +87,50 @@ class Gates:
         return replace(self, limits=limits)
 
 
-def default_gates(
-    *,
-    fp32_max_top1_drop_pp: float | None = None,
-    fp32_min_agreement: float | None = None,
-    fp16_min_top1_ratio: float | None = None,
-    int8_min_top1_ratio: float | None = None,
-) -> Gates:
-    """The default :class:`Gates` with the CLI's overrides applied (``None`` keeps a default)."""
-    wanted = {
-        "fp32": {"max_top1_drop_pp": fp32_max_top1_drop_pp, "min_agreement": fp32_min_agreement},
-        "fp16": {"min_top1_ratio": fp16_min_top1_ratio},
-        "int8": {"min_top1_ratio": int8_min_top1_ratio},
-    }
-    for precision, limits in wanted.items():
-        for name, value in limits.items():
-            if value is not None and not 0 <= value <= (100 if name.endswith("_pp") else 1):
-                bound = "0..100 (percentage points)" if name.endswith("_pp") else "0..1"
-                raise UsageError(f"{precision} gate {name}={value} is out of range: use {bound}")
-    return Gates().with_overrides({
-        p: {k: v for k, v in limits.items() if v is not None} for p, limits in wanted.items()
-    })
+# The four gate flags of `porter evaluate` / `porter gate`, kept as documented aliases of
+# --gate PRECISION.LIMIT=VALUE: flag -> (precision, limit).
+GATE_ALIASES: dict[str, tuple[str, str]] = {
+    "--max-top1-drop": ("fp32", "max_top1_drop_pp"),
+    "--min-agreement": ("fp32", "min_agreement"),
+    "--fp16-min-ratio": ("fp16", "min_top1_ratio"),
+    "--int8-min-ratio": ("int8", "min_top1_ratio"),
+}
+LIMIT_NAMES: tuple[str, ...] = tuple(f.name for f in fields(PrecisionGate))
+
+
+def gate_overrides(aliases: Mapping[str, float | None] | None = None,
+                   texts: tuple[str, ...] | list[str] = ()) -> dict[str, dict[str, float | None]]:
+    """The user's gate overrides, checked: the alias flags (``{"--int8-min-ratio": 0.98}``;
+    ``None`` = not given), then every ``--gate PRECISION.LIMIT=VALUE`` (later ones win).
+
+    Every precision and limit must exist (``UsageError`` listing them) and every value be a
+    finite number in its range (``_pp`` limits 0..100, the others 0..1), before any file is read.
+    """
+    out: dict[str, dict[str, float | None]] = {}
+    for flag, value in (aliases or {}).items():
+        if value is not None:
+            precision, limit = GATE_ALIASES[flag]
+            _check_limit(flag, limit, value)
+            out.setdefault(precision, {})[limit] = float(value)
+    for precision, limits in parse_gate_overrides(list(texts)).items():
+        if precision not in PRECISIONS:
+            raise UsageError(f"--gate {precision}.…: unknown precision '{precision}': choose "
+                             f"one of {', '.join(PRECISIONS)}")
+        for limit, value in limits.items():
+            if limit not in LIMIT_NAMES:
+                raise UsageError(f"--gate {precision}.{limit}: unknown gate limit '{limit}': "
+                                 f"choose one of {', '.join(LIMIT_NAMES)}")
+            if value is not None:
+                _check_limit(f"--gate {precision}.{limit}", limit, value)
+            out.setdefault(precision, {})[limit] = value
+    return out
+
+
+def _check_limit(flag: str, limit: str, value: float) -> None:
+    """A gate value must be finite and in its limit's range."""
+    from port.limits import check_float
+
+    check_float(flag, value, lo=0.0, hi=100.0 if limit.endswith("_pp") else 1.0)
 
 
 def parse_gate_overrides(texts: list[str]) -> dict[str, dict[str, float | None]]:
@@ -131,13 +155,17 @@ def parse_gate_overrides(texts: list[str]) -> dict[str, dict[str, float | None]]
 
 def check(row: dict[str, Any], gates: Gates, *, reference_top1: float | None = None
           ) -> tuple[bool, str | None]:
-    """Apply the gate of ``row["precision"]`` to a report row: ``(passed, why)``.
+    """Apply the gate of ``row["gated_as"]`` (else ``row["precision"]``) to a report row:
+    ``(passed, why)``.
 
     ``why`` is ``None`` when the row passes, else every failed limit, e.g.
     ``"top-1 agreement 0.9950 < 0.999; top-1 drop 0.40 pp > 0.1 pp"``. The reference top-1 is
     taken from ``reference_top1`` or derived from ``top1 + top1_drop_pp / 100``.
     """
-    gate = gates.for_precision(row["precision"])
+    # A row is gated as the looser of its file's precision and what its backend computed in
+    # (``gated_as``: an FP32 file computed in bfloat16 meets the bf16 gate); older rows lack it.
+    precision = row.get("gated_as") or row["precision"]
+    gate = gates.for_precision(precision)
     top1 = float(row["top1"])
     drop_pp = float(row["top1_drop_pp"])
     ref_top1 = reference_top1 if reference_top1 is not None else top1 + drop_pp / 100
@@ -158,16 +186,5 @@ def check(row: dict[str, Any], gates: Gates, *, reference_top1: float | None = N
                 f"< {gate.min_top1_ratio:.2%}"
             )
     if failures:
-        return False, f"{row['precision']} gate: " + "; ".join(failures)
+        return False, f"{precision} gate: " + "; ".join(failures)
     return True, None
-
-
-def check_gate_flags(max_top1_drop: float | None, min_agreement: float | None,
-                     fp16_min_ratio: float | None, int8_min_ratio: float | None) -> None:
-    """The gate flags of `porter evaluate` and `porter gate`: finite numbers in their ranges."""
-    from port.limits import check_float
-
-    check_float("--max-top1-drop", max_top1_drop, lo=0.0, hi=100.0)
-    for flag, value in (("--min-agreement", min_agreement), ("--fp16-min-ratio", fp16_min_ratio),
-                        ("--int8-min-ratio", int8_min_ratio)):
-        check_float(flag, value, lo=0.0, hi=1.0)

@@ -71,17 +71,18 @@ def write_report(report: dict[str, Any], out_dir: str | Path, *,
 
 # -- per-image outputs -------------------------------------------------------------------------
 def write_outputs(outputs: Outputs, path: Path) -> dict[str, Any]:
-    """``outputs.npz``: ``labels`` (int64) and, per row that ran, ``logits/<artifact>`` (float32
-    images x classes) and ``predictions/<artifact>`` (int64 top-1 class); returns its summary for
+    """``outputs.npz``: ``labels`` (int64) and, per row that ran, ``logits/<row>`` (float32
+    images x classes) and ``predictions/<row>`` (int64 top-1 class), ``<row>`` being
+    ``artifact@backend`` (report schema 2); returns its summary for
     report.json: ``{"file", "sha256", "rows", "images", "classes"}``.
 
     Plain arrays only (``np.load(..., allow_pickle=False)`` reads it), written atomically.
     """
     arrays: dict[str, np.ndarray] = {"labels": np.asarray(outputs.labels, dtype=np.int64)}
-    for artifact, logits in outputs.logits.items():
+    for row, logits in outputs.logits.items():
         logits = np.asarray(logits, dtype=np.float32)
-        arrays[f"logits/{artifact}"] = logits
-        arrays[f"predictions/{artifact}"] = logits.argmax(axis=1).astype(np.int64)
+        arrays[f"logits/{row}"] = logits
+        arrays[f"predictions/{row}"] = logits.argmax(axis=1).astype(np.int64)
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, **arrays)
     first = next(iter(outputs.logits.values()))
@@ -143,7 +144,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     for row in report["rows"]:
         lat, thr = row.get("latency_ms") or {}, row.get("throughput") or {}
         lines.append(_md_row([
-            f"`{row['artifact']}`", row["backend"], row["device"] or "-", row["precision"],
+            f"`{row['artifact']}`", row["backend"], row["device"] or "-", precision_text(row),
             _pct(row["top1"]), _pct(row["top5"]), _num(row["top1_drop_pp"], ".2f"),
             _num(row["agreement"], ".4f"), _num(row["max_abs_diff"], ".2e"),
             _num(row["mean_abs_diff"], ".2e"),
@@ -179,8 +180,10 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines.append(_md_row([precision, *(_num(gate.get(k), "g") for k in
                                            ("min_agreement", "max_top1_drop_pp",
                                             "min_top1_ratio"))]))
-    lines += ["", "`-` = not checked. fp32 must compute the same function; fp16/int8 must keep "
-              "the stated fraction of the reference top-1 (MLPerf convention).", "",
+    lines += ["", "`-` = not checked. fp32 must compute the same function; fp16/bf16/int8 must "
+              "keep the stated fraction of the reference top-1 (MLPerf convention). A row is "
+              "gated as the looser of its file's precision and what its backend computed in "
+              "(`fp32→bf16`: the bf16 gate).", "",
               "![latency](latency.png)", "", "![accuracy vs latency](accuracy_vs_latency.png)", ""]
     return "\n".join(lines)
 
@@ -209,7 +212,7 @@ def render_table(report: dict[str, Any]) -> Any:
         else:
             mark = f"[red]FAIL[/red] {row['why'] or ''}"
         table.add_row(
-            row["artifact"], row["backend"], row["device"] or "-", row["precision"],
+            row["artifact"], row["backend"], row["device"] or "-", precision_text(row),
             _pct(row["top1"]), _num(row["top1_drop_pp"], "+.2f"), _num(row["agreement"], ".4f"),
             _num(row["max_abs_diff"], ".1e"), *(_num(lat.get(b, {}).get("p50"), ".2f")
                                                 for b in sizes),
@@ -307,7 +310,18 @@ def _range(pair: list[float] | None) -> str:
 
 
 def _label(row: dict[str, Any]) -> str:
-    return f"{row['artifact']} [{row['backend']}, {row['precision']}]"
+    return f"{row['artifact']} [{row['backend']}, {precision_text(row)}]"
+
+
+def precision_text(row: dict[str, Any]) -> str:
+    """The file's precision, and what the backend computed in where that differs
+    (``fp32→bf16``): a bf16 run is never shown as FP32."""
+    computed = row.get("compute_precision")
+    if not computed or computed == row["precision"]:
+        return str(row["precision"])
+    if computed.split("+")[0] == row["precision"]:  # int8+fp32: int8 kernels, the rest FP32
+        return str(computed)
+    return f"{row['precision']}→{computed}"
 
 
 def _verdict(row: dict[str, Any]) -> str:

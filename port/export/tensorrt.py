@@ -51,7 +51,7 @@ from port.export.trt_options import (
     check_build_gpu,
     plan_build,
 )
-from port.hostinfo import TENSORRT_DISTRIBUTIONS, dist_version, parse_version
+from port.hostinfo import parse_version, tensorrt_version
 from port.models.card import ModelCard
 
 _MODELOPT_METHODS = {"entropy": "entropy", "minmax": "max"}  # porter name -> modelopt name
@@ -67,7 +67,7 @@ def installed_trt_major() -> int:
     """
     version = None
     if importlib.util.find_spec("tensorrt") is not None:
-        version = dist_version(*TENSORRT_DISTRIBUTIONS)
+        version = tensorrt_version()
     if version is None:
         raise BackendUnavailable(TENSORRT_MISSING)
     if importlib.util.find_spec("pycuda") is None:

@@ -12,6 +12,7 @@ from port.errors import ModelError, UsageError
 from port.limits import MAX_BATCH, MAX_CLASSES, MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, check_card
 
 if TYPE_CHECKING:
+    from port.data.spec import DataSpec
     from port.importing.request import ImportRequest
     from port.models.card import ModelCard
     from port.models.onnx_signature import Signature
@@ -20,8 +21,32 @@ if TYPE_CHECKING:
 _HEAD_WEIGHTS = ("fc.weight", "linear.weight", "classifier.weight")
 
 
-def class_names(req: ImportRequest) -> list[str] | None:
-    """Class names from --classes (a list or a file), or from --data's folders."""
+class DataFlag:
+    """``--data`` as given, parsed the first time a card field needs the data set and then
+    reused: one parse per import (a folder's parse lists it), and none at all when the other
+    flags leave the card nothing to take from it."""
+
+    def __init__(self, text: str | None) -> None:
+        self.text = text
+        self._spec: DataSpec | None = None
+
+    @property
+    def given(self) -> bool:
+        """Whether ``--data`` was passed."""
+        return bool(self.text)
+
+    def spec(self) -> DataSpec:
+        """The parsed data set (``DataError`` when the text names none); only when given."""
+        if self._spec is None:
+            from port.data.spec import parse_data_spec
+
+            self._spec = parse_data_spec(self.text or "")
+        return self._spec
+
+
+def class_names(req: ImportRequest, data: DataFlag | None = None) -> list[str] | None:
+    """Class names from --classes (a list or a file), or from --data's folders (``data``: the
+    import's parsed-once --data; default: ``req.data``)."""
     if req.classes:
         path = Path(req.classes)
         try:
@@ -39,11 +64,11 @@ def class_names(req: ImportRequest) -> list[str] | None:
         else:
             names = [c.strip() for c in req.classes.split(",") if c.strip()]
         return names
-    if req.data:
+    data = data if data is not None else DataFlag(req.data)
+    if data.given:
         from port.data.datasets import dataset_classes
-        from port.data.spec import parse_data_spec
 
-        return dataset_classes(parse_data_spec(req.data))
+        return dataset_classes(data.spec())
     return None
 
 
@@ -92,22 +117,21 @@ def _num_classes(req: ImportRequest, names: list[str] | None, inferred: int | No
     return num_classes
 
 
-def _image_size(req: ImportRequest, sig: Signature | None) -> int:
+def _image_size(req: ImportRequest, sig: Signature | None, data: DataFlag) -> int:
     """The input size: the graph's fixed one, else --image-size, else the data set's."""
     graph_size = _size_from_graph(req, sig) if sig is not None else None
     if graph_size is not None:
         return graph_size
     if req.image_size is not None:
         return req.image_size
-    if req.data:
+    if data.given:
         from port.data.datasets import native_image_size
-        from port.data.spec import parse_data_spec
 
-        return native_image_size(parse_data_spec(req.data))
+        return native_image_size(data.spec())
     raise UsageError("cannot tell the input size: pass --image-size (or --data)")
 
 
-def _mean_std(req: ImportRequest, size: int, channels: int
+def _mean_std(req: ImportRequest, size: int, channels: int, data: DataFlag
               ) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """--mean/--std (one value per input channel), else the data set's for colour input."""
     per_channel = "R,G,B" if channels == 3 else "one value"
@@ -117,11 +141,10 @@ def _mean_std(req: ImportRequest, size: int, channels: int
                              f"channel{'s' if channels != 1 else ''}: pass {per_channel}")
     if req.mean is not None and req.std is not None:
         return req.mean, req.std
-    if req.data and channels == 3:
+    if data.given and channels == 3:
         from port.data.datasets import default_preprocess
-        from port.data.spec import parse_data_spec
 
-        pre = default_preprocess(parse_data_spec(req.data), image_size=size)
+        pre = default_preprocess(data.spec(), image_size=size)
         return req.mean or pre.mean, req.std or pre.std
     raise UsageError(f"cannot tell the normalisation: pass --mean and --std "
                      f"({per_channel} each)")
@@ -138,7 +161,8 @@ def card_from_flags(req: ImportRequest, arch: str, inferred_classes: int | None,
     from port.data.preprocess import Preprocess
     from port.models.card import ModelCard
 
-    names = class_names(req)
+    data = DataFlag(req.data)  # parsed when first needed, once for every field below
+    names = class_names(req, data)
     num_classes = _num_classes(req, names, inferred_classes, sig)
     if names is None:
         names = [f"class_{i}" for i in range(num_classes)]
@@ -147,8 +171,8 @@ def card_from_flags(req: ImportRequest, arch: str, inferred_classes: int | None,
             f"--classes names {len(names)} classes but the model has {num_classes}: "
             "pass one name per output"
         )
-    size = _image_size(req, sig)
-    mean, std = _mean_std(req, size, sig.channels if sig is not None else 3)
+    size = _image_size(req, sig, data)
+    mean, std = _mean_std(req, size, sig.channels if sig is not None else 3, data)
     kwargs = {"width": req.width} if req.width is not None else {}
     pre = Preprocess.for_size(size, mean, std)
     if req.color_order is not None:  # what the model was trained on; no file says it

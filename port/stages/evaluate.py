@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
-from port.errors import ManifestError, UsageError
+from port.errors import ManifestError
 from port.formats import exported_kinds
 from port.limits import MAX_BATCH, MAX_IMAGES, check_int
 from port.manifest import Manifest, Record, run_lock
@@ -37,11 +37,15 @@ class EvaluateRequest:
     fp16_min_ratio: float | None = None
     int8_min_ratio: float | None = None
     download: bool = False
-    # INT8 graphs on ONNX Runtime's CPU provider: auto | exact | fast (port.engines.int8_cpu).
-    int8_cpu_kernels: str = "auto"
-    # INT8 graphs on ONNX Runtime's CPU provider: cpu (the file's CPU form) | file (as written);
-    # see port.engines.int8_cpu_graph.
-    int8_cpu_graph: str = "cpu"
+    # The backends whose rows to make (port.formats.BACKENDS names; None: the default ones
+    # installed here, see port.evaluate.plan).
+    backends: tuple[str, ...] | None = None
+    # Backend options by name (port.formats.backend_options(): int8_cpu_kernels, int8_cpu_graph,
+    # openvino_device, ...); absent ones take the option's default.
+    backend_options: dict[str, Any] = field(default_factory=dict)
+    # --gate PRECISION.LIMIT=VALUE overrides (port.evaluate.gates.parse_gate_overrides), applied
+    # after the four alias flags above.
+    gate: tuple[str, ...] = ()
     # Evaluate on data whose class names differ from the model's (same count): recorded.
     ignore_class_names: bool = False
     # Decoding processes (None: stream.default_workers(); 0: in this process).
@@ -49,23 +53,26 @@ class EvaluateRequest:
 
 
 def _gates(req: EvaluateRequest) -> Any:
-    """Default gates with the user's overrides applied."""
-    from port.evaluate.gates import default_gates
+    """Default gates with the user's overrides applied (aliases, then --gate)."""
+    from port.evaluate.gates import Gates, gate_overrides
 
-    return default_gates(
-        fp32_max_top1_drop_pp=req.max_top1_drop,
-        fp32_min_agreement=req.min_agreement,
-        fp16_min_top1_ratio=req.fp16_min_ratio,
-        int8_min_top1_ratio=req.int8_min_ratio,
-    )
+    return Gates().with_overrides(gate_overrides(_gate_aliases(req), req.gate))
 
 
-def _candidate(manifest: Manifest, record: Record, precision: str,
+def _gate_aliases(req: EvaluateRequest) -> dict[str, float | None]:
+    """The four alias flags' values (port.evaluate.gates.GATE_ALIASES)."""
+    return {"--max-top1-drop": req.max_top1_drop, "--min-agreement": req.min_agreement,
+            "--fp16-min-ratio": req.fp16_min_ratio, "--int8-min-ratio": req.int8_min_ratio}
+
+
+def _candidate(manifest: Manifest, record: Record, precision: str, backend: str,
                req: EvaluateRequest) -> Any:
-    """An evaluate Candidate whose runner is made from the artifact's file when needed."""
+    """An evaluate Candidate for ``record`` on ``backend``; its runner is made from the
+    artifact's file only when the row runs."""
     from port import engines
     from port.engines.adapter import adapt
     from port.evaluate.compare import Candidate
+    from port.formats import BACKENDS
 
     path = manifest.run_dir / record.path
     # The runner takes porter's canonical batch and feeds the graph what its card says (layout,
@@ -74,15 +81,15 @@ def _candidate(manifest: Manifest, record: Record, precision: str,
     card = reference_card(manifest, record) if record.typed_params.card else None
     notes = {}
     how = ((record.metrics or {}).get("ort_cpu") or {}).get("how")
-    if how:  # the FP16 exporter measured how ONNX Runtime's CPU provider runs this graph
+    if how and backend == "onnxruntime":  # the FP16 exporter measured how ORT's CPU runs it
         notes["CPUExecutionProvider"] = how
-    # The INT8 kernel choice only concerns ONNX Runtime, i.e. .onnx files.
-    kwargs = ({"int8_kernels": req.int8_cpu_kernels, "int8_graph": req.int8_cpu_graph}
-              if record.kind == "onnx" else {})
+    # The backend's own options only (the INT8 kernel choice concerns ONNX Runtime alone).
+    kwargs = BACKENDS[backend].runner_kwargs(req.backend_options)
     return Candidate(
         artifact_id=record.id, precision=precision, kind=record.kind, path=path,
-        size_bytes=_model_bytes(manifest, record),
-        make_runner=lambda: adapt(engines.load(path, **kwargs), card), notes=notes,
+        size_bytes=_model_bytes(manifest, record), backend=backend,
+        make_runner=lambda: adapt(engines.load(path, backend=backend, **kwargs), card),
+        notes=notes,
     )
 
 
@@ -119,16 +126,13 @@ def _exports(manifest: Manifest, ref: Record) -> list[Record]:
 
 def run_evaluate(run: Path, req: EvaluateRequest, *, console: Console) -> bool:
     """Evaluate, write ``RUN/report/`` and record it; returns whether every gate passed."""
-    from port.engines.int8_cpu import INT8_KERNEL_MODES
+    from port.formats import normalize_backend_options, parse_backends
 
-    if req.int8_cpu_kernels not in INT8_KERNEL_MODES:
-        raise UsageError(f"--int8-cpu-kernels {req.int8_cpu_kernels} is not known: choose one of "
-                         f"{', '.join(INT8_KERNEL_MODES)}")
-    from port.engines.onnxrt import INT8_GRAPH_FORMS
-
-    if req.int8_cpu_graph not in INT8_GRAPH_FORMS:
-        raise UsageError(f"--int8-cpu-graph {req.int8_cpu_graph} is not known: choose one of "
-                         f"{', '.join(INT8_GRAPH_FORMS)}")
+    # Names and choices are checked before the run is touched (the CLI did it already; an API
+    # caller's request is held to the same rules).
+    req.backend_options = normalize_backend_options(req.backend_options)
+    if req.backends is not None:
+        req.backends = parse_backends(",".join(req.backends))
     _check_flags(req)
     manifest = open_run(run)
     # Held from the first read to the record: the report's parents are the files its rows
@@ -137,12 +141,44 @@ def run_evaluate(run: Path, req: EvaluateRequest, *, console: Console) -> bool:
         return _evaluate_locked(run, manifest, req, console=console)
 
 
+def _rows(manifest: Manifest, ref: Record, req: EvaluateRequest, console: Console
+          ) -> tuple[Any, list[Any], list[Record]]:
+    """The reference candidate, one candidate per (artifact, backend) row
+    (:func:`port.evaluate.plan.plan_rows`), and the export records they read."""
+    from port import engines
+    from port.evaluate.plan import Artifact, plan_rows
+
+    # An imported INT8/FP16 ONNX is recorded as such (port.models.onnx_signature): its row and
+    # gate say what it is; trained and state-dict references are FP32.
+    ref_art = Artifact(ref.id, ref.kind, (ref.params or {}).get("precision") or "fp32")
+    exports = _exports(manifest, ref) if req.compare else []
+    if req.compare and not exports:
+        console.print("[yellow]no exports in this run yet: only the reference is evaluated "
+                      "(porter export --to onnx first)[/yellow]")
+    plan = plan_rows(ref_art, [Artifact(r.id, r.kind, r.typed_params.precision) for r in exports],
+                     compare=req.compare, chosen=req.backends, available=engines.available)
+    for note in plan.notes:
+        console.print(f"[yellow]{note}[/yellow]")
+    records = {r.id: r for r in (ref, *exports)}
+
+    def make(row: Any) -> Any:
+        return _candidate(manifest, records[row.artifact.id], row.artifact.precision,
+                          row.backend, req)
+
+    return make(plan.reference), [make(row) for row in plan.candidates], exports
+
+
+def _resolved_backend_options(req: EvaluateRequest) -> dict[str, Any]:
+    """Every backend option's value this evaluation ran with (given, else its default)."""
+    from port.formats import backend_options
+
+    return {name: req.backend_options.get(name, option.default)
+            for name, option in backend_options().items()}
+
+
 def _check_flags(req: EvaluateRequest) -> None:
     """Gate values must be finite numbers in their range; counts in theirs (before any load)."""
-    from port.evaluate.gates import check_gate_flags
-
-    check_gate_flags(req.max_top1_drop, req.min_agreement, req.fp16_min_ratio,
-                     req.int8_min_ratio)
+    _gates(req)  # every gate value checked before any load
     check_int("--limit", req.limit, 1, MAX_IMAGES)
     check_int("--workers", req.workers, 0, MAX_WORKERS)
     for size in req.batch_sizes:
@@ -179,18 +215,7 @@ def _evaluate_locked(run: Path, manifest: Manifest, req: EvaluateRequest, *,
     in_flight = min(len(stream), (stream.prefetch + 2) * stream.chunk_size)
     check_eval_numbers(None, req.batch_sizes, card, in_flight)
 
-    # An imported INT8/FP16 ONNX is recorded as such (port.models.onnx_signature): its row and
-    # gate say what it is; trained and state-dict references are FP32.
-    reference_candidate = _candidate(manifest, ref, (ref.params or {}).get("precision") or "fp32",
-                                     req)
-    candidates = []
-    exports: list[Record] = []
-    if req.compare:
-        exports = _exports(manifest, ref)
-        candidates = [_candidate(manifest, r, r.typed_params.precision, req) for r in exports]
-        if not candidates:
-            console.print("[yellow]no exports in this run yet: only the reference is evaluated "
-                          "(porter export --to onnx first)[/yellow]")
+    reference_candidate, candidates, exports = _rows(manifest, ref, req, console)
     dataset = {"spec": str(spec), "split": "val", "images": len(stream),
                "limit": req.limit}
     # The plots' helper loads matplotlib beside the pass and is ready before latency is timed.
@@ -214,8 +239,8 @@ def _evaluate_locked(run: Path, manifest: Manifest, req: EvaluateRequest, *,
         companions=[p for p in written if p != report_json],
         params=ReportParams(data=str(spec), limit=req.limit, batch_sizes=list(req.batch_sizes),
                             compare=req.compare,
-                            extra={"int8_cpu_kernels": req.int8_cpu_kernels,
-                                   "int8_cpu_graph": req.int8_cpu_graph,
+                            extra={**_resolved_backend_options(req),
+                                   "backends": list(req.backends) if req.backends else None,
                                    "ignore_class_names": req.ignore_class_names,
                                    "class_names_differ": differ}),
         metrics={"passed": report["passed"], "rows": len(report["rows"])},

@@ -36,40 +36,60 @@ class GateRequest:
     min_agreement: float | None = None
     fp16_min_ratio: float | None = None
     int8_min_ratio: float | None = None
+    gate: tuple[str, ...] = ()  # --gate PRECISION.LIMIT=VALUE, applied after the aliases
+
+    def overrides(self) -> dict[str, dict[str, float | None]]:
+        """The thresholds asked for, checked (port.evaluate.gates.gate_overrides)."""
+        from port.evaluate.gates import gate_overrides
+
+        return gate_overrides({"--max-top1-drop": self.max_top1_drop,
+                               "--min-agreement": self.min_agreement,
+                               "--fp16-min-ratio": self.fp16_min_ratio,
+                               "--int8-min-ratio": self.int8_min_ratio}, self.gate)
+
+
+def row_key(report: dict[str, Any], row: dict[str, Any]) -> str:
+    """A row's key in outputs.npz: ``artifact@backend`` (report schema 2), the artifact id in
+    reports made before rows were per backend (schema 1)."""
+    return row.get("row") or (row["artifact"] if report.get("schema", 1) < 2
+                              else f"{row['artifact']}@{row['backend']}")
 
 
 def run_gate(run: Path, req: GateRequest) -> dict[str, Any]:
-    """The verdicts: ``{"passed", "run", "gates", "rows": [{artifact, precision, passed, why,
-    top1, top1_drop_pp, agreement}]}``; ``passed`` is True when every row that ran passes."""
+    """The verdicts: ``{"passed", "run", "gates", "rows": [{row, artifact, backend, precision,
+    gated_as, passed, why, top1, top1_drop_pp, agreement}]}``; ``passed`` is True when every
+    row that ran passes. Every (artifact, backend) row is re-gated on its own logits."""
     from port.evaluate.accuracy import accuracy
     from port.evaluate.compare import verdict
     from port.evaluate.parity import parity
 
-    _check_flags(req)
+    overrides = req.overrides()  # thresholds checked before any file is read
     report_path, report = _read_report(run)
     labels, logits = _read_outputs(report_path.parent, report)
-    gates = _gates(report, req)
-    ref_id = report["reference"]["artifact"]
+    gates = _gates(report, overrides)
+    ref_id = report["reference"].get("row") or row_key(report, report["rows"][0])
     ref_acc = accuracy(logits[ref_id], labels)
     rows = []
     for row in report["rows"]:
-        if row["artifact"] not in logits:  # a skipped row: nothing ran, nothing to gate
-            rows.append({"artifact": row["artifact"], "precision": row["precision"],
-                         "passed": None, "why": row.get("why"), "top1": None,
+        key = row_key(report, row)
+        head = {"row": key, "artifact": row["artifact"], "backend": row.get("backend"),
+                "precision": row["precision"],
+                "gated_as": row.get("gated_as") or row["precision"]}
+        if key not in logits:  # a skipped row: nothing ran, nothing to gate
+            rows.append({**head, "passed": None, "why": row.get("why"), "top1": None,
                          "top1_drop_pp": None, "agreement": None})
             continue
-        got = logits[row["artifact"]]
+        got = logits[key]
         acc = accuracy(got, labels)
         par = parity(got, logits[ref_id])
         fresh = {**row, "top1": acc["top1"], "top5": acc["top5"],
                  "top1_drop_pp": (ref_acc["top1"] - acc["top1"]) * 100.0, **par}
         _same_numbers(row, fresh, report_path)
-        if row["artifact"] == ref_id:
+        if key == ref_id:
             passed, why = True, None
         else:
             passed, why = verdict(fresh, gates, ref_acc["top1"])
-        rows.append({"artifact": row["artifact"], "precision": row["precision"],
-                     "passed": passed, "why": why, "top1": fresh["top1"],
+        rows.append({**head, "passed": passed, "why": why, "top1": fresh["top1"],
                      "top1_drop_pp": fresh["top1_drop_pp"], "agreement": fresh["agreement"]})
     ran = [r for r in rows if r["passed"] is not None]
     return {"passed": all(r["passed"] for r in ran), "run": str(run),
@@ -77,15 +97,7 @@ def run_gate(run: Path, req: GateRequest) -> dict[str, Any]:
             "gates": gates.to_dict(), "rows": rows}
 
 
-def _check_flags(req: GateRequest) -> None:
-    """Thresholds in their ranges, before any file is read."""
-    from port.evaluate.gates import check_gate_flags
-
-    check_gate_flags(req.max_top1_drop, req.min_agreement, req.fp16_min_ratio,
-                     req.int8_min_ratio)
-
-
-def _gates(report: dict[str, Any], req: GateRequest) -> Any:
+def _gates(report: dict[str, Any], overrides: dict[str, dict[str, float | None]]) -> Any:
     """The report's recorded gates with the command line's thresholds replacing theirs."""
     from port.evaluate.gates import Gates
 
@@ -94,13 +106,7 @@ def _gates(report: dict[str, Any], req: GateRequest) -> Any:
     except UsageError as err:
         raise DataError(f"report.json records gates porter does not know ({err}): re-run "
                         "porter evaluate") from None
-    wanted = {
-        "fp32": {"max_top1_drop_pp": req.max_top1_drop, "min_agreement": req.min_agreement},
-        "fp16": {"min_top1_ratio": req.fp16_min_ratio},
-        "int8": {"min_top1_ratio": req.int8_min_ratio},
-    }
-    return gates.with_overrides({p: {k: v for k, v in limits.items() if v is not None}
-                                 for p, limits in wanted.items()})
+    return gates.with_overrides(overrides)
 
 
 def _read_report(run: Path) -> tuple[Path, dict[str, Any]]:
@@ -148,8 +154,9 @@ def _read_outputs(report_dir: Path, report: dict[str, Any]
                       for row in info["rows"]}
     except (OSError, ValueError, KeyError) as err:
         raise DataError(f"{path} cannot be read ({err}): {fix}") from None
-    ran = [r["artifact"] for r in report["rows"] if r.get("top1") is not None]
-    if sorted(ran) != sorted(logits) or report["reference"]["artifact"] not in logits:
+    ran = [row_key(report, r) for r in report["rows"] if r.get("top1") is not None]
+    ref = report["reference"].get("row") or (ran[0] if ran else None)
+    if sorted(ran) != sorted(logits) or ref not in logits:
         raise DataError(f"{path} holds rows {sorted(logits)} but report.json rows that ran are "
                         f"{sorted(ran)}: {fix}")
     images = report.get("dataset", {}).get("images")
@@ -165,7 +172,8 @@ def _same_numbers(recorded: dict[str, Any], fresh: dict[str, Any], report_path: 
     for key in ("top1", "agreement"):
         was, now = recorded.get(key), fresh[key]
         if was is None or not math.isclose(float(was), float(now), abs_tol=_TOLERANCE):
-            raise DataError(f"{report_path}: row {recorded['artifact']} records {key} {was}, its "
+            raise DataError(f"{report_path}: row {recorded.get('row') or recorded['artifact']} "
+                            f"records {key} {was}, its "
                             f"saved logits give {now}: the files do not belong together; re-run "
                             "porter evaluate")
 
@@ -175,13 +183,20 @@ def gate_lines(result: dict[str, Any]) -> list[str]:
     lines = []
     for row in result["rows"]:
         if row["passed"] is None:
-            lines.append(f"SKIP  {row['artifact']} ({row['precision']}): {row['why']}")
+            lines.append(f"SKIP  {row['row']} ({_gated(row)}): {row['why']}")
             continue
         mark = "PASS" if row["passed"] else "FAIL"
-        lines.append(f"{mark}  {row['artifact']} ({row['precision']}): top-1 "
+        lines.append(f"{mark}  {row['row']} ({_gated(row)}): top-1 "
                      f"{row['top1']:.2%}, drop {row['top1_drop_pp']:.2f} pp, agreement "
                      f"{row['agreement']:.4f}" + (f": {row['why']}" if row["why"] else ""))
     verdict = "PASSED" if result["passed"] else "FAILED"
     lines.append(f"{verdict}: {result['images']} images re-gated from {result['report']} "
                  "(recorded report unchanged)")
     return lines
+
+
+def _gated(row: dict[str, Any]) -> str:
+    """``fp32`` or, for a row gated as another precision, ``fp32 gated as bf16``."""
+    if row["gated_as"] == row["precision"]:
+        return row["precision"]
+    return f"{row['precision']} gated as {row['gated_as']}"

@@ -67,7 +67,7 @@ def test_bgr_model_evaluates_like_its_rgb_twin(cifar_subset_dir: Path, tmp_path:
                   "--workers", "0")
         assert got.code == 0, got.err
         with np.load(run / "report" / "outputs.npz") as outputs:
-            logits[name] = outputs["logits/model"]
+            logits[name] = outputs["logits/model@onnxruntime"]
     # Same model, same images: only the order of a 3-term sum differs.
     np.testing.assert_allclose(logits["bgr"], logits["rgb"], rtol=0, atol=1e-5)
     assert np.array_equal(logits["bgr"].argmax(1), logits["rgb"].argmax(1))

@@ -113,8 +113,11 @@ def test_load_picks_the_runner_by_suffix(tiny: Tiny, tmp_path: Path) -> None:
     assert isinstance(engines.load(tiny.onnx, providers=[CPU_EP]), OnnxRuntimeRunner)
     assert isinstance(engines.load(tiny.onnx, backend="onnxruntime"), OnnxRuntimeRunner)
     assert engines.RUNNERS["onnxruntime"] is OnnxRuntimeRunner
-    assert set(engines.RUNNERS) == {"torch", "onnxruntime", "tensorrt"}
-    with pytest.raises(UsageError, match=r"porter runs \.onnx, \.engine, \.plan, \.pt, \.pth"):
+    assert set(engines.RUNNERS) == {"torch", "onnxruntime", "openvino", "openvino-bf16",
+                                    "openvino-f16", "tensorrt"}
+    with pytest.raises(UsageError, match=r"the tensorrt backend does not run \.onnx files"):
+        engines.load(tiny.onnx, backend="tensorrt")
+    with pytest.raises(UsageError, match=r"porter runs \.onnx, .*\.engine, \.plan, \.pt, \.pth"):
         engines.load(tmp_path / "model.tflite")
     with pytest.raises(UsageError, match="unknown backend 'tvm'"):
         engines.load(tiny.onnx, backend="tvm")

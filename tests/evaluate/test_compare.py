@@ -20,10 +20,11 @@ from port.evaluate.gates import Gates
 from port.models.card import ModelCard
 
 # DESIGN.md "Evaluate report", field by field.
-TOP_LEVEL = {"passed", "dataset", "reference", "rows"}
-REFERENCE = {"artifact", "backend", "device", "top1"}
-ROW = {"artifact", "backend", "device", "precision", "top1", "top5", "top1_drop_pp", "agreement",
-       "max_abs_diff", "mean_abs_diff", "latency_ms", "throughput", "size_bytes", "passed", "why"}
+TOP_LEVEL = {"schema", "passed", "dataset", "reference", "rows"}
+REFERENCE = {"row", "artifact", "backend", "device", "top1"}
+ROW = {"row", "artifact", "backend", "device", "precision", "compute_precision", "gated_as",
+       "top1", "top5", "top1_drop_pp", "agreement", "max_abs_diff", "mean_abs_diff",
+       "latency_ms", "throughput", "size_bytes", "passed", "why"}
 LATENCY = {"p50", "p90", "p99", "mean", "runs", "repeats", "p50_range", "p99_range"}
 FAST = {"warmup": 1, "min_runs": 3, "min_seconds": 0.0}
 
@@ -39,8 +40,10 @@ def test_report_is_schema_complete(torch_and_onnx_report: dict, artifacts: dict[
     assert set(report["reference"]) == REFERENCE
     with torch.inference_mode():
         expected = accuracy(eval_model[0](torch.from_numpy(images)).numpy(), labels)
-    assert report["reference"] == {"artifact": "model", "backend": "torch", "device": "cpu",
-                                   "top1": expected["top1"]}
+    assert report["reference"] == {"row": "model@torch", "artifact": "model", "backend": "torch",
+                                   "device": "cpu", "top1": expected["top1"]}
+    assert report["schema"] == 2
+    assert [r["row"] for r in report["rows"]] == ["model@torch", "onnx-fp32@onnxruntime"]
     ref_row, onnx_row = report["rows"]
     for row in report["rows"]:
         assert set(row) >= ROW, ROW - set(row)
@@ -135,11 +138,14 @@ def test_bad_requests_fail_before_any_work(artifacts: dict[str, Path],
         return engines.load(ckpt)
 
     ref = Candidate("model", "fp32", "checkpoint", ckpt, None, factory)
-    with pytest.raises(UsageError, match="no accuracy gate for precision 'bf16'"):
-        evaluate(ref, [Candidate("x", "bf16", "onnx", None, None, factory)], images, labels,
+    with pytest.raises(UsageError, match="no accuracy gate for precision 'fp8'"):
+        evaluate(ref, [Candidate("x", "fp8", "onnx", None, None, factory)], images, labels,
                  progress=False, gates=Gates())
     with pytest.raises(UsageError, match="batch sizes"):
         evaluate(ref, [], images, labels, batch_sizes=(0,), progress=False)
+    with pytest.raises(UsageError, match=r"same \(artifact, backend\) row twice"):
+        evaluate(ref, [Candidate("model", "fp32", "checkpoint", ckpt, None, factory)], images,
+                 labels, progress=False)
     assert made == []
 
 

@@ -24,12 +24,13 @@ from .conftest import FAST_LATENCY
 
 @pytest.fixture(scope="module")
 def evaluated_run(tmp_path_factory: pytest.TempPathFactory, artifacts: dict[str, Path]) -> Path:
-    """The session's tiny ONNX imported as a run's reference and evaluated by the real CLI
-    (ONNX Runtime only, decoding in-process: the cheapest real evaluate there is)."""
+    """The session's tiny ONNX imported as a run's reference and evaluated by the real CLI on
+    ONNX Runtime (the reference row) and OpenVINO (a second row of the same file), decoding
+    in-process: the cheapest real evaluate with two (artifact, backend) rows."""
     run = tmp_path_factory.mktemp("gate") / "run"
     for args in (("import", artifacts["onnx"], "--run", run, "--data", "synthetic"),
                  ("evaluate", "--run", run, "--limit", "40", "--batch-sizes", "4",
-                  "--workers", "0")):
+                  "--workers", "0", "--backends", "OpenVINO")):
         done = cli(*args)
         assert done.code == 0, done.err
     return run
@@ -42,18 +43,28 @@ def _files(run: Path) -> dict[str, str]:
 
 def test_evaluate_saves_outputs_and_gate_rechecks_them(evaluated_run: Path) -> None:
     report = json.loads((evaluated_run / "report" / "report.json").read_text())
-    assert report["outputs"]["rows"] == ["model"]
+    assert report["outputs"]["rows"] == ["model@onnxruntime", "model@openvino"]
+    assert [(r["artifact"], r["backend"]) for r in report["rows"]] == [
+        ("model", "onnxruntime"), ("model", "openvino")]
+    assert report["rows"][1]["compute_precision"] == "fp32"  # the f32 hint, set explicitly
     assert report["outputs"]["images"] == 40
     record = Manifest(evaluated_run).get("report")
     assert record is not None and "report/outputs.npz" in record.metrics["files"]
     before = _files(evaluated_run)
     done = cli("gate", "--run", evaluated_run)
     assert done.code == 0, done.err
-    assert "PASS  model (fp32)" in done.out and "PASSED: 40 images" in done.out
+    assert "PASS  model@onnxruntime (fp32)" in done.out and "PASSED: 40 images" in done.out
+    assert "PASS  model@openvino (fp32)" in done.out
     as_json = cli("gate", "--run", evaluated_run, "--json", "--min-agreement", "1")
     assert as_json.code == 0, as_json.err
     result = json.loads(as_json.out)
     assert result["gates"]["fp32"]["min_agreement"] == 1.0
+    # --gate is the general form of the four flags, and the later value wins
+    strict = cli("gate", "--run", evaluated_run, "--json", "--min-agreement", "0.5",
+                 "--gate", "fp32.min_agreement=1", "--gate", "fp32.max_top1_drop_pp=none")
+    assert strict.code == 0, strict.err
+    gates = json.loads(strict.out)["gates"]["fp32"]
+    assert gates["min_agreement"] == 1.0 and gates["max_top1_drop_pp"] is None
     assert [r["top1"] for r in result["rows"]] == [r["top1"] for r in report["rows"]]
     assert _files(evaluated_run) == before  # nothing re-written, nothing recorded
 
@@ -100,10 +111,14 @@ def test_new_thresholds_change_the_verdict(failing_run: Path, broken_evaluation:
     before = _files(failing_run)
     strict = cli("gate", "--run", failing_run)
     assert strict.code == 1, strict.err
-    assert "FAIL  broken (fp32)" in strict.out and "fp32 gate: top-1 agreement" in strict.out
+    assert "FAIL  broken@onnxruntime (fp32)" in strict.out
+    assert "fp32 gate: top-1 agreement" in strict.out
     loose = cli("gate", "--run", failing_run, "--min-agreement", "0", "--max-top1-drop", "100")
     assert loose.code == 0, loose.err + loose.out
-    assert "PASS  broken (fp32)" in loose.out
+    assert "PASS  broken@onnxruntime (fp32)" in loose.out
+    gated = cli("gate", "--run", failing_run, "--gate", "fp32.min_agreement=0",
+                "--gate", "fp32.max_top1_drop_pp=100")
+    assert gated.code == 0 and "PASS  broken@onnxruntime (fp32)" in gated.out
     assert _files(failing_run) == before  # the recorded report keeps evaluate's verdict
 
 
@@ -114,12 +129,13 @@ def test_outputs_that_do_not_match_the_report_are_refused(failing_run: Path,
     # Edited after the record: the manifest sees it.
     with np.load(npz) as f:
         arrays = dict(f)
-    arrays["logits/broken"] = arrays["logits/model"]
+    arrays["logits/broken@onnxruntime"] = arrays["logits/model@torch"]
     np.savez(npz, **arrays)
     refused(cli("gate", "--run", failing_run), "report", "modified")
     # Recorded, but without the rows report.json says ran.
-    _record(failing_run, report, Outputs(outputs.labels, {"model": outputs.logits["model"]}))
-    refused(cli("gate", "--run", failing_run), "outputs.npz holds rows ['model']")
+    _record(failing_run, report, Outputs(outputs.labels,
+                                         {"model@torch": outputs.logits["model@torch"]}))
+    refused(cli("gate", "--run", failing_run), "outputs.npz holds rows ['model@torch']")
     # An older report without per-image outputs.
     _record(failing_run, report, None)
     refused(cli("gate", "--run", failing_run), "no per-image outputs", "porter evaluate")
@@ -132,3 +148,20 @@ def test_outputs_that_do_not_match_the_report_are_refused(failing_run: Path,
 def test_bad_thresholds_and_runs_are_refused(tmp_path: Path) -> None:
     refused(cli("gate", "--run", tmp_path, "--int8-min-ratio", "2"), "--int8-min-ratio")
     refused(cli("gate", "--run", tmp_path / "nowhere"), "no porter run")
+
+
+def test_a_report_from_before_rows_per_backend_is_still_re_gated(
+        failing_run: Path, broken_evaluation: tuple) -> None:
+    """Schema 1 (one row per artifact, outputs.npz keyed by artifact id) is read as it was."""
+    report, outputs = broken_evaluation
+    old = copy.deepcopy(report)
+    old.pop("schema")
+    old["reference"].pop("row")
+    for row in old["rows"]:
+        for key in ("row", "compute_precision", "gated_as"):
+            row.pop(key)
+    by_artifact = {key.split("@")[0]: value for key, value in outputs.logits.items()}
+    _record(failing_run, old, Outputs(outputs.labels, by_artifact))
+    done = cli("gate", "--run", failing_run, "--min-agreement", "0", "--max-top1-drop", "100")
+    assert done.code == 0, done.err
+    assert "PASS  broken (fp32)" in done.out and "PASS  model (fp32)" in done.out

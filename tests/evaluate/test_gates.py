@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from port.errors import UsageError
-from port.evaluate.gates import Gates, PrecisionGate, check, default_gates, parse_gate_overrides
+from port.evaluate.gates import Gates, PrecisionGate, check, gate_overrides, parse_gate_overrides
 
 
 def _row(precision: str, top1: float, ref_top1: float, agreement: float = 1.0,
@@ -57,14 +57,40 @@ def test_non_finite_logits_fail_any_gate() -> None:
     assert not passed and "NaN or inf" in why
 
 
-def test_overrides_and_default_gates() -> None:
-    gates = default_gates(fp32_max_top1_drop_pp=0.5, int8_min_top1_ratio=0.98)
+def test_alias_flags_and_gate_texts_make_one_override() -> None:
+    overrides = gate_overrides({"--max-top1-drop": 0.5, "--int8-min-ratio": 0.98,
+                                "--min-agreement": None})
+    gates = Gates().with_overrides(overrides)
     assert gates.fp32 == PrecisionGate(min_agreement=0.999, max_top1_drop_pp=0.5)
     assert gates.int8.min_top1_ratio == 0.98 and gates.fp16 == Gates().fp16
     assert check(_row("int8", 0.885, 0.9), gates) == (True, None)
-    assert default_gates() == Gates()
-    with pytest.raises(UsageError, match=r"out of range: use 0\.\.1"):
-        default_gates(fp32_min_agreement=1.5)
+    assert Gates().with_overrides(gate_overrides()) == Gates()
+    # --gate comes after the aliases: the later value wins; 'none' switches a limit off
+    later = gate_overrides({"--int8-min-ratio": 0.98},
+                           ["int8.min_top1_ratio=0.95", "fp32.min_agreement=none"])
+    assert later == {"int8": {"min_top1_ratio": 0.95}, "fp32": {"min_agreement": None}}
+    with pytest.raises(UsageError, match=r"--min-agreement must be in \[0\.0, 1\.0\]"):
+        gate_overrides({"--min-agreement": 1.5})
+    with pytest.raises(UsageError, match=r"max_top1_drop_pp must be in \[0\.0, 100\.0\]"):
+        gate_overrides(texts=["fp32.max_top1_drop_pp=101"])
+    with pytest.raises(UsageError, match="unknown precision 'fp8'"):
+        gate_overrides(texts=["fp8.min_top1_ratio=0.9"])
+    with pytest.raises(UsageError, match="unknown gate limit 'ratio'"):
+        gate_overrides(texts=["int8.ratio=0.9"])
+    with pytest.raises(UsageError, match="finite"):
+        gate_overrides(texts=["int8.min_top1_ratio=nan"])
+
+
+def test_a_row_is_gated_as_what_it_computed_in() -> None:
+    """An FP32 file computed in bfloat16 meets the bf16 gate, not the FP32 one."""
+    row = {**_row("fp32", 0.8995, 0.9), "gated_as": "bf16", "agreement": 0.99}
+    assert check(row, Gates()) == (True, None)
+    plain = {**row, "gated_as": None}
+    passed, why = check(plain, Gates())
+    assert not passed and why.startswith("fp32 gate")
+    strict = Gates().with_overrides(gate_overrides(texts=["bf16.min_top1_ratio=1"]))
+    passed, why = check(row, strict)
+    assert not passed and why.startswith("bf16 gate")
 
 
 def test_parse_gate_overrides() -> None:
@@ -79,5 +105,5 @@ def test_parse_gate_overrides() -> None:
         parse_gate_overrides(["int8.min_top1_ratio=high"])
     with pytest.raises(UsageError, match=r"unknown gate limit 'max_ratio'.*min_agreement"):
         Gates().with_overrides({"int8": {"max_ratio": 1.0}})
-    with pytest.raises(UsageError, match="no accuracy gate for precision 'bf16'"):
-        Gates().with_overrides({"bf16": {"min_top1_ratio": 1.0}})
+    with pytest.raises(UsageError, match="no accuracy gate for precision 'fp8'"):
+        Gates().with_overrides({"fp8": {"min_top1_ratio": 1.0}})

@@ -26,14 +26,15 @@ def test_write_report_writes_every_file(tmp_path: Path, torch_and_onnx_evaluatio
     # outputs.npz: what report.json says it is, each row's logits as evaluated, no pickles
     npz_path = written[-1]
     assert report["outputs"] == {"file": "outputs.npz", "sha256": sha256_file(npz_path),
-                                 "rows": ["model", "onnx-fp32"], "images": 40, "classes": 10}
+                                 "rows": ["model@torch", "onnx-fp32@onnxruntime"],
+                                 "images": 40, "classes": 10}
     with np.load(npz_path, allow_pickle=False) as npz:
         assert np.array_equal(npz["labels"], outputs.labels)
-        for row in ("model", "onnx-fp32"):
+        for row in ("model@torch", "onnx-fp32@onnxruntime"):
             assert npz[f"logits/{row}"].dtype == np.float32
             assert np.array_equal(npz[f"logits/{row}"], outputs.logits[row])
             assert np.array_equal(npz[f"predictions/{row}"], outputs.logits[row].argmax(1))
-    top1 = float(np.mean(outputs.logits["model"].argmax(1) == outputs.labels))
+    top1 = float(np.mean(outputs.logits["model@torch"].argmax(1) == outputs.labels))
     assert top1 == report["rows"][0]["top1"]
     for png in written[2:4]:
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
