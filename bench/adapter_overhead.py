@@ -69,9 +69,9 @@ def _times_ms(runner: Any, feed: dict[str, np.ndarray], runs: int) -> list[float
 
 def main() -> None:
     """Print median ms per infer for each pair and the adapted/bare ratio."""
-    from port.cpu import describe
     from port.engines.adapter import AdaptedRunner, GraphIO
     from port.engines.onnxrt import OnnxRuntimeRunner
+    from port.ground.cpu import describe
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=200)

@@ -31,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from port.data.datasets import load_split, materialize
 from port.data.spec import parse_data_spec
-from port.export.metadata import read_card
 from port.export.sensitivity import candidate_nodes, fp32_unit, rank_layers
+from port.models.card_codec import read_card
 
 
 def logits(path: Path, images: np.ndarray) -> np.ndarray:

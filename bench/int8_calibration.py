@@ -64,8 +64,8 @@ def main() -> None:
     from port.data.datasets import load_split, materialize, subset
     from port.data.spec import parse_data_spec
     from port.export.calibration import select_calibration
-    from port.export.metadata import read_card
     from port.export.quantize import quantize_int8
+    from port.models.card_codec import read_card
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     counts = [int(c) for c in args.counts.split(",")]

@@ -85,7 +85,7 @@ def worker(work: Path, rounds: int) -> dict:
     import numpy as np
     import onnxruntime as ort
 
-    from port.cpu import describe
+    from port.ground.cpu import describe
 
     images, labels = np.load(work / "images.npy"), np.load(work / "labels.npy")
     sessions = {}

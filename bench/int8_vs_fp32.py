@@ -217,7 +217,7 @@ def _cifar(workdir: Path, args: argparse.Namespace) -> tuple[float, float] | Non
     from port.data.spec import parse_data_spec
     from port.export.calibration import select_calibration
     from port.export.context import DEFAULT_CALIB_IMAGES
-    from port.export.metadata import read_card
+    from port.models.card_codec import read_card
 
     if not (args.cifar_run / "model.pt").is_file():
         print(f"\nCIFAR-10: skipped, no trained run at {args.cifar_run} (porter train ...)")
@@ -257,7 +257,7 @@ def main() -> None:
     import onnxruntime as ort
     import torch
 
-    from port.cpu import describe
+    from port.ground.cpu import describe
 
     torch.set_num_threads(args.threads)
     print(f"onnxruntime {ort.__version__}; {describe()}; {args.threads} threads, "

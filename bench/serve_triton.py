@@ -110,7 +110,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     args = parser.parse_args()
     _ensure_run(args.run)
-    from port.cpu import describe
+    from port.ground.cpu import describe
 
     with port.load(args.run / "model.fp32.onnx") as predictor:
         x = predictor.preprocess(np.zeros((1, 32, 32, 3), np.uint8))

@@ -18,8 +18,8 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from port.errors import PorterError, UsageError, first_line, os_error_line
-from port.vocab import CHANNELS, EVALUATE_BATCH_SIZES
+from port.ground.errors import PorterError, UsageError, first_line, os_error_line
+from port.ground.vocab import CHANNELS, EVALUATE_BATCH_SIZES
 
 try:  # typer >= 0.22 vendors click privately and exports its exceptions
     from typer import Abort, Exit
@@ -503,7 +503,7 @@ def serve(
 # entry point
 # --------------------------------------------------------------------------------------------
 def _one_line(exc: BaseException) -> str:
-    """The user-facing line of an error: :func:`port.errors.first_line`, uncut.
+    """The user-facing line of an error: :func:`port.ground.errors.first_line`, uncut.
 
     PyTorch re-raises errors from DataLoader workers with the worker's traceback folded into the
     message ("Caught ...\\nOriginal Traceback ..."); the original message is its last line,

@@ -21,7 +21,8 @@ from rich.table import Table
 from rich.text import Text
 
 from port.formats import Backend, Format, export_formats
-from port.hostinfo import has_module, parse_version, probe_machine
+from port.ground.dists import has_module, parse_version
+from port.hostinfo import probe_machine
 
 
 @dataclass
@@ -39,7 +40,7 @@ class Target:
 # --------------------------------------------------------------------------------------------
 def _probe_cpu(ort_ok: bool) -> dict[str, Any]:
     """The CPU (model, int8 flags) and, with ONNX Runtime, whether its int8 kernels saturate."""
-    from port.cpu import cpu_info
+    from port.ground.cpu import cpu_info
 
     info: dict[str, Any] = dict(cpu_info())
     info["ort_int8_saturates"] = None
@@ -206,7 +207,7 @@ def backend_rows(found: dict[str, Any]) -> list[Target]:
     """Every registered backend (``port.formats.BACKENDS``), its version and whether it runs
     here (a :class:`Target` with the backend in ``to`` and its version in ``precision``)."""
     from port.formats import BACKENDS
-    from port.hostinfo import dist_version
+    from port.ground.dists import dist_version
 
     rows = []
     for entry in BACKENDS.values():
@@ -233,7 +234,7 @@ def render(found: dict[str, Any], usable: list[Target]) -> Group:
     machine.add_row("python", f"{found.get('python')} ({found.get('platform')})")
     cpu = found.get("cpu") or {}
     if cpu:
-        from port.cpu import describe
+        from port.ground.cpu import describe
 
         saturates = cpu.get("ort_int8_saturates")
         machine.add_row("CPU", describe(cpu) + (

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, fields, make_dataclass
 from pathlib import Path
 from typing import Any
 
-from port.errors import UsageError
+from port.ground.errors import UsageError
 
 
 # -- precisions -----------------------------------------------------------------------------
@@ -34,7 +34,7 @@ class Precision:
 
     name: str
     description: str
-    # The default accuracy gate (port.evaluate.gates.PrecisionGate limits; None = unchecked).
+    # The default accuracy gate (port.gates.PrecisionGate limits; None = unchecked).
     # fp32 must compute the same function; fp16/int8 keep a fraction of the reference top-1,
     # MLPerf Inference's convention (99.9% "high accuracy", 99% for quantised models).
     gate: Mapping[str, float | None]
@@ -211,7 +211,7 @@ class Backend:
 
     def version(self) -> str | None:
         """The installed version (distribution metadata only: nothing is imported)."""
-        from port.hostinfo import dist_version
+        from port.ground.dists import dist_version
 
         return dist_version(*self.distributions) if self.distributions else None
 

@@ -1,18 +1,16 @@
 """The machine and its software, as plain data: one place for the manifest, reports and doctor.
 
 :func:`env_info` (recorded with every artifact and report): package versions from distribution
-metadata (nothing is imported), the CPU from ``port.cpu``, the GPU name from torch only when the
-process already imported it, else from the NVIDIA driver's ``/proc`` entries; so recording an
-artifact never imports torch. :func:`probe_machine` (``porter doctor``) looks further: it
-imports torch, ONNX Runtime, TensorRT and pycuda where present, each behind the specific errors
-a broken install raises, and never raises itself.
+metadata (nothing is imported), the CPU from ``port.ground.cpu``, the GPU name from torch only
+when the process already imported it, else from the NVIDIA driver's ``/proc`` entries; so
+recording an artifact never imports torch. :func:`probe_machine` (``porter doctor``) looks
+further: it imports torch and each registered runtime where present, each behind the specific
+errors a broken install raises, and never raises itself.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import platform
-import re
 import shutil
 import subprocess
 import sys
@@ -20,7 +18,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from port.cpu import cpu_info
+from port.ground.cpu import cpu_info
+from port.ground.dists import dist_version, has_module
 
 
 def backend_distributions() -> dict[str, tuple[str, ...]]:
@@ -36,32 +35,6 @@ def backend_distributions() -> dict[str, tuple[str, ...]]:
 def tensorrt_version() -> str | None:
     """The installed TensorRT version (whichever CUDA-suffixed wheel provides it)."""
     return dist_version(*backend_distributions()["tensorrt"])
-
-
-def dist_version(*names: str) -> str | None:
-    """Installed version of the first distribution found among ``names`` (metadata only: cheap)."""
-    from importlib import metadata
-
-    for name in names:
-        try:
-            return metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return None
-
-
-def parse_version(text: str | None) -> tuple[int, ...]:
-    """Leading numeric parts: ``'10.3.0.26'`` -> ``(10, 3, 0, 26)``, ``'10.8.0.post1'`` ->
-    ``(10, 8, 0)``, ``'2.15.0+cu132'`` -> ``(2, 15, 0)``; ``()`` when there are none."""
-    parts: list[int] = []
-    for piece in str(text or "").strip().split("."):
-        match = re.match(r"^(\d+)", piece)
-        if not match:
-            break
-        parts.append(int(match.group(1)))
-        if match.group(1) != piece:
-            break
-    return tuple(parts)
 
 
 def _nvidia_gpu_names() -> list[str]:
@@ -104,7 +77,7 @@ def _env_info() -> tuple[tuple[str, Any], ...]:
 
 def env_info() -> dict[str, Any]:
     """Versions of python and the ML packages (None when absent), the device name and the CPU
-    (``port.cpu.cpu_info``: model, int8-relevant flags, whether int8 kernels saturate).
+    (``port.ground.cpu.cpu_info``: model, int8-relevant flags, whether int8 kernels saturate).
 
     A fresh copy each call; computed once per process.
     """
@@ -114,13 +87,6 @@ def env_info() -> dict[str, Any]:
 
 
 # -- what `porter doctor` shows: packages, GPUs, driver (each probe cheap, never raising) ------
-def has_module(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):  # a broken parent package
-        return False
-
-
 def _probe_torch() -> dict[str, Any]:
     info: dict[str, Any] = {"installed": has_module("torch"), "version": None, "cuda": None,
                             "cuda_available": False, "devices": [], "error": None}

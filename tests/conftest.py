@@ -25,7 +25,7 @@ def cifar_archive() -> Path:
 
 def pytest_report_header() -> str:
     """The CPU, first: INT8 expectations depend on it (tests/engines/test_int8_cpu.py)."""
-    from port.cpu import describe
+    from port.ground.cpu import describe
 
     return f"cpu: {describe()}"
 

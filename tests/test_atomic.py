@@ -1,4 +1,4 @@
-"""port.atomic: the final name only ever holds a complete file."""
+"""port.ground.atomic: the final name only ever holds a complete file."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from port.atomic import atomic_path, atomic_write_bytes, atomic_write_text
+from port.ground.atomic import atomic_path, atomic_write_bytes, atomic_write_text
 
 
 def test_write_replaces_and_leaves_no_temp(tmp_path: Path) -> None:
@@ -28,8 +28,8 @@ def test_failure_inside_the_block_keeps_the_old_file(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
 
 
-# Whole-file replacement by rename is port.atomic's job alone (DESIGN.md: one file-writing
-# routine). The one exception swaps a complete directory tree into place, which port.atomic's
+# Whole-file replacement by rename is port.ground.atomic's job alone (DESIGN.md: one file-writing
+# routine). The one exception swaps a complete directory tree into place, which port.ground.atomic's
 # single-file writer does not do.
 _RENAMES_A_DIRECTORY = {"port/data/archive.py"}
 
@@ -39,14 +39,14 @@ def test_only_port_atomic_replaces_files_by_rename() -> None:
     offenders = []
     for path in sorted((repo / "port").rglob("*.py")):
         rel = path.relative_to(repo).as_posix()
-        if rel == "port/atomic.py" or rel in _RENAMES_A_DIRECTORY:
+        if rel == "port/ground/atomic.py" or rel in _RENAMES_A_DIRECTORY:
             continue
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
                     and (node.value.id, node.attr) in {("os", "replace"), ("os", "rename"),
                                                        ("tempfile", "mkstemp")}):
                 offenders.append(f"{rel}:{node.lineno} {node.value.id}.{node.attr}")
-    assert offenders == [], "write through port.atomic instead: " + ", ".join(offenders)
+    assert offenders == [], "write through port.ground.atomic instead: " + ", ".join(offenders)
 
 
 def test_atomic_files_get_the_users_normal_mode(tmp_path: Path) -> None:

@@ -120,7 +120,7 @@ def test_render_shows_machine_and_targets(here: dict[str, Any]) -> None:
 
 
 def test_cpu_and_its_measured_int8_kernels_are_reported(here: dict[str, Any]) -> None:
-    from port.cpu import cpu_info
+    from port.ground.cpu import cpu_info
 
     cpu = here["cpu"]
     assert cpu["flags"] == cpu_info()["flags"] and cpu["model"]

@@ -10,8 +10,6 @@ from pathlib import Path
 import pytest
 
 from port import engines
-from port.errors import UsageError
-from port.evaluate.gates import Gates
 from port.formats import (
     BACKENDS,
     FORMATS,
@@ -27,6 +25,8 @@ from port.formats import (
     option_fields,
     resolve,
 )
+from port.gates import Gates
+from port.ground.errors import UsageError
 
 CASES = [(fmt.name, precision) for fmt in export_formats() for precision in fmt.precisions]
 

@@ -154,9 +154,9 @@ def test_porters_own_int8_reimported_as_int8(tmp_path: Path) -> None:
     """An FP32 graph carrying porter's card, quantized by porter's own INT8 exporter (the
     network is a tiny onnx.helper one to keep this fast; the bytes are porter's)."""
     from port.data.preprocess import Preprocess
-    from port.export.metadata import card_metadata, set_metadata
     from port.export.quantize import quantize_int8
     from port.models.card import ModelCard
+    from port.models.card_codec import card_metadata, set_metadata
 
     card = ModelCard(arch="resnet18_cifar", num_classes=10, classes=[f"c{i}" for i in range(10)],
                      preprocess=Preprocess.for_size(32, (0.5,) * 3, (0.25,) * 3),

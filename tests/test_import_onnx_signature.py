@@ -15,7 +15,7 @@ import pytest
 from onnx import TensorProto
 
 from port.data.preprocess import Preprocess
-from port.errors import ModelError, UsageError
+from port.ground.errors import ModelError, UsageError
 from port.models.card import ModelCard
 from port.models.onnx_signature import apply_signature, read_signature
 from tests.onnx_graphs import graph_model

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from port.errors import ManifestError
+from port.ground.errors import ManifestError
 from port.manifest import LOCK_NAME, MANIFEST_NAME, Manifest, env_info, sha256_file
-from port.manifest_store import RecordStore
+from port.manifest.store import RecordStore
 
 REPO = Path(__file__).resolve().parents[1]
 FIELDS = ["id", "stage", "kind", "path", "sha256", "bytes", "parents", "created", "params", "env",
@@ -355,16 +355,16 @@ def test_statuses_hash_each_file_once(
     chain: Manifest, run: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Three records whose parents chain up: each file is still read once per call."""
-    import port.manifest_state
+    import port.manifest.state
 
     hashed: list[str] = []
-    real = port.manifest_state.sha256_file
+    real = port.manifest.state.sha256_file
 
     def counting(path: str | os.PathLike[str]) -> str:
         hashed.append(Path(path).name)
         return real(path)
 
-    monkeypatch.setattr(port.manifest_state, "sha256_file", counting)
+    monkeypatch.setattr(port.manifest.state, "sha256_file", counting)
     assert [s.name for _, s in chain.statuses()] == ["fresh"] * 3
     assert sorted(hashed) == ["model.onnx", "model.pt", "model_fp16.engine"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from port.manifest import Manifest
-from port.manifest_params import ExportParams, ReferenceParams, ReportParams, params_for
+from port.manifest.params import ExportParams, ReferenceParams, ReportParams, params_for
 
 
 def test_round_trip_keeps_every_key_and_types_the_known_ones() -> None:

@@ -14,7 +14,7 @@ import zlib
 from collections import Counter
 from pathlib import Path, PurePosixPath
 
-from port.errors import DataError
+from port.ground.errors import DataError
 
 SPLIT_NAMES = ("train", "val", "test")
 

@@ -32,7 +32,7 @@ from port.data.preprocess import Preprocess
 from port.data.sources import ArraySplit, class_dirs
 from port.data.spec import DataSpec
 from port.data.transforms import Transform, eval_transform, geometry_transform, train_transform
-from port.errors import DataError, UsageError
+from port.ground.errors import DataError, UsageError
 
 SPLITS = ("train", "val")
 _PROGRESS_MIN_IMAGES = 20_000  # materialize shows a progress bar from this many images on

@@ -8,7 +8,7 @@ from pathlib import Path
 from PIL import Image, ImageOps
 
 from port.data.pixels import to_rgb
-from port.errors import DataError
+from port.ground.errors import DataError
 
 # What PIL raises on broken files: OSError (unidentified, truncated, missing), SyntaxError and
 # ValueError (malformed headers/chunks), EOFError (short GIF/TIFF), struct.error (short headers),

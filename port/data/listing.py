@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from port.errors import DataError
+from port.ground.errors import DataError
 
 # -- what torchvision's ImageFolder would list ---------------------------------------------------
 # torchvision.datasets.folder.IMG_EXTENSIONS (tests/evaluate/test_stream.py checks they agree).

@@ -27,8 +27,8 @@ import numpy as np
 from PIL import Image
 
 from port.data.preprocess import Preprocess
-from port.errors import DataError, UsageError
-from port.vocab import CHANNELS
+from port.ground.errors import DataError, UsageError
+from port.ground.vocab import CHANNELS
 
 # Decoding errors PIL raises on broken files (see port.data.imageio for the full story).
 _READ_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)

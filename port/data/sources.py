@@ -31,7 +31,7 @@ from port.data.preprocess import (
     IMAGENET_MEAN,
     IMAGENET_STD,
 )
-from port.errors import DataError
+from port.ground.errors import DataError
 
 if TYPE_CHECKING:
     import numpy as np

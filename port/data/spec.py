@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from port.data.sources import SOURCES, DataSource, default_data_root, directory_source, valid_forms
-from port.errors import DataError, UsageError
+from port.ground.errors import DataError, UsageError
 
 KINDS = tuple(SOURCES)
 VALID_FORMS = valid_forms()

@@ -41,8 +41,8 @@ from port.data.imageio import read_image
 from port.data.listing import balanced_subset, list_images
 from port.data.pixels import geometry, image_channels, normalize
 from port.data.preprocess import Preprocess
-from port.errors import DataError, UsageError
-from port.vocab import MAX_WORKERS
+from port.ground.errors import DataError, UsageError
+from port.ground.vocab import MAX_WORKERS
 
 CHUNK_BYTES = 128 * 2**20  # preprocessed float32 per chunk: ~220 images at 224 px
 MAX_CHUNK = 4096  # images (48 MB at 32 px)

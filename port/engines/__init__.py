@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from port.engines.base import Runner, TensorMeta
-from port.errors import BackendUnavailable, ModelError
 from port.formats import BACKENDS, format_for_path, normalize_backend, suffix_backends
+from port.ground.errors import BackendUnavailable, ModelError
 
 __all__ = ["RUNNERS", "SUFFIXES", "Runner", "TensorMeta", "available", "load", "runner_for"]
 
@@ -81,7 +81,7 @@ def load(path: str | Path, *, backend: str | None = None, **kwargs: Any) -> Runn
     ``ModelError``; a backend that does not run the format is a ``UsageError``; a backend whose
     packages are absent is ``BackendUnavailable``.
     """
-    from port.errors import UsageError
+    from port.ground.errors import UsageError
 
     path = Path(path)
     fmt = format_for_path(path)

@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 
 from port.engines.base import Runner, TensorMeta
-from port.errors import DataError, ModelError, UsageError
-from port.vocab import CHANNELS, INPUT_DTYPES, LAYOUTS, OUTPUT_LAYOUTS
+from port.ground.errors import DataError, ModelError, UsageError
+from port.ground.vocab import CHANNELS, INPUT_DTYPES, LAYOUTS, OUTPUT_LAYOUTS
 
 
 @dataclass(frozen=True)

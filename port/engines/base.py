@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from port.errors import UsageError
-from port.vocab import CHANNELS
+from port.ground.errors import UsageError
+from port.ground.vocab import CHANNELS
 
 Loader = Path | str | Callable[[], Any]
 
@@ -125,7 +125,7 @@ class Runner(abc.ABC):
         The only output; else the one called ``logits``; else the only rank-2 output.
         ``ModelError`` when that does not single one out (export a single logits output).
         """
-        from port.errors import ModelError
+        from port.ground.errors import ModelError
 
         outputs = self.output_metadata()
         if len(outputs) == 1:

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from port.errors import BackendUnavailable, UsageError, first_line
+from port.ground.errors import BackendUnavailable, UsageError, first_line
 
 PYCUDA_MISSING = (
     "pycuda is not installed: install the GPU extra (see README, GPU set-up) or export --to onnx"

@@ -1,9 +1,9 @@
 """INT8 on ONNX Runtime's CPU provider: does this CPU saturate, and which kernels a graph runs on.
 
 On x86 CPUs without VNNI (SSE4.1, AVX2, AVX-512 without VNNI) ONNX Runtime's default U8S8
-kernels add pairs of u8*s8 products in saturating 16-bit lanes (see ``port.cpu``): an INT8 graph
-with full-range weights then computes something else than the same file on TensorRT, on a GPU or
-on a VNNI CPU. Two remedies exist, both measured in ``tests/engines/test_int8_cpu.py``:
+kernels add pairs of u8*s8 products in saturating 16-bit lanes (see ``port.ground.cpu``): an
+INT8 graph with full-range weights then computes something else than the same file on TensorRT,
+on a GPU or on a VNNI CPU. Two remedies exist, both measured in ``tests/engines/test_int8_cpu.py``:
 
 - **exact kernels**: the session option ``session.x64quantprecision=1`` makes ORT rewrite the
   int8 weights to uint8 (``Avx2WeightS8ToU8Transformer``: ``w + 128`` with the zero point moved,
@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from port.cpu import cpu_info
+from port.ground.cpu import cpu_info
 
 # --int8-cpu-kernels choices: auto = exact kernels where this CPU saturates and the graph can.
 INT8_KERNEL_MODES = ("auto", "exact", "fast")
@@ -71,7 +71,7 @@ def resolve_int8_kernels(requested: str = "auto", *, cpu_saturates: bool,
     can make it saturate (8-bit or unknown); ``exact`` always sets the option; ``fast`` never.
     """
     if requested not in INT8_KERNEL_MODES:
-        from port.errors import UsageError
+        from port.ground.errors import UsageError
 
         raise UsageError(f"unknown INT8 CPU kernel mode '{requested}': choose one of "
                          f"{', '.join(INT8_KERNEL_MODES)}")

@@ -22,7 +22,7 @@ import numpy as np
 from port.engines.base import Loader, Runner, TensorMeta
 from port.engines.int8_cpu import Int8Kernels
 from port.engines.ort_session import create_session
-from port.errors import BackendUnavailable, ModelError, UsageError
+from port.ground.errors import BackendUnavailable, ModelError, UsageError
 
 ProviderSpec = str | tuple[str, dict[str, Any]]
 
@@ -120,7 +120,7 @@ class OnnxRuntimeRunner(Runner):
 
     def model_card(self) -> Any:
         """The card porter wrote into the graph's ``metadata_props`` (None: a foreign graph)."""
-        from port.export.metadata import card_from_metadata
+        from port.models.card_codec import card_from_metadata
 
         return card_from_metadata(self.metadata(), source=self.name)
 

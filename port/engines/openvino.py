@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from port.engines.base import Loader, Runner, TensorMeta
-from port.errors import BackendUnavailable, ModelError, UsageError, first_line
+from port.ground.errors import BackendUnavailable, ModelError, UsageError, first_line
 
 INFERENCE_PRECISIONS = ("f32", "bf16", "f16")  # OpenVINO's spelling (ov.Type names)
 SUFFIXES = (".onnx", ".xml")
@@ -278,7 +278,7 @@ class OpenVinoRunner(Runner):
         section of the IR's rt_info that :func:`port.export.openvino_ir.convert_to_ir` writes
         (else the ONNX metadata OpenVINO copied into ``framework``). Valid after activate.
         """
-        from port.export.metadata import card_from_metadata, read_card
+        from port.models.card_codec import card_from_metadata, read_card
 
         path = self._path
         if path is None:

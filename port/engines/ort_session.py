@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from port.errors import ModelError, first_line
+from port.ground.errors import ModelError, first_line
 
 CPU_ONLY = ("CPUExecutionProvider",)
 

@@ -21,9 +21,9 @@ import numpy as np
 from port.data import pixels
 from port.engines import load as load_runner
 from port.engines.base import Runner
-from port.errors import ModelError, UsageError
+from port.ground.errors import ModelError, UsageError
+from port.ground.vocab import EVALUATE_BATCH_SIZES
 from port.models.card import ModelCard
-from port.vocab import EVALUATE_BATCH_SIZES
 
 # porter evaluate's default batch (the largest of its default --batch-sizes): predicting in the
 # same batches keeps even batch-dependent kernels' results identical to evaluate's.

@@ -24,7 +24,6 @@ from typing import Any
 
 import numpy as np
 
-from port.digest import sha256_bytes
 from port.engines.base import Loader, Runner, TensorMeta
 from port.engines.cuda import (
     CudaContext,
@@ -45,7 +44,8 @@ from port.engines.trt_loaders import (
     make_logger,
 )
 from port.engines.trt_sidecar import check_compatible, read_sidecar, sidecar_path
-from port.errors import BackendUnavailable, ModelError, UsageError
+from port.ground.digest import sha256_bytes
+from port.ground.errors import BackendUnavailable, ModelError, UsageError
 
 
 class TensorRTRunner(Runner):

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from port.engines.base import Loader, Runner, TensorMeta
-from port.errors import BackendUnavailable, ModelError, UsageError
+from port.ground.errors import BackendUnavailable, ModelError, UsageError
 
 if TYPE_CHECKING:
     import torch

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from port.errors import BackendUnavailable, ModelError
+from port.ground.errors import BackendUnavailable, ModelError
 
 # TensorRT DataType name -> numpy dtype of the debug tensor's buffer.
 _DTYPES = {"FLOAT": np.float32, "HALF": np.float16, "INT8": np.int8, "INT32": np.int32,

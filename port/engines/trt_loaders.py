@@ -47,8 +47,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from port.atomic import atomic_write_bytes
-from port.errors import BackendUnavailable, ModelError, UsageError, first_line
+from port.ground.atomic import atomic_write_bytes
+from port.ground.errors import BackendUnavailable, ModelError, UsageError, first_line
 
 TENSORRT_MISSING = (
     "TensorRT is not installed: install the GPU extra (see README) or export --to onnx"

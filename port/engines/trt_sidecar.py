@@ -22,8 +22,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from port import hostinfo
-from port.errors import ModelError
+from port.ground import dists
+from port.ground.errors import ModelError
 from port.models.card import ModelCard
 
 SIDECAR_FORMAT = 1
@@ -135,10 +135,10 @@ def parse_cc(text: str | tuple[int, int], where: str = "compute capability") -> 
 def parse_version(text: str) -> tuple[int, ...]:
     """``'10.3.0.26'`` -> ``(10, 3, 0, 26)``; ``'10.8.0.post1'`` -> ``(10, 8, 0)``.
 
-    :func:`port.hostinfo.parse_version`, strict: a recorded TensorRT version without digits is a
-    broken sidecar (``ModelError``), not "version ()".
+    :func:`port.ground.dists.parse_version`, strict: a recorded TensorRT version without
+    digits is a broken sidecar (``ModelError``), not "version ()".
     """
-    parts = hostinfo.parse_version(text)
+    parts = dists.parse_version(text)
     if not parts:
         raise ModelError(f"TensorRT version '{text}' is not a version number")
     return parts

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from port.errors import DataError
+from port.ground.errors import DataError
 
 
 def topk_accuracy(logits: np.ndarray, labels: np.ndarray, k: int) -> float:

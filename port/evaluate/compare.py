@@ -23,12 +23,12 @@ from typing import Any, Protocol
 import numpy as np
 
 from port.engines.base import Runner
-from port.errors import BackendUnavailable, DataError, ModelError, UsageError
 from port.evaluate.accuracy import accuracy
-from port.evaluate.gates import Gates, check
 from port.evaluate.latency import measure_latency
 from port.evaluate.parity import parity
 from port.formats import compute_name, format_for_kind, gated_precision
+from port.gates import Gates, check
+from port.ground.errors import BackendUnavailable, DataError, ModelError, UsageError
 from port.hostinfo import env_info
 
 # report.json's schema: 2 keys rows (and outputs.npz) by (artifact, backend); 1 (before) had one

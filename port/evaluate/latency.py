@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from port.engines.base import Runner
-from port.errors import UsageError
+from port.ground.errors import UsageError
 
 
 def measure_latency(

@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from port.errors import DataError, ModelError, UsageError, first_line
 from port.evaluate.module_map import ROOT, ModuleMap, map_modules, module_key
+from port.ground.errors import DataError, ModelError, UsageError, first_line
 
 # Relative L2 error over which a layer counts as diverged, by the artifact's precision, set from
 # the largest per-layer error measured on the trained CIFAR-10 ResNet-9 (256 validation images;

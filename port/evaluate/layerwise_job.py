@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 
-from port.errors import BackendUnavailable, DataError, ModelError
 from port.evaluate.layerwise import (
     DEFAULT_TOLERANCE,
     LayerComparison,
@@ -25,6 +24,7 @@ from port.evaluate.layerwise import (
     TorchSource,
     write_dump,
 )
+from port.ground.errors import BackendUnavailable, DataError, ModelError
 
 BATCH = 16  # images per forward: memory holds one batch of every layer's output, both sides
 

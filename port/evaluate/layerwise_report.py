@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from port.atomic import atomic_path
+from port.ground.atomic import atomic_path
 
 if TYPE_CHECKING:
     from rich.console import Console

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from port.errors import ModelError
+from port.ground.errors import ModelError
 
 
 def parity(logits: np.ndarray, reference: np.ndarray) -> dict[str, float]:

@@ -22,8 +22,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from port.errors import UsageError
 from port.formats import BACKENDS, FORMATS, format_for_kind
+from port.ground.errors import UsageError
 
 
 @dataclass(frozen=True)

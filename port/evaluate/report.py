@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from port.atomic import atomic_path, atomic_write_text
-from port.digest import sha256_file
+from port.ground.atomic import atomic_path, atomic_write_text
+from port.ground.digest import sha256_file
 
 if TYPE_CHECKING:
     from port.evaluate.compare import Outputs

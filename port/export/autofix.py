@@ -19,7 +19,7 @@ The loop, and why it is built this way:
   gate was not reached (like a failed ``porter evaluate`` gate), after recording it.
 
 The gate is the precision's default (``port.formats.PRECISIONS``, applied by
-``port.evaluate.gates.check``) measured against the FP32 ONNX on the same held-out images.
+``port.gates.check``) measured against the FP32 ONNX on the same held-out images.
 """
 
 from __future__ import annotations
@@ -36,9 +36,9 @@ from typing import Any
 import numpy as np
 import onnx
 
-from port.atomic import atomic_path
-from port.errors import PorterError, UsageError, first_line
 from port.export.sensitivity import LayerSensitivity, candidate_nodes, fp32_unit, rank_layers
+from port.ground.atomic import atomic_path
+from port.ground.errors import PorterError, UsageError, first_line
 
 AUTO = "auto"
 DEFAULT_MAX_FP32_LAYERS = 8  # steps tried: enough for a ResNet's sensitive stem/head layers
@@ -192,8 +192,8 @@ class HeldoutCheck:
 
 def gate_check(precision: str, top1: float, agreement: float,
                reference_top1: float) -> tuple[bool, str | None]:
-    """The precision's default gate (``port.evaluate.gates``) applied to one step."""
-    from port.evaluate.gates import Gates, check
+    """The precision's default gate (``port.gates``) applied to one step."""
+    from port.gates import Gates, check
 
     row = {"precision": precision, "top1": top1, "agreement": agreement,
            "top1_drop_pp": 100 * (reference_top1 - top1)}
@@ -286,7 +286,7 @@ def run_autofix(
                 _print_step(console, step, heldout.reference_top1)
             else:
                 result.stop_reason = "the gate passed"
-        # Through port.atomic like every artifact: fsynced, the user's file mode, and a crash
+        # Through port.ground.atomic like every artifact: fsynced, the user's file mode, and a crash
         # here leaves the previous file (or none), never half of the new one.
         with atomic_path(out) as target:
             shutil.copyfile(best_path, target)

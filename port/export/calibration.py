@@ -13,8 +13,8 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
-from port.digest import sha256_bytes
-from port.errors import DataError, UsageError
+from port.ground.digest import sha256_bytes
+from port.ground.errors import DataError, UsageError
 
 
 @dataclass(frozen=True)

@@ -17,10 +17,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from port.errors import ManifestError, UsageError
 from port.formats import FORMATS, Format
+from port.ground.errors import ManifestError, UsageError
 from port.manifest import Manifest, Record
-from port.manifest_params import ExportParams
+from port.manifest.params import ExportParams
 
 if TYPE_CHECKING:
     import numpy as np

@@ -26,8 +26,6 @@ import numpy as np
 import onnx
 
 from port.engines.ort_session import create_session
-from port.errors import ModelError, UsageError, first_line
-from port.export.metadata import PRECISION_KEY, set_metadata
 from port.export.onnx_files import (
     add_card,
     check_images,
@@ -37,6 +35,8 @@ from port.export.onnx_files import (
     save_onnx_atomic,
     without_initializer_inputs,
 )
+from port.ground.errors import ModelError, UsageError, first_line
+from port.models.card_codec import PRECISION_KEY, set_metadata
 
 FP16_MAX = 65504.0  # largest finite float16
 FP16_MIN_SUBNORMAL = 2.0**-24  # ~5.96e-8: non-zero values below this flush to 0 (or round up)

@@ -24,10 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from port.atomic import atomic_path
-from port.errors import ModelError, UsageError, first_line
-from port.export.metadata import card_metadata, read_card, set_metadata
+from port.ground.atomic import atomic_path
+from port.ground.errors import ModelError, UsageError, first_line
 from port.models.card import ModelCard
+from port.models.card_codec import card_metadata, read_card, set_metadata
 
 EXPORTERS = ("dynamo", "torchscript")
 # ONNX's protobuf limit: above it weights must live in a separate file, which we do not produce.

@@ -11,8 +11,8 @@ import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
 
-from port.atomic import atomic_write_bytes
-from port.errors import DataError, ModelError, UsageError, first_line
+from port.ground.atomic import atomic_write_bytes
+from port.ground.errors import DataError, ModelError, UsageError, first_line
 
 QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
 
@@ -141,7 +141,7 @@ def onnx_precision(path: Path | str) -> str:
 def onnx_graph_io(model: onnx.ModelProto, card: Any) -> Any:
     """How to feed ``model`` porter's canonical batch: ``card``'s form, else its metadata's."""
     from port.engines.adapter import GraphIO
-    from port.export.metadata import card_from_metadata
+    from port.models.card_codec import card_from_metadata
 
     if card is None:
         card = card_from_metadata(read_props(model), source="the FP32 graph")
@@ -150,7 +150,7 @@ def onnx_graph_io(model: onnx.ModelProto, card: Any) -> Any:
 
 def add_card(props: dict[str, str], card: Any, precision: str) -> None:
     """Give a graph made from an imported ONNX (no porter metadata) the run's card."""
-    from port.export.metadata import CARD_KEY, card_metadata
+    from port.models.card_codec import CARD_KEY, card_metadata
 
     if card is not None and CARD_KEY not in props:
         props.update(card_metadata(card, precision=precision, source_sha256=None))

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from port.errors import UsageError
 from port.export.context import ONNX, ExportContext
 from port.export.fallback_job import check_fallback_names, convert_with_fallback, fp32_nodes
 from port.formats import Format
+from port.ground.errors import UsageError
 from port.manifest import Record
 
 

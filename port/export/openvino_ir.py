@@ -26,8 +26,8 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
-from port.atomic import fsync_dir
-from port.errors import ModelError
+from port.ground.atomic import fsync_dir
+from port.ground.errors import ModelError
 
 RT_INFO_SECTION = "porter"  # the rt_info section porter's strings live in (the runner reads it)
 SCRATCH_PREFIX = ".porter-openvino-"  # a killed convert leaves this folder beside the target

@@ -48,8 +48,6 @@ from typing import Any
 import numpy as np
 import onnx
 
-from port.errors import ModelError, UsageError, first_line
-from port.export.metadata import PRECISION_KEY, set_metadata
 from port.export.onnx_files import (
     add_card,
     check_images,
@@ -61,6 +59,8 @@ from port.export.onnx_files import (
     without_initializer_inputs,
 )
 from port.formats import option_choices
+from port.ground.errors import ModelError, UsageError, first_line
+from port.models.card_codec import PRECISION_KEY, set_metadata
 
 # --calib-method choices -> onnxruntime.quantization.CalibrationMethod member names.
 CALIBRATION_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
@@ -203,7 +203,7 @@ def quantize_int8(
     n_batches = math.ceil(len(images) / (feed.batch or batch_size))
     t0 = time.perf_counter()
     # Intermediate graphs beside the output (the run directory), not in the system's /tmp: the
-    # run lock's sweep removes what a killed export leaves (port.manifest_lock).
+    # run lock's sweep removes what a killed export leaves (port.manifest.lock).
     scratch = tempfile.TemporaryDirectory(dir=Path(out_path).parent, prefix=".porter-int8-")
     with scratch as tmp, _progress_bar(progress) as bar:
         task = bar.add_task(f"Calibrating INT8 ({method})", total=len(images), rate="-")

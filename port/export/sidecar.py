@@ -17,8 +17,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from port.atomic import atomic_write_text
 from port.engines.trt_sidecar import SIDECAR_FORMAT, validate_sidecar
+from port.ground.atomic import atomic_write_text
 from port.models.card import ModelCard
 
 

@@ -25,8 +25,6 @@ from typing import Any
 
 import numpy as np
 
-from port.atomic import atomic_write_bytes
-from port.digest import sha256_bytes, sha256_file
 from port.engines.cuda import PYCUDA_MISSING, CudaContext, DeviceInfo, device_count
 from port.engines.trt_loaders import (
     TENSORRT_MISSING,
@@ -41,7 +39,6 @@ from port.engines.trt_loaders import (
     make_logger,
 )
 from port.engines.trt_sidecar import sidecar_path
-from port.errors import BackendUnavailable, ModelError, UsageError, first_line
 from port.export.onnx_files import onnx_precision
 from port.export.sidecar import build_sidecar, write_sidecar
 from port.export.trt_options import (
@@ -51,7 +48,11 @@ from port.export.trt_options import (
     check_build_gpu,
     plan_build,
 )
-from port.hostinfo import parse_version, tensorrt_version
+from port.ground.atomic import atomic_write_bytes
+from port.ground.digest import sha256_bytes, sha256_file
+from port.ground.dists import parse_version
+from port.ground.errors import BackendUnavailable, ModelError, UsageError, first_line
+from port.hostinfo import tensorrt_version
 from port.models.card import ModelCard
 
 _MODELOPT_METHODS = {"entropy": "entropy", "minmax": "max"}  # porter name -> modelopt name

@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from port.atomic import atomic_path, atomic_write_text
-from port.errors import ModelError, UsageError
+from port.ground.atomic import atomic_path, atomic_write_text
+from port.ground.errors import ModelError, UsageError
 
 PLATFORMS = {"onnx": "onnxruntime_onnx", "engine": "tensorrt_plan"}  # manifest kind -> platform
 ONNX_MAX_BATCH = 64

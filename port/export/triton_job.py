@@ -14,10 +14,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from port.errors import ManifestError, UsageError
 from port.export.context import ONNX, ExportContext
 from port.export.onnx_job import ensure_fp32_onnx
 from port.formats import Format
+from port.ground.errors import ManifestError, UsageError
 from port.manifest import Record
 
 INDEX_FORMAT = "porter.triton-repository/1"
@@ -102,9 +102,9 @@ def export_triton(ctx: ExportContext, fmt: Format, precision: str) -> Record:
     """``--to triton --model-repo DIR``: every fresh ONNX file and engine of the run at
     ``precision`` as a Triton model, recorded with those records as parents and every
     repository file as a companion."""
-    from port.atomic import atomic_write_text
     from port.export import triton
-    from port.limits import check_int
+    from port.ground.atomic import atomic_write_text
+    from port.ground.limits import check_int
 
     if ctx.options.get("model_repo") is None:
         raise UsageError("--to triton needs --model-repo DIR: the folder to write the Triton "

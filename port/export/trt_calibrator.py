@@ -19,10 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from port.atomic import atomic_write_bytes
 from port.engines.cuda import host_device_buffer
 from port.engines.trt_loaders import import_tensorrt
-from port.errors import DataError, UsageError
+from port.ground.atomic import atomic_write_bytes
+from port.ground.errors import DataError, UsageError
 
 
 def calibration_batches(images: np.ndarray, batch_size: int) -> int:

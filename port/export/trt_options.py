@@ -24,8 +24,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from port.errors import BackendUnavailable, UsageError
 from port.formats import FORMATS, option_choices
+from port.ground.errors import BackendUnavailable, UsageError
 
 PRECISIONS = FORMATS["trt"].precisions
 

@@ -8,8 +8,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from port.errors import ModelError, UsageError
-from port.limits import MAX_BATCH, MAX_CLASSES, MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, check_card
+from port.ground.errors import ModelError, UsageError
+from port.ground.limits import MAX_BATCH, MAX_CLASSES, MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, check_card
 
 if TYPE_CHECKING:
     from port.data.spec import DataSpec
@@ -220,7 +220,7 @@ def _check_porter_card(req: ImportRequest, card: ModelCard, sig: Signature) -> N
 def onnx_card(req: ImportRequest, proto: Any, sig: Signature) -> ModelCard:
     """The card of an imported ONNX graph: porter's from its metadata (checked), else the
     flags'; then what the graph says (:func:`port.models.onnx_signature.apply_signature`)."""
-    from port.export.metadata import card_from_metadata
+    from port.models.card_codec import card_from_metadata
     from port.models.onnx_signature import apply_signature
 
     props = {p.key: p.value for p in proto.metadata_props}

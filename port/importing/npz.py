@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from port.errors import ModelError, UsageError
+from port.ground.errors import ModelError, UsageError
 from port.importing.card import card_from_flags, class_names, classes_from_weights
 from port.importing.request import Imported, ImportRequest
 from port.importing.state_dict import save_rebuilt

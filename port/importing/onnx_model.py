@@ -12,8 +12,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from port.atomic import atomic_path
-from port.errors import ModelError, UsageError, first_line
+from port.ground.atomic import atomic_path
+from port.ground.errors import ModelError, UsageError, first_line
 from port.importing.card import onnx_card
 from port.importing.request import Imported, ImportRequest
 
@@ -79,7 +79,7 @@ def _copy_into(run: Path, source: Path, data_files: list[str]) -> tuple[Path, li
         if target.exists():
             raise UsageError(f"{target} exists but is not recorded in the run: porter will not "
                              "overwrite it; move it away or import into a new --run directory")
-    # Through port.atomic (fsync before the rename): the manifest must never register a copy
+    # Through port.ground.atomic (fsync before the rename): the manifest must never register a copy
     # that a crash could leave half on disk. The data files first: the graph needs them.
     folder = source.absolute().parent  # where the locations point (see onnx_data)
     written: list[Path] = []

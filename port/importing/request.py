@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from port.errors import UsageError
 from port.formats import FORMATS
-from port.limits import (
+from port.ground.errors import UsageError
+from port.ground.limits import (
     MAX_CLASSES,
     MAX_IMAGE_SIZE,
     MAX_WIDTH,
@@ -17,7 +17,7 @@ from port.limits import (
     check_float,
     check_int,
 )
-from port.vocab import CHANNELS, COLOR_ORDERS, LAYOUTS
+from port.ground.vocab import CHANNELS, COLOR_ORDERS, LAYOUTS
 
 
 @dataclass

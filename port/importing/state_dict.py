@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from port.errors import UsageError
+from port.ground.errors import UsageError
 from port.importing.card import card_from_flags, classes_from_weights
 from port.importing.request import Imported, ImportRequest
 
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 def save_rebuilt(run: Path, source: Path, card: ModelCard, state: dict[str, Any]) -> Path:
     """The card's architecture with ``state``'s tensors (missing/unexpected/reshaped keys
     refused with the closest names), saved as ``RUN/model.pt``; the card is checked first."""
-    from port.limits import check_card
+    from port.ground.limits import check_card
     from port.models.checkpoint import apply_state_dict, save_model
     from port.models.registry import create_model
 

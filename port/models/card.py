@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from port.data.preprocess import Preprocess
-from port.errors import UsageError
+from port.ground.errors import UsageError
 
 
 @dataclass

@@ -19,8 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from port.atomic import atomic_path
-from port.errors import ModelError, UsageError, first_line
+from port.ground.atomic import atomic_path
+from port.ground.errors import ModelError, UsageError, first_line
 from port.models.card import ModelCard
 from port.models.registry import create_model
 
@@ -30,7 +30,7 @@ _RESERVED = ("format", "card", "state_dict")
 
 # -- writing --------------------------------------------------------------------------------------
 def atomic_save(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` through :func:`port.atomic.atomic_path` (temp file, fsync, rename).
+    """``torch.save`` through :func:`port.ground.atomic.atomic_path` (temp file, fsync, rename).
 
     A crash at any moment leaves either the old file or the new one, never half of one.
     """

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from port.errors import UsageError
-from port.vocab import ACTIVATIONS
+from port.ground.errors import UsageError
+from port.ground.vocab import ACTIVATIONS
 
 # CELU's alpha in Page's "bag of tricks" ResNet-9: a smooth ReLU whose negative side saturates at
 # -alpha; smoothness gives better-behaved gradients at the high learning rates of short runs.

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from port.errors import ModelError
+from port.ground.errors import ModelError
 
 EXTERNAL = 1  # onnx.TensorProto.EXTERNAL
 

@@ -16,14 +16,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from port.errors import ModelError, UsageError
-from port.vocab import CHANNELS, LAYOUTS
+from port.ground.errors import ModelError, UsageError
+from port.ground.vocab import CHANNELS, LAYOUTS
 
 if TYPE_CHECKING:
     from port.models.card import ModelCard
 
 # ONNX TensorProto element types porter feeds (cast at the runner's boundary) -> card name
-# (one of port.vocab.INPUT_DTYPES: tests/test_vocab.py holds them together).
+# (one of port.ground.vocab.INPUT_DTYPES: tests/test_vocab.py holds them together).
 ONNX_INPUT_DTYPES = {10: "float16", 1: "float32", 11: "float64"}
 # Ops that pass a softmax through unchanged in value: Softmax -> Flatten -> [N, C] is still one.
 _SHAPE_ONLY_OPS = frozenset({"Flatten", "Reshape", "Squeeze", "Unsqueeze", "Identity"})
@@ -327,7 +327,7 @@ def apply_signature(card: ModelCard, sig: Signature) -> ModelCard:
     ``output_softmax``, ``preprocess.layout`` and, when the graph fixes a square size, the image
     size (resize/crop by porter's usual recipe for that size). Mean/std, colour order and class
     names stay the card's: the graph does not say them. Checking that mean/std have one value
-    per channel is ``port.limits.check_card``'s job.
+    per channel is ``port.ground.limits.check_card``'s job.
     """
     pre = card.preprocess
     size = sig.image_size

@@ -17,7 +17,7 @@ import inspect
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from port.errors import UsageError
+from port.ground.errors import UsageError
 from port.models import MODELS, ModelEntry
 
 if TYPE_CHECKING:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from port.errors import UsageError
+from port.ground.errors import UsageError
 from port.models.layers import GhostBatchNorm2d, PatchWhitening, make_activation
 from port.models.registry import register_model
 

@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from port.atomic import atomic_path
-from port.errors import ModelError, first_line
+from port.ground.atomic import atomic_path
+from port.ground.errors import ModelError, first_line
 
 FORMAT = "porter-weights/1"
 INDEX_KEY = "__porter_index__"  # the index member (``__porter_index__.npy``)

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from port.errors import BackendUnavailable, ManifestError, UsageError
 from port.formats import FORMATS
-from port.vocab import REFERENCE_ID
+from port.ground.errors import BackendUnavailable, ManifestError, UsageError
+from port.ground.vocab import REFERENCE_ID
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the directory holding port/
 SERVE_VENV = PACKAGE_ROOT / ".venv-serve"

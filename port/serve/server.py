@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     from pytriton.triton import Triton, TritonConfig
 
     from port.engines.predictor import load
-    from port.errors import PorterError
+    from port.ground.errors import PorterError
 
     try:
         predictor = load(args.model, threads=args.threads)

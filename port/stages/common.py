@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from port.errors import ManifestError, UsageError
-from port.limits import MAX_BATCH, MAX_IMAGES, check_allocation, check_int, image_bytes
+from port.ground.errors import ManifestError, UsageError
+from port.ground.limits import MAX_BATCH, MAX_IMAGES, check_allocation, check_int, image_bytes
+from port.ground.vocab import REFERENCE_ID
 from port.manifest import Manifest
 from port.models.card import check_classes as check_classes  # with the card: export uses it too
-from port.vocab import REFERENCE_ID
 
 if TYPE_CHECKING:
     from port.manifest import Record

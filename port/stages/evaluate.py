@@ -8,11 +8,12 @@ from typing import Any
 
 from rich.console import Console
 
-from port.errors import ManifestError
 from port.formats import exported_kinds
-from port.limits import MAX_BATCH, MAX_IMAGES, check_int
+from port.ground.errors import ManifestError
+from port.ground.limits import MAX_BATCH, MAX_IMAGES, check_int
+from port.ground.vocab import EVALUATE_BATCH_SIZES, MAX_WORKERS, REPORT_DIR, REPORT_ID
 from port.manifest import Manifest, Record, run_lock
-from port.manifest_params import ReportParams
+from port.manifest.params import ReportParams
 from port.stages.common import (
     check_classes,
     check_eval_numbers,
@@ -21,7 +22,6 @@ from port.stages.common import (
     reference_card,
     run_data,
 )
-from port.vocab import EVALUATE_BATCH_SIZES, MAX_WORKERS, REPORT_DIR, REPORT_ID
 
 
 @dataclass
@@ -43,7 +43,7 @@ class EvaluateRequest:
     # Backend options by name (port.formats.backend_options(): int8_cpu_kernels, int8_cpu_graph,
     # openvino_device, ...); absent ones take the option's default.
     backend_options: dict[str, Any] = field(default_factory=dict)
-    # --gate PRECISION.LIMIT=VALUE overrides (port.evaluate.gates.parse_gate_overrides), applied
+    # --gate PRECISION.LIMIT=VALUE overrides (port.gates.parse_gate_overrides), applied
     # after the four alias flags above.
     gate: tuple[str, ...] = ()
     # Evaluate on data whose class names differ from the model's (same count): recorded.
@@ -54,13 +54,13 @@ class EvaluateRequest:
 
 def _gates(req: EvaluateRequest) -> Any:
     """Default gates with the user's overrides applied (aliases, then --gate)."""
-    from port.evaluate.gates import Gates, gate_overrides
+    from port.gates import Gates, gate_overrides
 
     return Gates().with_overrides(gate_overrides(_gate_aliases(req), req.gate))
 
 
 def _gate_aliases(req: EvaluateRequest) -> dict[str, float | None]:
-    """The four alias flags' values (port.evaluate.gates.GATE_ALIASES)."""
+    """The four alias flags' values (port.gates.GATE_ALIASES)."""
     return {"--max-top1-drop": req.max_top1_drop, "--min-agreement": req.min_agreement,
             "--fp16-min-ratio": req.fp16_min_ratio, "--int8-min-ratio": req.int8_min_ratio}
 
@@ -136,7 +136,7 @@ def run_evaluate(run: Path, req: EvaluateRequest, *, console: Console) -> bool:
     _check_flags(req)
     manifest = open_run(run)
     # Held from the first read to the record: the report's parents are the files its rows
-    # measured, and no export can re-make one of them meanwhile (port.manifest_lock).
+    # measured, and no export can re-make one of them meanwhile (port.manifest.lock).
     with run_lock(run, "evaluate"):
         return _evaluate_locked(run, manifest, req, console=console)
 

@@ -17,9 +17,9 @@ from typing import Any
 
 from rich.console import Console
 
-from port.errors import UsageError
 from port.export.context import ExportContext
 from port.formats import Format, normalize_format, normalize_options, normalize_precision
+from port.ground.errors import UsageError
 from port.manifest import Record, run_lock
 from port.stages.common import check_export_numbers, open_run, reference, reference_card
 
@@ -49,7 +49,7 @@ def run_export(run: Path, request: ExportRequest, *, console: Console) -> Record
         raise UsageError(f"--to {fmt.name} does not support precision '{precision}'")
     manifest = open_run(run)
     # Held from the first read to the last record: parents are what this export read, and a
-    # second writer of the run is refused (port.manifest_lock).
+    # second writer of the run is refused (port.manifest.lock).
     with run_lock(run, "export"):
         ref = reference(manifest)
         card = reference_card(manifest, ref)

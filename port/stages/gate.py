@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from port.errors import DataError, ManifestError, UsageError
+from port.ground.errors import DataError, ManifestError, UsageError
 
 REPORT_ID = "report"  # port.stages.evaluate.REPORT_ID (not imported: it pulls in rich)
 # A recomputed number may differ from the recorded one by float rounding only.
@@ -39,8 +39,8 @@ class GateRequest:
     gate: tuple[str, ...] = ()  # --gate PRECISION.LIMIT=VALUE, applied after the aliases
 
     def overrides(self) -> dict[str, dict[str, float | None]]:
-        """The thresholds asked for, checked (port.evaluate.gates.gate_overrides)."""
-        from port.evaluate.gates import gate_overrides
+        """The thresholds asked for, checked (port.gates.gate_overrides)."""
+        from port.gates import gate_overrides
 
         return gate_overrides({"--max-top1-drop": self.max_top1_drop,
                                "--min-agreement": self.min_agreement,
@@ -99,7 +99,7 @@ def run_gate(run: Path, req: GateRequest) -> dict[str, Any]:
 
 def _gates(report: dict[str, Any], overrides: dict[str, dict[str, float | None]]) -> Any:
     """The report's recorded gates with the command line's thresholds replacing theirs."""
-    from port.evaluate.gates import Gates
+    from port.gates import Gates
 
     try:
         gates = Gates().with_overrides(report.get("gates") or {})
@@ -138,7 +138,7 @@ def _read_report(run: Path) -> tuple[Path, dict[str, Any]]:
 def _read_outputs(report_dir: Path, report: dict[str, Any]
                   ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """labels and logits per row from outputs.npz, checked against report.json."""
-    from port.digest import sha256_file
+    from port.ground.digest import sha256_file
 
     info = report["outputs"]
     path = report_dir / str(info.get("file", "outputs.npz"))

@@ -14,13 +14,13 @@ from pathlib import Path
 
 from rich.console import Console
 
-from port.digest import sha256_file
-from port.errors import UsageError
+from port.ground.digest import sha256_file
+from port.ground.errors import UsageError
+from port.ground.vocab import REFERENCE_ID
 from port.importing.request import ImportRequest as ImportRequest  # the CLI's request
 from port.importing.request import check_request
 from port.manifest import Manifest, run_lock
-from port.manifest_params import ReferenceParams
-from port.vocab import REFERENCE_ID
+from port.manifest.params import ReferenceParams
 
 # What an import writes into the run (port.importing: state_dict/npz, onnx_model).
 _MODEL_FILES = ("model.pt", "model.onnx")

@@ -19,11 +19,12 @@ from typing import Any
 
 from rich.console import Console
 
-from port.errors import UsageError
 from port.evaluate.report import json_safe
-from port.limits import MAX_IMAGES, check_float, check_int
+from port.ground.errors import UsageError
+from port.ground.limits import MAX_IMAGES, check_float, check_int
+from port.ground.vocab import REFERENCE_ID
 from port.manifest import Manifest, Record, run_lock
-from port.manifest_params import ReportParams
+from port.manifest.params import ReportParams
 from port.stages.common import (
     check_classes,
     check_eval_numbers,
@@ -32,7 +33,6 @@ from port.stages.common import (
     reference_card,
     run_data,
 )
-from port.vocab import REFERENCE_ID
 
 LAYERWISE_DIR = "layerwise"
 
@@ -101,7 +101,7 @@ def _precision(record: Record | None, file: Path) -> str:
     if record is not None and record.stage == "export":
         return str(record.typed_params.precision or "fp32")
     if file.suffix.lower() == ".onnx":
-        from port.export.metadata import read_precision
+        from port.models.card_codec import read_precision
 
         return read_precision(file) or "fp32"
     return "fp32"
@@ -220,9 +220,9 @@ def _record(manifest: Manifest, run: Path, payload: dict[str, Any], name: str, r
             art_record: Record | None, art_file: Path, spec_text: str | None,
             dumped: list[str]) -> None:
     """Write the JSON and the plot atomically and record them (parents: reference, artifact)."""
-    from port.atomic import atomic_write_text
-    from port.digest import sha256_file
     from port.evaluate.layerwise_report import plot_layerwise
+    from port.ground.atomic import atomic_write_text
+    from port.ground.digest import sha256_file
 
     out_dir = run / LAYERWISE_DIR
     out_dir.mkdir(exist_ok=True)

@@ -7,10 +7,10 @@ from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
-from port.errors import UsageError
+from port.ground.errors import UsageError
+from port.ground.vocab import REFERENCE_ID
 from port.manifest import Manifest, run_lock
-from port.manifest_params import ReferenceParams
-from port.vocab import REFERENCE_ID
+from port.manifest.params import ReferenceParams
 
 if TYPE_CHECKING:
     from port.train.launch import LaunchSpec
@@ -68,7 +68,7 @@ def run_train(
     # The run lock is held from before anything is read until the model is recorded: a second
     # `porter train` (or import) on this run is refused instead of interleaving metrics and
     # replacing this model. DDP workers inherit it from the launching process (see
-    # port.manifest_lock); a directory this command created is removed if it fails early.
+    # port.manifest.lock); a directory this command created is removed if it fails early.
     with run_lock(run, "train", create=True):
         manifest = Manifest(run)
         existing = manifest.get(REFERENCE_ID)

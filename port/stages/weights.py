@@ -18,9 +18,9 @@ from typing import Any
 
 from rich.console import Console
 
-from port.errors import ManifestError, UsageError
+from port.ground.errors import ManifestError, UsageError
 from port.manifest import Manifest, Record, run_lock
-from port.manifest_params import ExportParams
+from port.manifest.params import ExportParams
 from port.stages.common import open_run, reference, reference_card
 
 WEIGHTS_KIND = "weights"  # the manifest kind of a weights export
@@ -69,8 +69,8 @@ def run_weights_export(run: Path, *, fmt: str = "npz", out: Path | None = None,
     ``RUN/model.weights.npz`` and ``out`` a copy hashed with the record (an edited copy makes
     the record ``modified``).
     """
-    from port.atomic import atomic_path
     from port.formats import FORMATS
+    from port.ground.atomic import atomic_path
 
     _normalize_format(fmt)  # flags and the run first: a refusal never waits for torch
     manifest = open_run(run)

@@ -5,14 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from port.atomic import atomic_path
+from port.ground.atomic import atomic_path
 
 
 def draw_curves(history: list[dict[str, Any]], path: Path) -> Path:
     """Plot train/val loss and accuracy of ``history`` (metrics.jsonl lines) to ``path``.
 
     Uses the object-oriented Agg API (no pyplot): no global figure state, no display needed.
-    Written atomically (:func:`port.atomic.atomic_path`), so a viewer never sees half a PNG.
+    Written atomically (:func:`port.ground.atomic.atomic_path`), so a viewer never sees half a PNG.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure

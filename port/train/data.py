@@ -20,7 +20,7 @@ from port.data.datasets import SplitData, as_uint8_tensors, default_preprocess, 
 from port.data.gpu_loader import MAX_IMAGE_SIZE, Augment, DeviceLoader, resident_bytes
 from port.data.preprocess import Preprocess
 from port.data.spec import parse_data_spec
-from port.errors import DataError, UsageError
+from port.ground.errors import DataError, UsageError
 from port.train.distributed import DistContext
 from port.train.recipe import TrainConfig
 from port.train.runtime import Runtime

@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from port.errors import UsageError
+from port.ground.errors import UsageError
 
 if TYPE_CHECKING:
     import torch

@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from port.errors import PorterError, UsageError
+from port.ground.errors import PorterError, UsageError
 from port.train.distributed import DistContext, in_launcher
 from port.train.recipe import TrainConfig, save_recipe
 

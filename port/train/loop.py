@@ -21,8 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from port.errors import DataError, UsageError
-from port.limits import check_training_batch
+from port.ground.errors import DataError, UsageError
+from port.ground.limits import check_training_batch
 from port.models.card import ModelCard
 from port.models.checkpoint import save_model
 from port.train.curves import draw_curves

@@ -23,10 +23,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, Union
 
-from port.atomic import atomic_write_text
-from port.errors import UsageError
-from port.limits import MAX_BATCH, MAX_IMAGE_SIZE, MAX_IMAGES, MAX_WIDTH
-from port.vocab import ACTIVATIONS
+from port.ground.atomic import atomic_write_text
+from port.ground.errors import UsageError
+from port.ground.limits import MAX_BATCH, MAX_IMAGE_SIZE, MAX_IMAGES, MAX_WIDTH
+from port.ground.vocab import ACTIVATIONS
 
 SCHEDULES = ("step", "exponential", "cosine", "onecycle")
 LOADERS = ("auto", "device", "dataloader")

@@ -10,7 +10,7 @@ Layout after training::
     metrics.jsonl          one JSON line per completed epoch
     curves.png             loss and accuracy per epoch
 
-Only rank 0 of a distributed run writes here. Every rewrite is atomic (:mod:`port.atomic`);
+Only rank 0 of a distributed run writes here. Every rewrite is atomic (:mod:`port.ground.atomic`);
 metrics.jsonl grows by appends between rewrites (see :func:`append_metrics` for why).
 """
 
@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from port import errors
-from port.atomic import atomic_write_text
-from port.errors import UsageError
+from port.ground import errors
+from port.ground.atomic import atomic_write_text
+from port.ground.errors import UsageError
 from port.train.distributed import DistContext, broadcast_from_main
 from port.train.recipe import TrainConfig, config_diff, save_recipe
 

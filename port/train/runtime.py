@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from port.errors import BackendUnavailable, UsageError
+from port.ground.errors import BackendUnavailable, UsageError
 from port.train.recipe import TrainConfig
 
 
@@ -85,7 +85,7 @@ class Runtime:
 
     def free_memory(self) -> dict[str, Any]:
         """Where training allocates and how much is free there (``free``/``where`` keywords for
-        ``port.limits.check_allocation``): the GPU's free memory on CUDA, else the host's."""
+        ``port.ground.limits.check_allocation``): the GPU's free memory on CUDA, else the host's."""
         if self.device.type == "cuda":
             free, _ = torch.cuda.mem_get_info(self.device)
             return {"free": int(free), "where": str(self.device)}

@@ -90,7 +90,7 @@ def save_train_state(
     ema: dict[str, Any] | None = None,
 ) -> None:
     """Write everything needed to continue after ``epoch`` completed epochs, atomically
-    (:func:`port.models.checkpoint.atomic_save`, through :mod:`port.atomic`: a kill mid-write
+    (:func:`port.models.checkpoint.atomic_save`, through :mod:`port.ground.atomic`: a kill mid-write
     leaves the previous epoch's file).
 
     ``ema``: the weight average's state (:meth:`port.train.ema.ModelEma.state_dict`), if any.
@@ -113,7 +113,7 @@ def save_train_state(
 
 def load_train_state(path: Path) -> dict[str, Any]:
     """Read ``last.pt`` safely; ``ModelError`` if it is unreadable or not a porter checkpoint."""
-    from port.errors import ModelError
+    from port.ground.errors import ModelError
 
     state = safe_load(path)
     if not isinstance(state, dict) or state.get("format") != TRAIN_FORMAT:

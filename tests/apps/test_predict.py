@@ -18,8 +18,8 @@ from port.data.datasets import load_split, materialize
 from port.data.spec import parse_data_spec
 from port.engines.onnxrt import OnnxRuntimeRunner
 from port.engines.predictor import Prediction
-from port.export.metadata import card_from_metadata, card_metadata
 from port.models.card import ModelCard
+from port.models.card_codec import card_from_metadata, card_metadata
 from tests.apps.conftest import AppRun
 from tests.e2e.helpers import REPO, assert_usage_error, porter
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import port
-from port.errors import BackendUnavailable
+from port.ground.errors import BackendUnavailable
 from port.serve.launch import serving_python
 from tests.apps.conftest import AppRun
 from tests.e2e.helpers import REPO

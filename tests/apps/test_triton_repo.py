@@ -14,9 +14,9 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from port.errors import ManifestError
 from port.export import triton
 from port.export.sidecar import build_sidecar
+from port.ground.errors import ManifestError
 from port.manifest import Manifest
 from port.models.card import ModelCard
 from port.serve.launch import serving_python

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from port.data.archive import extract_imagefolder_archive
-from port.errors import DataError
+from port.ground.errors import DataError
 
 
 def _tar(path: Path, members: dict[str, bytes], links: tuple[tuple[str, str], ...] = ()) -> Path:

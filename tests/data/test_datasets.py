@@ -21,7 +21,7 @@ from port.data.datasets import (
 from port.data.imageio import UnreadableImageError
 from port.data.preprocess import CIFAR10_MEAN, IMAGENET_MEAN
 from port.data.spec import DataSpec, parse_data_spec
-from port.errors import DataError, UsageError
+from port.ground.errors import DataError, UsageError
 
 
 def _write(path: Path, mode: str, size: tuple[int, int], seed: int) -> None:

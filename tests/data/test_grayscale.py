@@ -17,7 +17,7 @@ from PIL import Image
 from port.data import pixels
 from port.data.preprocess import Preprocess
 from port.data.transforms import eval_transform, train_transform
-from port.errors import UsageError
+from port.ground.errors import UsageError
 
 GRAY28 = Preprocess.for_size(28, (0.45,), (0.25,))
 

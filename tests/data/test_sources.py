@@ -12,7 +12,7 @@ import pytest
 from port.data.datasets import dataset_classes, default_preprocess, load_split, materialize
 from port.data.sources import SOURCES, ArraySplit, DataSource, directory_source
 from port.data.spec import KINDS, VALID_FORMS, DataSpec, parse_data_spec
-from port.errors import DataError
+from port.ground.errors import DataError
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -71,7 +71,7 @@ def test_parsing_and_refusing_data_never_imports_torch() -> None:
     code = (
         "import sys\n"
         "from port.data.spec import parse_data_spec\n"
-        "from port.errors import DataError\n"
+        "from port.ground.errors import DataError\n"
         "parse_data_spec('cifar10'); parse_data_spec('synthetic')\n"
         "try:\n    parse_data_spec('imagenet')\nexcept DataError:\n    pass\n"
         "heavy = sorted(m for m in ('torch', 'torchvision', 'PIL') if m in sys.modules)\n"

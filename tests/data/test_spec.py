@@ -8,7 +8,7 @@ import pytest
 
 from port.data.sources import default_data_root
 from port.data.spec import DataSpec, parse_data_spec
-from port.errors import DataError
+from port.ground.errors import DataError
 
 
 def _folder(root: Path, val: str = "val", classes: tuple[str, ...] = ("a", "b")) -> Path:

@@ -79,7 +79,7 @@ def test_foreign_model_goes_through_every_stage(form: str, tmp_path: Path,
                                                 cifar_subset_dir: Path,
                                                 gray28_dir: Path) -> None:
     import port
-    from port.export.metadata import read_card
+    from port.models.card_codec import read_card
 
     source = FORMS[form](tmp_path / "made-elsewhere")
     gray = EXPECTED[form].get("channels") == 1
@@ -142,7 +142,7 @@ def test_a_colour_batch_for_a_grayscale_model_names_the_channels(tmp_path: Path,
     """A runner fed the wrong channel count says channels, not resize/crop (one line, exit 2
     through the CLI's error path)."""
     import port
-    from port.errors import DataError
+    from port.ground.errors import DataError
 
     run = tmp_path / "run"
     source = FORMS["gray28_torchscript"](tmp_path / "made-elsewhere")

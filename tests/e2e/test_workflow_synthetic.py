@@ -120,8 +120,8 @@ def test_7bit_int8_export_and_forced_fast_kernels(run: Path, tmp_path: Path) -> 
     """--int8-weights 7bit writes |w| <= 64; forcing fast kernels is gated only where safe."""
     import shutil
 
-    from port.cpu import cpu_info
     from port.engines.int8_cpu import int8_weight_bits
+    from port.ground.cpu import cpu_info
 
     copy = tmp_path / "run"
     shutil.copytree(run, copy)
@@ -166,7 +166,7 @@ def test_evaluate_compare_passes_and_writes_report(run: Path) -> None:
     assert "FP32 arithmetic" in rows["onnx-fp16"]["note"]  # how FP16 ran on ORT's CPU provider
     # The CPU the rows ran on, and how the INT8 row ran on it (exact kernels where it would
     # saturate), are in the report: the INT8 verdict depends on them.
-    from port.cpu import cpu_info
+    from port.ground.cpu import cpu_info
 
     assert report["env"]["cpu"]["flags"] == cpu_info()["flags"]
     int8_cpu = rows["onnx-int8"]["int8_cpu"]

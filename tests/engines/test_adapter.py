@@ -15,7 +15,7 @@ import pytest
 from port.engines.adapter import AdaptedRunner, GraphIO
 from port.engines.base import shape_mismatch
 from port.engines.onnxrt import OnnxRuntimeRunner
-from port.errors import DataError
+from port.ground.errors import DataError
 from tests.e2e.foreign import batch1, float64, nhwc, softmax_nc11
 
 RNG = np.random.default_rng(0)
@@ -114,7 +114,7 @@ def test_cardless_onnx_is_fed_as_its_signature_says(tmp_path: Path) -> None:
 def test_a_card_that_contradicts_the_graph_is_refused_and_releases_the_runner(
         tmp_path: Path) -> None:
     from port.data.preprocess import Preprocess
-    from port.errors import ModelError
+    from port.ground.errors import ModelError
     from port.models.card import ModelCard
 
     card = ModelCard(arch="x", num_classes=10, classes=[str(i) for i in range(10)],

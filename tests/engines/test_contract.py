@@ -14,7 +14,7 @@ import pytest
 
 from port import engines
 from port.engines.base import Runner
-from port.errors import UsageError
+from port.ground.errors import UsageError
 from tests.engines.tiny import Tiny
 
 # Max abs logit difference to eager torch; TensorRT picks its own kernels (and summation order).

@@ -18,7 +18,7 @@ from port.engines.cuda import (
     device_count,
     import_driver,
 )
-from port.errors import BackendUnavailable
+from port.ground.errors import BackendUnavailable
 
 no_pycuda_only = pytest.mark.skipif(importlib.util.find_spec("pycuda") is not None,
                                     reason="this machine has pycuda")

@@ -1,7 +1,8 @@
 """INT8 on ONNX Runtime's CPU provider: the saturation probe, the kernel choice, the runner.
 
 These tests depend on the instruction set. Each one states the expectation for the CPU it runs on
-(read from CPUID by ``port.cpu``): x86 without VNNI saturates, x86 with VNNI/AMX and ARM do not.
+(read from CPUID by ``port.ground.cpu``): x86 without VNNI saturates, x86 with VNNI/AMX and ARM
+do not.
 Nothing is skipped: a machine of either kind checks its own branch, and the two branches have
 been run on a VNNI CPU and under an emulated Haswell (qemu-x86_64 -cpu Haswell).
 """
@@ -14,7 +15,6 @@ import numpy as np
 import onnx
 import pytest
 
-from port.cpu import cpu_info, describe, int8_verdict
 from port.engines.int8_cpu import (
     PRECISION_CONFIG_KEY,
     int8_weight_bits,
@@ -24,7 +24,8 @@ from port.engines.int8_cpu import (
     saturation_probe_model,
 )
 from port.engines.onnxrt import OnnxRuntimeRunner
-from port.errors import UsageError
+from port.ground.cpu import cpu_info, describe, int8_verdict
+from port.ground.errors import UsageError
 
 SATURATES = bool(cpu_info()["int8_u8s8_saturates"])
 

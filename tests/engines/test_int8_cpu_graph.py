@@ -21,8 +21,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from port.engines.int8_cpu_graph import cpu_form, rewrite_for_cpu
 from port.engines.onnxrt import OnnxRuntimeRunner
-from port.errors import UsageError
 from port.export.quantize import quantize_int8
+from port.ground.errors import UsageError
 
 from .tiny import Tiny
 

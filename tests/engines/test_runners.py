@@ -15,7 +15,7 @@ import torch
 from port import engines
 from port.engines.onnxrt import CPU_EP, OnnxRuntimeRunner
 from port.engines.torch_runner import TorchRunner
-from port.errors import BackendUnavailable, ModelError, UsageError
+from port.ground.errors import BackendUnavailable, ModelError, UsageError
 from tests.engines.tiny import REPO, Tiny, tensorrt_missing, tiny_model
 
 

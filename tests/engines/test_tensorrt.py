@@ -10,7 +10,7 @@ import pytest
 
 from port.engines.tensorrt import TensorRTRunner
 from port.engines.trt_loaders import TENSORRT_MISSING
-from port.errors import BackendUnavailable
+from port.ground.errors import BackendUnavailable
 
 no_trt_only = pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None,
                                  reason="this machine has TensorRT")

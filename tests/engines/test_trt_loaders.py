@@ -26,7 +26,7 @@ from port.engines.trt_loaders import (
     make_logger,
     profile_shapes,
 )
-from port.errors import BackendUnavailable, ModelError, UsageError
+from port.ground.errors import BackendUnavailable, ModelError, UsageError
 
 no_trt_only = pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None,
                                  reason="this machine has TensorRT")

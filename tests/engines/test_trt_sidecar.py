@@ -23,7 +23,7 @@ from port.engines.trt_sidecar import (
     sidecar_path,
     validate_sidecar,
 )
-from port.errors import ModelError
+from port.ground.errors import ModelError
 from port.models.card import ModelCard
 
 A100 = ("NVIDIA A100-SXM4-80GB", (8, 0))

@@ -64,7 +64,7 @@ def torch_and_onnx_evaluation(artifacts: dict[str, Path],
     the report and the per-image outputs."""
     from port import engines
     from port.evaluate.compare import ArrayChunks, Candidate, evaluate_stream
-    from port.evaluate.gates import Gates
+    from port.gates import Gates
 
     ckpt, onnx_path = artifacts["checkpoint"], artifacts["onnx"]
     reference = Candidate("model", "fp32", "checkpoint", ckpt, None, lambda: engines.load(ckpt))

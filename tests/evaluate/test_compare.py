@@ -13,10 +13,10 @@ from onnx import numpy_helper
 
 from port import engines
 from port.engines.torch_runner import TorchRunner
-from port.errors import BackendUnavailable, UsageError
 from port.evaluate.accuracy import accuracy
 from port.evaluate.compare import Candidate, evaluate
-from port.evaluate.gates import Gates
+from port.gates import Gates
+from port.ground.errors import BackendUnavailable, UsageError
 from port.models.card import ModelCard
 
 # DESIGN.md "Evaluate report", field by field.

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from port.errors import UsageError
-from port.evaluate.gates import Gates, PrecisionGate, check, gate_overrides, parse_gate_overrides
+from port.gates import Gates, PrecisionGate, check, gate_overrides, parse_gate_overrides
+from port.ground.errors import UsageError
 
 
 def _row(precision: str, top1: float, ref_top1: float, agreement: float = 1.0,

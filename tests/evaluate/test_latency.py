@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from port.engines.base import Runner, TensorMeta
-from port.errors import UsageError
 from port.evaluate.latency import measure_latency, summarize_ms
+from port.ground.errors import UsageError
 
 
 class _RecordingRunner(Runner):

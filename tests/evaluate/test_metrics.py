@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from port.errors import DataError, ModelError
 from port.evaluate.accuracy import accuracy, topk_accuracy
 from port.evaluate.parity import parity
+from port.ground.errors import DataError, ModelError
 
 LOGITS = np.array([
     [9.0, 1, 2, 3, 4, 5, 6],  # ranks: 0, 6, 5, 4, 3, 2, 1

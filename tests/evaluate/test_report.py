@@ -16,7 +16,7 @@ def test_write_report_writes_every_file(tmp_path: Path, torch_and_onnx_evaluatio
                                         ) -> None:
     import numpy as np
 
-    from port.digest import sha256_file
+    from port.ground.digest import sha256_file
 
     report, outputs = copy.deepcopy(torch_and_onnx_evaluation)
     written = write_report(report, tmp_path / "report", outputs=outputs)

@@ -14,8 +14,8 @@ from port.data.datasets import load_split, materialize
 from port.data.preprocess import Preprocess
 from port.data.spec import parse_data_spec
 from port.data.stream import check_workers, default_workers, stream_split
-from port.errors import DataError, UsageError
 from port.evaluate.compare import Candidate, evaluate, evaluate_stream
+from port.ground.errors import DataError, UsageError
 
 from .conftest import FAST_LATENCY
 

@@ -6,8 +6,8 @@ import hashlib
 
 import pytest
 
-from port.errors import DataError, UsageError
 from port.export.calibration import calibration_record, index_list_sha256, select_calibration
+from port.ground.errors import DataError, UsageError
 
 
 def test_same_seed_same_images_and_fingerprint() -> None:

@@ -15,9 +15,9 @@ from torch import nn
 
 from port.data.datasets import load_split, materialize
 from port.data.spec import parse_data_spec
-from port.errors import UsageError
 from port.export.fp16 import FP16_MAX, convert_fp16, preflight_fp16
 from port.export.onnx import export_onnx
+from port.ground.errors import UsageError
 from port.models.card import ModelCard
 
 PLANT = 2.0**14  # scales one layer's activations past FP16's 65504 (ReLU commutes with it)

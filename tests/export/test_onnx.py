@@ -18,10 +18,10 @@ from onnx import numpy_helper
 
 from port.data.datasets import load_split, materialize
 from port.data.spec import parse_data_spec
-from port.errors import ModelError, UsageError
-from port.export.metadata import card_from_metadata, card_metadata, read_card, read_metadata
 from port.export.onnx import check_parity, export_onnx
+from port.ground.errors import ModelError, UsageError
 from port.models.card import ModelCard
+from port.models.card_codec import card_from_metadata, card_metadata, read_card, read_metadata
 from port.models.registry import create_model
 
 SHA = "ab" * 32

@@ -13,16 +13,16 @@ import pytest
 import torch
 from torch import nn
 
-from port.cpu import cpu_info, describe
 from port.data.datasets import load_split, materialize
 from port.data.preprocess import CIFAR10_MEAN, CIFAR10_STD, Preprocess
 from port.data.spec import parse_data_spec
 from port.engines.int8_cpu import int8_weight_bits, ort_u8s8_saturates
 from port.engines.onnxrt import OnnxRuntimeRunner
-from port.errors import DataError, ModelError, UsageError
 from port.export.calibration import select_calibration
 from port.export.onnx import export_onnx
 from port.export.quantize import count_qdq, quantize_int8
+from port.ground.cpu import cpu_info, describe
+from port.ground.errors import DataError, ModelError, UsageError
 from port.models.card import ModelCard
 
 REPO = Path(__file__).resolve().parents[2]

@@ -14,8 +14,8 @@ import pytest
 
 from port.data.preprocess import CIFAR10_MEAN, CIFAR10_STD, Preprocess
 from port.engines.trt_sidecar import card_from_sidecar, read_sidecar, sidecar_path
-from port.errors import ModelError
 from port.export.sidecar import build_sidecar, write_sidecar
+from port.ground.errors import ModelError
 from port.models.card import ModelCard
 
 A100 = ("NVIDIA A100-SXM4-80GB", (8, 0))

@@ -13,7 +13,6 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from port.data.preprocess import CIFAR10_MEAN, CIFAR10_STD, Preprocess
-from port.errors import BackendUnavailable, DataError, ModelError
 from port.export.tensorrt import (
     QuantizerChoice,
     build_engine,
@@ -24,6 +23,7 @@ from port.export.tensorrt import (
 )
 from port.export.trt_calibrator import calibration_batches
 from port.export.trt_options import TrtBuildOptions
+from port.ground.errors import BackendUnavailable, DataError, ModelError
 from port.models.card import ModelCard
 
 HAVE_TRT = importlib.util.find_spec("tensorrt") is not None

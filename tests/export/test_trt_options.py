@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from port.errors import BackendUnavailable, UsageError
 from port.export.trt_options import (
     TRT_OPTION_KEYS,
     TrtBuildOptions,
@@ -18,7 +17,8 @@ from port.export.trt_options import (
     plan_build,
     required_onnx_precision,
 )
-from port.vocab import EVALUATE_BATCH_SIZES
+from port.ground.errors import BackendUnavailable, UsageError
+from port.ground.vocab import EVALUATE_BATCH_SIZES
 
 
 @pytest.mark.parametrize(

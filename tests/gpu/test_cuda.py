@@ -14,7 +14,7 @@ from port.engines.cuda import (
     host_device_buffer,
     import_driver,
 )
-from port.errors import UsageError
+from port.ground.errors import UsageError
 
 pytestmark = pytest.mark.gpu
 GPU_NEEDS = "pycuda"  # tests/gpu/conftest.py: pycuda and a CUDA GPU, no TensorRT

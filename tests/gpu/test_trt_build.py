@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from port.engines.trt_sidecar import read_sidecar, sidecar_path
-from port.errors import UsageError
 from port.export.tensorrt import build_engine
 from port.export.trt_options import TrtBuildOptions
+from port.ground.errors import UsageError
 from tests.gpu.conftest import Trained
 from tests.gpu.helpers import agreement, trt_major
 

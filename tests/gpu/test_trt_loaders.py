@@ -22,7 +22,7 @@ from port.engines.trt_loaders import (
     engine_io,
     make_logger,
 )
-from port.errors import ModelError, UsageError
+from port.ground.errors import ModelError, UsageError
 from tests.gpu.conftest import Trained
 from tests.gpu.helpers import trt_major
 

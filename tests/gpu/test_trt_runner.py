@@ -11,9 +11,9 @@ import pytest
 
 from port.engines.tensorrt import TensorRTRunner
 from port.engines.trt_sidecar import sidecar_path
-from port.errors import ModelError, UsageError
 from port.export.tensorrt import build_engine
 from port.export.trt_options import TrtBuildOptions
+from port.ground.errors import ModelError, UsageError
 from tests.gpu.conftest import Trained
 
 pytestmark = pytest.mark.gpu

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from port.data.preprocess import CIFAR10_MEAN, CIFAR10_STD, Preprocess
-from port.errors import ModelError
+from port.ground.errors import ModelError
 from port.models.card import ModelCard
 from port.models.checkpoint import FORMAT, load_model, load_state_dict, save_model
 from port.models.registry import create_model

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from port.errors import UsageError
+from port.ground.errors import UsageError
 from port.models.layers import (
     GhostBatchNorm2d,
     PatchWhitening,

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from port.errors import UsageError
+from port.ground.errors import UsageError
 from port.models.registry import create_model, get_entry, list_models
 
 REPO = Path(__file__).resolve().parents[2]

@@ -11,15 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from port.errors import ManifestError
+from port.ground.errors import ManifestError
 from port.manifest import Manifest
-from port.manifest_lock import HELD_ENV, run_lock
+from port.manifest.lock import HELD_ENV, run_lock
 from tests.reliability.conftest import REPO, cli, refused, snapshot
 
 # A real process holding the run lock the way `porter export` does, until it is killed.
 _HOLDER = """
 import sys, time
-from port.manifest_lock import run_lock
+from port.manifest.lock import run_lock
 with run_lock(sys.argv[1], "export"):
     print("held", flush=True)
     time.sleep(120)

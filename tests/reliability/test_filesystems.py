@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from port.errors import os_error_line
+from port.ground.errors import os_error_line
 from tests.reliability.conftest import cli, porter_process, refused, snapshot
 
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from port.data.preprocess import CIFAR10_MEAN, CIFAR10_STD, Preprocess
-from port.errors import UsageError
+from port.ground.errors import UsageError
 from port.models.card import ModelCard
 from port.models.registry import create_model
 from port.stages.common import check_classes

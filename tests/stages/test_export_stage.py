@@ -8,9 +8,9 @@ import pytest
 import torch
 from rich.console import Console
 
-from port.errors import UsageError
 from port.export.context import ExportContext
 from port.export.trt_job import trt_int8_source
+from port.ground.errors import UsageError
 from port.manifest import Manifest
 from port.models.registry import create_model
 from port.stages.export import ExportRequest, run_export

@@ -19,9 +19,9 @@ from onnx import TensorProto, helper, numpy_helper
 from rich.console import Console
 
 import port.export.tensorrt as trt_export
-from port.errors import BackendUnavailable
 from port.export.context import ExportContext
 from port.export.trt_job import trt_int8_source
+from port.ground.errors import BackendUnavailable
 from port.manifest import Manifest
 from port.stages.common import reference_card
 from port.stages.export import ExportRequest, run_export

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from port.errors import UsageError
+from port.ground.errors import UsageError
 from port.train.data import CPU_BUDGET_BYTES, choose_loader
 from port.train.loop import train
 from port.train.recipe import TrainConfig

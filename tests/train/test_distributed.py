@@ -28,7 +28,7 @@ import pytest
 import torch
 import yaml
 
-from port.errors import DataError, UsageError
+from port.ground.errors import DataError, UsageError
 from port.train.launch import LaunchSpec, launch_workers, resolve_world, torchrun_args
 from port.train.loop import train
 from port.train.recipe import resolve

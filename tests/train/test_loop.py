@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from port.errors import UsageError
+from port.ground.errors import UsageError
 from port.models.checkpoint import load_model
 from port.train.loop import train
 from port.train.recipe import TrainConfig, resolve
@@ -86,7 +86,7 @@ def test_runtime_on_cpu() -> None:
 def test_cuda_requested_without_cuda() -> None:
     if torch.cuda.is_available():
         pytest.skip("CUDA present")
-    from port.errors import BackendUnavailable
+    from port.ground.errors import BackendUnavailable
 
     with pytest.raises(BackendUnavailable, match="use --device cpu"):
         Runtime.from_config(resolve(None, {"device": "cuda"}))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from port.errors import UsageError
+from port.ground.errors import UsageError
 from port.train.recipe import FIELD_NAMES, TrainConfig, config_diff, list_recipes, resolve
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from port.errors import UsageError
+from port.ground.errors import UsageError
 from port.models.checkpoint import load_model
 from port.train.loop import train
 from port.train.recipe import TrainConfig, resolve

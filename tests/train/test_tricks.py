@@ -14,7 +14,7 @@ from torch import nn
 
 from port.data.datasets import load_split, materialize
 from port.data.spec import parse_data_spec
-from port.errors import UsageError
+from port.ground.errors import UsageError
 from port.models.checkpoint import load_model
 from port.models.layers import GhostBatchNorm2d, PatchWhitening
 from port.models.registry import create_model

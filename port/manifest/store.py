@@ -7,10 +7,11 @@ The file (schema in DESIGN.md, "Manifest")::
       "created": "2025-01-01T00:00:00.000Z", "params": {...}, "env": {...}, "metrics": {...}}]}
 
 Writers hold the run's lock (``RUN/.manifest.lock``) around their read-modify-write and replace
-the file through :mod:`port.atomic` (temp file in the run dir, fsync, ``os.replace``, fsync of
-the dir): two porter processes at once never lose each other's records, and a crash never leaves
-a half-written manifest. Readers take no lock: they always see either the old or the new file.
-This module knows nothing of lineage or states (:mod:`port.manifest_state`).
+the file through :mod:`port.ground.atomic` (temp file in the run dir, fsync, ``os.replace``,
+fsync of the dir): two porter processes at once never lose each other's records, and a crash
+never leaves a half-written manifest. Readers take no lock: they always see either the old or
+the new file.
+This module knows nothing of lineage or states (:mod:`port.manifest.state`).
 """
 
 from __future__ import annotations
@@ -22,14 +23,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from port.atomic import atomic_write_text
-from port.errors import ManifestError
+from port.ground.atomic import atomic_write_text
+from port.ground.errors import ManifestError
 
 MANIFEST_NAME = "manifest.json"
 LOCK_NAME = ".manifest.lock"
 VERSION = 1
 LOCK_TIMEOUT_S = 120.0  # a record takes milliseconds; minutes means another porter is stuck
-# port.atomic writes ``.<name>.<random>.tmp`` next to the target: a killed writer leaves one
+# port.ground.atomic writes ``.<name>.<random>.tmp`` next to the target: a killed writer leaves one
 # behind, which the next writer sweeps (under the lock nobody else can be writing one).
 _TEMP_GLOB = f".{MANIFEST_NAME}.*.tmp"
 
@@ -57,8 +58,8 @@ class Record:
 
     @property
     def typed_params(self) -> Any:
-        """``params`` as the dataclass of this record's stage (:mod:`port.manifest_params`)."""
-        from port.manifest_params import params_for
+        """``params`` as the dataclass of this record's stage (:mod:`port.manifest.params`)."""
+        from port.manifest.params import params_for
 
         return params_for(self.stage, self.params)
 

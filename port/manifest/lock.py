@@ -1,6 +1,6 @@
 """The run's writer lock: one porter command that writes a run at a time.
 
-``RUN/.manifest.lock`` (:mod:`port.manifest_store`) only covers the milliseconds of a manifest
+``RUN/.manifest.lock`` (:mod:`port.manifest.store`) only covers the milliseconds of a manifest
 read-modify-write. A command that *makes* an artifact reads its inputs minutes before it records
 the result: if another command re-made an input in between, the record would name a parent the
 file was not made from. So every writing command (train, import, export, evaluate) holds
@@ -18,7 +18,7 @@ Under a launcher porter did not start, rank 0 takes the lock and other ranks tak
 rank 0 writes the run).
 
 Taking the lock also sweeps what killed writers left in the run: temporary files of
-:mod:`port.atomic` and temporary folders of the exporters (no writer can be using them now).
+:mod:`port.ground.atomic` and temporary folders of the exporters (no writer can be using them now).
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
-from port.atomic import TEMP_MARK
-from port.errors import ManifestError, UsageError
+from port.ground.atomic import TEMP_MARK
+from port.ground.errors import ManifestError, UsageError
 
 RUN_LOCK_NAME = ".porter.lock"
 HELD_ENV = "PORTER_RUN_LOCK_HELD"  # set for DDP workers: "<resolved run dir>"
@@ -67,7 +67,7 @@ def _worker_skips(run_dir: Path) -> bool:
 def sweep_leftovers(run_dir: Path) -> list[Path]:
     """Remove what killed writers left in ``run_dir``; call only while holding the run lock.
 
-    Temporary files of :mod:`port.atomic` (``.NAME.<random>.porter-tmp...`` and the older
+    Temporary files of :mod:`port.ground.atomic` (``.NAME.<random>.porter-tmp...`` and the older
     ``.NAME.<random>.tmp``) anywhere under the run, and exporters' temporary folders at its top.
     """
     removed = []

@@ -22,8 +22,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
-from port.errors import UsageError
 from port.formats import PRECISIONS
+from port.ground.errors import UsageError
 
 # Comparisons allow this much float noise so that e.g. 0.999 * 0.9 == 0.8991 is not a failure.
 _EPS = 1e-9
@@ -128,7 +128,7 @@ def gate_overrides(aliases: Mapping[str, float | None] | None = None,
 
 def _check_limit(flag: str, limit: str, value: float) -> None:
     """A gate value must be finite and in its limit's range."""
-    from port.limits import check_float
+    from port.ground.limits import check_float
 
     check_float(flag, value, lo=0.0, hi=100.0 if limit.endswith("_pp") else 1.0)
 

@@ -50,8 +50,8 @@ def first_line(exc: BaseException, limit: int = 200) -> str:
 
 # -- OS errors at the CLI boundary -------------------------------------------------------------
 # errno name -> (what happened, what to do). Every write porter records goes through
-# port.atomic (temp file, fsync, rename), so whatever the OS refused, what was recorded before is
-# intact: the messages say so where a user would worry (a full disk).
+# port.ground.atomic (temp file, fsync, rename), so whatever the OS refused, what was recorded
+# before is intact: the messages say so where a user would worry (a full disk).
 _OS_ERRORS: dict[str, tuple[str, str]] = {
     "ENOSPC": ("no space left on the device", "free some space and run the command again; the "
                "manifest and every recorded file are unchanged (writes are atomic)"),

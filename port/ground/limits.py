@@ -13,8 +13,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from port.errors import ModelError, UsageError
-from port.vocab import CHANNELS, COLOR_ORDERS, INPUT_DTYPES, LAYOUTS, OUTPUT_LAYOUTS
+from port.ground.errors import ModelError, UsageError
+from port.ground.vocab import CHANNELS, COLOR_ORDERS, INPUT_DTYPES, LAYOUTS, OUTPUT_LAYOUTS
 
 MIN_IMAGE_SIZE = 8  # px: below this no registered network keeps a spatial map
 MAX_IMAGE_SIZE = 4096  # px: one 4096 px float32 image is 201 MB already
@@ -172,7 +172,8 @@ def check_card(card: Mapping[str, Any], source: str, *, outputs: int | None = No
                               or not 1 <= batch <= MAX_BATCH):
         raise bad(f"has a fixed batch of {batch!r}; it must be an integer in [1, {MAX_BATCH}] "
                   "or null (any batch)")
-    # The card's named fields must be words porter feeds or reads (port.vocab); absent = default.
+    # The card's named fields must be words porter feeds or reads (port.ground.vocab);
+    # absent = default.
     for key, allowed, default, where in (
             ("input_dtype", INPUT_DTYPES, "float32", card),
             ("output_layout", OUTPUT_LAYOUTS, "NC", card),

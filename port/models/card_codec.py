@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from port import __version__
-from port.errors import ModelError
+from port.ground.errors import ModelError
 from port.models.card import ModelCard
 
 PREFIX = "porter."

@@ -5,8 +5,8 @@ Stages never import each other; they meet here. A stage checks its inputs with
 
 :class:`Manifest` is the public face of three modules with one job each: this one turns a file
 into a record (validation, hashing, ids, parent links, JSON-safe params);
-:mod:`port.manifest_store` reads and writes ``RUN/manifest.json`` (file format, lock, atomic
-replace); :mod:`port.manifest_state` says whether each artifact is fresh, modified, missing or
+:mod:`port.manifest.store` reads and writes ``RUN/manifest.json`` (file format, lock, atomic
+replace); :mod:`port.manifest.state` says whether each artifact is fresh, modified, missing or
 stale.
 """
 
@@ -20,13 +20,13 @@ from datetime import datetime, timezone
 from pathlib import Path, PurePath
 from typing import Any
 
-from port.digest import sha256_file
-from port.errors import ManifestError
+from port.ground.digest import sha256_file
+from port.ground.errors import ManifestError
 from port.hostinfo import env_info
-from port.manifest_lock import RUN_LOCK_NAME, run_lock
-from port.manifest_params import Params
-from port.manifest_state import STATES, State, StateSolver
-from port.manifest_store import LOCK_NAME, MANIFEST_NAME, Record, RecordStore
+from port.manifest.lock import RUN_LOCK_NAME, run_lock
+from port.manifest.params import Params
+from port.manifest.state import STATES, State, StateSolver
+from port.manifest.store import LOCK_NAME, MANIFEST_NAME, Record, RecordStore
 
 __all__ = [
     "LOCK_NAME", "MANIFEST_NAME", "RUN_LOCK_NAME", "STAGES", "STATES", "Manifest", "Record",

@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from port.digest import sha256_file
-from port.manifest_store import Record
+from port.ground.digest import sha256_file
+from port.manifest.store import Record
 
 STATES = ("fresh", "modified", "missing", "stale")
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 # Every temporary file of this module is named ``.<target name>.<random>.porter-tmp<suffix>``:
 # what a killed writer leaves is recognisable, and the next writer of the run sweeps it
-# (port.manifest_lock.sweep_leftovers).
+# (port.manifest.lock.sweep_leftovers).
 TEMP_MARK = ".porter-tmp"
 
 
