@@ -145,6 +145,9 @@ TRITON_OPTIONS = (
            "outside any other run)."),
     Option("instances", int, "Triton: model instances per device (instance_group count)."),
 )
+# The IR is converted from the run's ONNX of the same precision; these make that ONNX when the
+# run has none yet (as --to trt does).
+OPENVINO_OPTIONS = (_DATA, *_CALIB, _KEEP_FP32)
 TRT_OPTIONS = (
     _DATA, *_CALIB, _KEEP_FP32,
     Option("min_batch", int, "Optimisation profile: smallest batch."),
@@ -423,6 +426,16 @@ FORMATS: dict[str, Format] = {
                        "int8": "port.export.onnx_job:export_onnx_int8"},
             options=ONNX_OPTIONS,
             precision_of="port.export.onnx_files:onnx_precision",
+        ),
+        Format(
+            name="openvino",
+            description="OpenVINO IR (.xml + .bin) converted from the ONNX of the same "
+                        "precision, weights unchanged, porter's card in the IR",
+            kind="openvino", suffixes=(".xml",),
+            backends=("openvino", "openvino-bf16", "openvino-f16"),
+            exporters=dict.fromkeys(PRECISION_NAMES, "port.export.openvino_job:export_openvino"),
+            options=OPENVINO_OPTIONS,
+            precision_of="port.export.openvino_ir:ir_precision",
         ),
         Format(
             name="trt",

@@ -56,6 +56,9 @@ class Candidate:
     # How the artifact really ran on a given device, when that is not obvious from the row
     # (e.g. an FP16 graph on ONNX Runtime's CPU provider computes in FP32): device -> note.
     notes: dict[str, str] = field(default_factory=dict)
+    # What it computes in on a device when the runner cannot say and it is not the file's
+    # precision (that same FP16 graph: "fp32"): device -> precision name.
+    computes: dict[str, str] = field(default_factory=dict)
 
     @property
     def backend_name(self) -> str:
@@ -472,8 +475,10 @@ def _note(cand: Candidate, got: _Measured) -> str | None:
 def _row(cand: Candidate, got: _Measured, acc: dict[str, float], ref_top1: float,
          par: dict[str, float]) -> dict[str, Any]:
     # What the backend computed in, as it said after compiling (OpenVINO's bf16 on a BF16 CPU;
-    # a TensorRT engine's build precision); else what the file carries.
-    computed = compute_name(got.details.get("compute_precision")) or cand.precision
+    # a TensorRT engine's build precision); else what was measured at export for this device
+    # (ONNX Runtime's CPU provider runs an FP16 graph in FP32); else what the file carries.
+    computed = (compute_name(got.details.get("compute_precision"))
+                or cand.computes.get(got.device) or cand.precision)
     return {
         "row": cand.row_id,
         "artifact": cand.artifact_id,

@@ -23,6 +23,8 @@ from port.stages.common import (
     run_data,
 )
 
+_ORT_CPU = "CPUExecutionProvider"  # the ONNX Runtime device the FP16 exporter measured
+
 
 @dataclass
 class EvaluateRequest:
@@ -79,24 +81,28 @@ def _candidate(manifest: Manifest, record: Record, precision: str, backend: str,
     # dtype, fixed batch, [N,C,1,1] output): an export carries the card it was made with, an
     # imported ONNX's card lives only in the manifest.
     card = reference_card(manifest, record) if record.typed_params.card else None
-    notes = {}
-    how = ((record.metrics or {}).get("ort_cpu") or {}).get("how")
-    if how and backend == "onnxruntime":  # the FP16 exporter measured how ORT's CPU runs it
-        notes["CPUExecutionProvider"] = how
+    notes, computes = {}, {}
+    ort_cpu = (record.metrics or {}).get("ort_cpu") or {}
+    if ort_cpu.get("how") and backend == "onnxruntime":  # the FP16 exporter measured how ORT's
+        notes[_ORT_CPU] = ort_cpu["how"]  # CPU provider runs the graph: say so, compute in it
+        if ort_cpu.get("fp16_compute_nodes") == 0:
+            computes[_ORT_CPU] = "fp32"
+        elif ort_cpu.get("fp32_fallback_nodes"):
+            computes[_ORT_CPU] = "fp16+fp32"
     # The backend's own options only (the INT8 kernel choice concerns ONNX Runtime alone).
     kwargs = BACKENDS[backend].runner_kwargs(req.backend_options)
     return Candidate(
         artifact_id=record.id, precision=precision, kind=record.kind, path=path,
         size_bytes=_model_bytes(manifest, record), backend=backend,
         make_runner=lambda: adapt(engines.load(path, backend=backend, **kwargs), card),
-        notes=notes,
+        notes=notes, computes=computes,
     )
 
 
 def _model_bytes(manifest: Manifest, record: Record) -> int:
-    """The model's size on disk: its file, plus the external weight files an imported ONNX
-    keeps beside it (its params' ``external_data``, relative to the model's folder; without
-    them a 100 MB model would show as its few-kB graph)."""
+    """The model's size on disk: its file, plus the external weight files an imported ONNX or
+    an OpenVINO IR keeps beside it (its params' ``external_data``, relative to the model's
+    folder; without them a 100 MB model would show as its few-kB graph)."""
     total = record.bytes
     folder = (manifest.run_dir / record.path).parent
     for rel in (record.params or {}).get("external_data") or []:

@@ -108,14 +108,24 @@ def test_foreign_model_goes_through_every_stage(form: str, tmp_path: Path,
 
     got = cli("evaluate", "--run", run, "--compare", "--limit", LIMIT, "--batch-sizes", "1,8")
     report = json.loads((run / "report" / "report.json").read_text())
-    rows = {r["precision"]: r for r in report["rows"]}
+    rows = {r["precision"]: r for r in report["rows"] if r["backend"] == "onnxruntime"}
     assert set(rows) == {"fp32", "fp16", "int8"}
     assert all(r["top1"] is not None for r in rows.values())
     assert rows["fp16"]["passed"] and rows["fp16"]["agreement"] >= 0.97, rows["fp16"]
+    # OpenVINO runs every ONNX file too (a row per file), or says in the row why it cannot: its
+    # CPU plugin has no f64 kernels, which is OpenVINO's limit, not a failure of the model.
+    openvino = {r["artifact"]: r for r in report["rows"] if r["backend"] == "openvino"}
+    assert set(openvino) == {"onnx-fp16", "onnx-int8"}, sorted(openvino)
+    for row in openvino.values():
+        if form == "float64":
+            assert row["passed"] is None and "does not support f64" in row["why"], row
+        else:
+            assert row["top1"] is not None and row["compute_precision"].startswith(
+                ("fp16", "int8", "fp32")), row
     if got.code == 1:  # a failed gate: only INT8's ratio gate may fail these chance-level models
         failed = [r for r in report["rows"] if r["passed"] is False]
-        assert [r["precision"] for r in failed] == ["int8"], failed
-        assert "int8 gate" in failed[0]["why"], failed[0]
+        assert {r["precision"] for r in failed} == {"int8"}, failed
+        assert all("int8 gate" in r["why"] for r in failed), failed
     else:
         assert got.code == 0 and report["passed"], got.err[-2000:]
     if card["batch"] == 1:  # a fixed batch is timed only at the batch it allows, and says so

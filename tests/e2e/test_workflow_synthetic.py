@@ -100,7 +100,8 @@ def test_every_recorded_precision_is_what_the_file_holds(run: Path) -> None:
                                        "int8": (True, False)}[precision]
     assert_usage_error(porter("export", "--run", run, "--to", "Onnx", "--precision", "bf16"),
                        "bf16", "fp32, fp16, int8")
-    assert_usage_error(porter("export", "--run", run, "--to", "tflite"), "tflite", "onnx, trt")
+    assert_usage_error(porter("export", "--run", run, "--to", "tflite"), "tflite",
+                       "onnx, openvino, trt")
 
 
 def test_flags_that_do_not_apply_are_refused(run: Path) -> None:
@@ -135,9 +136,9 @@ def test_7bit_int8_export_and_forced_fast_kernels(run: Path, tmp_path: Path) -> 
     result = porter("evaluate", "--run", copy, "--compare", "--batch-sizes", "1", "--limit",
                     "200", "--int8-cpu-kernels", "fast")
     assert result.code == 0, (result.out[-3000:], result.err[-3000:])
-    rows = {r["artifact"]: r for r in
+    rows = {r["row"]: r for r in
             json.loads((copy / "report" / "report.json").read_text())["rows"]}
-    int8 = rows["onnx-int8"]
+    int8 = rows["onnx-int8@onnxruntime"]
     # 7-bit weights cannot saturate, so even the fast kernels give a gated verdict on any CPU.
     assert int8["int8_cpu"]["requested"] == "fast" and not int8["int8_cpu"]["saturating"]
     assert int8["passed"] is True and int8["int8_cpu"]["weight_bits"] in (None, 7)
@@ -151,8 +152,15 @@ def test_evaluate_compare_passes_and_writes_report(run: Path) -> None:
     assert report["passed"] is True
     assert report["dataset"]["images"] == 1000  # synthetic val split
     backends = {(row["artifact"], row["backend"]) for row in report["rows"]}
+    # One row per (artifact, backend): every ONNX file on ONNX Runtime and on OpenVINO (make
+    # test installs it); OpenVINO's opt-in bf16/f16 entries are not default rows.
     assert backends == {("model", "torch"), ("onnx-fp32", "onnxruntime"),
-                        ("onnx-fp16", "onnxruntime"), ("onnx-int8", "onnxruntime")}
+                        ("onnx-fp16", "onnxruntime"), ("onnx-int8", "onnxruntime"),
+                        ("onnx-fp32", "openvino"), ("onnx-fp16", "openvino"),
+                        ("onnx-int8", "openvino")}
+    assert {r["row"] for r in report["rows"]} == {f"{a}@{b}" for a, b in backends}
+    openvino_fp32 = next(r for r in report["rows"] if r["row"] == "onnx-fp32@openvino")
+    assert openvino_fp32["compute_precision"] == "fp32"  # the f32 hint, never a silent bf16
     for row in report["rows"]:
         assert set(row) >= REPORT_ROW_FIELDS
         assert set(row["latency_ms"]) == {"1", "8"}
@@ -160,7 +168,7 @@ def test_evaluate_compare_passes_and_writes_report(run: Path) -> None:
     onnx_row = next(r for r in report["rows"] if r["backend"] == "onnxruntime")
     assert onnx_row["agreement"] >= 0.999
     assert onnx_row["top1"] > 0.2  # the tiny model learned something (chance is 0.1)
-    rows = {row["artifact"]: row for row in report["rows"]}
+    rows = {row["artifact"]: row for row in report["rows"] if row["backend"] != "openvino"}
     assert rows["onnx-int8"]["precision"] == "int8" and rows["onnx-int8"]["passed"] is True
     assert rows["onnx-int8"]["size_bytes"] < rows["onnx-fp32"]["size_bytes"] / 2
     assert "FP32 arithmetic" in rows["onnx-fp16"]["note"]  # how FP16 ran on ORT's CPU provider
