@@ -2,8 +2,8 @@
 
 The entry below is all this test adds to porter (plus its runner class, here in the test
 module): a Backend in ``port.formats.BACKENDS`` and its name in the ONNX format's backends.
-Then ``engines.load``, the row plan, ``porter evaluate``'s stage (rows, report, outputs.npz),
-``porter gate`` and doctor's backend table all pick it up with no other change.
+Then ``engines.load``, the row plan, ``porter evaluate``'s stage (rows, report, outputs.npz,
+the option reaching the runner) and ``porter gate`` pick it up with no other change.
 """
 
 from __future__ import annotations
