@@ -94,5 +94,8 @@ def load(path: str | Path, *, backend: str | None = None, **kwargs: Any) -> Runn
     check_backend(entry.name)
     runner = entry.runner_class()(path, **{**kwargs, **entry.fixed})
     # Sibling entries share a runner class: the row says which entry it is (openvino-bf16).
+    class_label = f"{type(runner).backend}:"
+    if entry.name != type(runner).backend and runner.name.startswith(class_label):
+        runner.name = f"{entry.name}:{runner.name[len(class_label):]}"  # and so does its label
     runner.backend = entry.name
     return runner

@@ -12,27 +12,45 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from port import engines
+from port import engines, formats
 from port.engines.base import Runner
-from port.ground.errors import UsageError
+from port.ground.errors import BackendUnavailable, UsageError
 from tests.engines.tiny import Tiny
 
-# Max abs logit difference to eager torch; TensorRT picks its own kernels (and summation order).
-TOLERANCE = {"torch": 1e-5, "onnxruntime": 1e-4, "tensorrt": 1e-3}
+# Max abs logit difference to eager torch; TensorRT picks its own kernels (and summation order);
+# OpenVINO's bf16/f16 entries compute in 8/11-bit mantissas on purpose.
+TOLERANCE = {"torch": 1e-5, "onnxruntime": 1e-4, "openvino": 1e-4, "openvino-bf16": 0.1,
+             "openvino-f16": 0.05, "tensorrt": 1e-3}
 
-BACKENDS = ["torch", "onnxruntime"]  # CPU backends; tensorrt: tests/gpu/test_trt_contract.py
-GPU_BACKENDS = ["tensorrt"]
+# Every registered backend that needs no GPU runs the contract here; GPU ones run the same tests
+# from tests/gpu/test_trt_contract.py with their own make_runner fixture.
+BACKENDS = [name for name, entry in formats.BACKENDS.items() if entry.hardware is None]
+GPU_BACKENDS = [name for name, entry in formats.BACKENDS.items() if entry.hardware is not None]
 
 
 def test_every_registered_runner_is_covered() -> None:
     assert set(BACKENDS) | set(GPU_BACKENDS) == set(engines.RUNNERS)
+    assert set(TOLERANCE) == set(engines.RUNNERS)  # a new backend states how close it must be
+    assert "openvino" in BACKENDS and GPU_BACKENDS == ["tensorrt"]
 
 
 @pytest.fixture(params=BACKENDS)
 def make_runner(request: pytest.FixtureRequest, tiny: Tiny) -> Callable[[], Runner]:
-    """A factory of fresh, inactive runners for the backend under test, built by engines.load."""
-    path = tiny.checkpoint if request.param == "torch" else tiny.onnx
-    return lambda: engines.load(path)
+    """A factory of fresh, inactive runners for the backend under test, built by engines.load;
+    a backend this machine cannot run (not installed, no bf16/f16 arithmetic) skips, saying
+    why."""
+    name = request.param
+    path = tiny.checkpoint if name == "torch" else tiny.onnx
+    if not engines.available(name):
+        pytest.skip(f"{name} is not installed here")
+    probe = engines.load(path, backend=name)
+    try:
+        probe.activate()
+    except BackendUnavailable as exc:
+        pytest.skip(f"{name} cannot run here: {exc}")
+    finally:
+        probe.deactivate()
+    return lambda: engines.load(path, backend=name)
 
 
 def test_activate_and_deactivate_are_idempotent(make_runner: Callable[[], Runner]) -> None:
