@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import signal
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,6 +23,23 @@ SUBSET_DIR = REPO / ".cache" / "cifar10-subset-100-50"
 def cifar_archive() -> Path:
     """The CIFAR-10 JPEG archive: env PORTER_CIFAR_ARCHIVE, else ../shared/data."""
     return Path(os.environ.get("PORTER_CIFAR_ARCHIVE", DEFAULT_ARCHIVE))
+
+
+@pytest.fixture(autouse=True)
+def _sigchld_as_it_was() -> Iterator[None]:
+    """Give SIGCHLD back its handler after each test.
+
+    A torch DataLoader with worker processes installs a Python SIGCHLD handler for the whole
+    process and never removes it (torch.utils.data._utils.signal_handling). ``porter train``
+    exits after training, but the test process runs evaluate in-process later: with that handler
+    left in place, a later wait for a child (evaluate's plot helper) while OpenVINO's CPU plugin
+    is loaded ended in a kernel-sent SIGSEGV (si_code SI_KERNEL, seen under gdb in waitpid) on
+    this AVX-512 machine. Each test starts with the handler the session had.
+    """
+    before = signal.getsignal(signal.SIGCHLD)
+    yield
+    if signal.getsignal(signal.SIGCHLD) is not before:
+        signal.signal(signal.SIGCHLD, before if before is not None else signal.SIG_DFL)
 
 
 def pytest_report_header() -> str:
