@@ -356,6 +356,9 @@ class Format:
     options: tuple[Option, ...] = ()
     # "module:function" reading the precision a file really carries (the record's proof).
     precision_of: str | None = None
+    # "module:function" making the side `porter evaluate --layerwise` compares from an artifact
+    # of this format (port.evaluate.layerwise_job.SideInput -> Side); None: not comparable.
+    layerwise: str | None = None
 
     @property
     def exportable(self) -> bool:
@@ -426,6 +429,7 @@ FORMATS: dict[str, Format] = {
                        "int8": "port.export.onnx_job:export_onnx_int8"},
             options=ONNX_OPTIONS,
             precision_of="port.export.onnx_files:onnx_precision",
+            layerwise="port.evaluate.layerwise_job:onnx_side",
         ),
         Format(
             name="openvino",
@@ -444,6 +448,7 @@ FORMATS: dict[str, Format] = {
             exporters=dict.fromkeys(PRECISION_NAMES, "port.export.trt_job:export_trt"),
             options=TRT_OPTIONS,
             precision_of="port.engines.trt_sidecar:sidecar_precision",
+            layerwise="port.evaluate.layerwise_job:engine_side",
         ),
         Format(
             name="triton",
@@ -457,7 +462,7 @@ FORMATS: dict[str, Format] = {
             name="checkpoint",
             description="PyTorch checkpoint (weights + model card): the reference, not an export",
             kind="checkpoint", suffixes=(".pt", ".pth"), backends=("torch",),
-            precisions=("fp32",),
+            precisions=("fp32",), layerwise="port.evaluate.layerwise_job:checkpoint_side",
         ),
     )
 }

@@ -39,6 +39,54 @@ class Side:
     source: Any  # TorchSource | OnnxSource | TrtDebugSource
 
 
+@dataclass(frozen=True)
+class SideInput:
+    """What a format's side maker gets (``port.formats.Format.layerwise``): the artifact as the
+    stage resolved it."""
+
+    label: str
+    record: Any  # port.manifest.Record, or None for an unrecorded ONNX file
+    file: Path
+    card: Any  # the run's ModelCard
+    what: str  # how errors name it ("the reference", "--layerwise onnx-fp16")
+    manifest: Any  # port.manifest.Manifest: engines look up the ONNX they were built from
+    precision: str
+    kind: str  # the manifest kind (the format's)
+
+
+def checkpoint_side(art: SideInput) -> Side:
+    """A porter checkpoint: the model in torch, with forward hooks on every module."""
+    return Side(art.label, art.kind, art.precision, torch_source(art.file))
+
+
+def onnx_side(art: SideInput) -> Side:
+    """An ONNX graph on ONNX Runtime, every module output exposed."""
+    return Side(art.label, art.kind, art.precision, onnx_source(art.file, art.card, art.what))
+
+
+def engine_side(art: SideInput) -> Side:
+    """A TensorRT engine: a debug build of the recorded ONNX it was made from (GPU only)."""
+    from port.evaluate.layerwise import TrtDebugSource
+
+    require_debug_tensors(art.file)
+    return Side(art.label, art.kind, art.precision,
+                TrtDebugSource(_engine_onnx(art), art.card))
+
+
+def _engine_onnx(art: SideInput) -> Path:
+    """The recorded, fresh ONNX graph an engine was built from."""
+    from port.ground.errors import UsageError
+
+    record, manifest = art.record, art.manifest
+    parents = [manifest.get(p["id"]) for p in record.parents] if record is not None else []
+    parent = next((p for p in parents if p is not None and p.kind == "onnx"), None)
+    if parent is None:
+        raise UsageError(f"--layerwise {art.file.name}: no recorded ONNX this engine was built "
+                         "from: pass the engine's export id (porter export --to trt records it)")
+    manifest.require_fresh(parent.id)
+    return manifest.abspath(parent)
+
+
 def default_tolerance(precision: str) -> float:
     """The relative L2 error over which a layer diverges at ``precision`` (fp32's otherwise)."""
     return DEFAULT_TOLERANCE.get(precision, DEFAULT_TOLERANCE["fp32"])

@@ -117,7 +117,7 @@ class Manifest:
         if rec.stage == "export" and rec.kind == "weights":  # port.stages.weights
             return f"`porter weights export --run {run}`"
         if rec.stage == "export":
-            to = p.get("to") or p.get("format") or ("trt" if rec.kind == "engine" else rec.kind)
+            to = p.get("to") or p.get("format") or rec.kind  # every export records its --to
             precision = f" --precision {p['precision']}" if p.get("precision") else ""
             return f"`porter export --run {run} --to {to}{precision}`"
         return f"`porter {rec.stage} --run {run}`"

@@ -20,6 +20,7 @@ from typing import Any
 from rich.console import Console
 
 from port.evaluate.report import json_safe
+from port.formats import FORMATS, Format, format_for_kind, resolve
 from port.ground.errors import UsageError
 from port.ground.limits import MAX_IMAGES, check_float, check_int
 from port.ground.vocab import REFERENCE_ID
@@ -35,6 +36,7 @@ from port.stages.common import (
 )
 
 LAYERWISE_DIR = "layerwise"
+ONNX = FORMATS["onnx"]
 
 
 @dataclass
@@ -71,23 +73,36 @@ def _resolve(manifest: Manifest, ref: Record, text: str) -> tuple[str, Record | 
         candidates = [path, manifest.run_dir / path]
         file = next((p for p in candidates if p.is_file()), None)
         if file is None:
-            ids = [r.id for r in manifest.records() if r.kind in ("onnx", "engine", "checkpoint")]
+            ids = [r.id for r in manifest.records() if r.kind in _layerwise_kinds()]
             raise UsageError(f"--layerwise {text}: no artifact with that id in {manifest.run_dir} "
                              f"and no such file: pass one of {', '.join(ids) or 'model'} or an "
                              ".onnx file")
         same = next((r for r in manifest.records()
                      if manifest.abspath(r).resolve() == file.resolve()), None)
         if same is None:
-            if file.suffix.lower() != ".onnx":
+            if file.suffix.lower() not in ONNX.suffixes:
                 raise UsageError(f"--layerwise {file}: only ONNX files can be compared without a "
                                  "record (export engines with porter export)")
             return _label(file.stem), None, file
         record = same
     manifest.require_fresh(record.id)
-    if record.kind not in ("onnx", "engine", "checkpoint"):
-        raise UsageError(f"--layerwise {text}: '{record.id}' is a {record.kind}, not a model: "
-                         "pass an export id (e.g. onnx-fp16) or an .onnx file")
+    _layerwise_format(record.kind, f"--layerwise {text}: '{record.id}'")
     return record.id, record, manifest.abspath(record)
+
+
+def _layerwise_kinds() -> list[str]:
+    """The manifest kinds whose format can be compared layer by layer (the registry says)."""
+    return [f.kind for f in FORMATS.values() if f.layerwise]
+
+
+def _layerwise_format(kind: str, what: str) -> Format:
+    """The format of ``kind`` if it can be compared layer by layer, else ``UsageError``."""
+    fmt = format_for_kind(kind)
+    if fmt is None or not fmt.layerwise:
+        raise UsageError(f"{what} is of kind {kind}, which --layerwise cannot compare layer "
+                         f"by layer: pass an artifact of kind {', '.join(_layerwise_kinds())} (e.g. "
+                         "onnx-fp16) or an .onnx file")
+    return fmt
 
 
 def _label(text: str) -> str:
@@ -100,7 +115,7 @@ def _precision(record: Record | None, file: Path) -> str:
     """The artifact's precision: recorded, else the ONNX metadata's, else fp32."""
     if record is not None and record.stage == "export":
         return str(record.typed_params.precision or "fp32")
-    if file.suffix.lower() == ".onnx":
+    if file.suffix.lower() in ONNX.suffixes:
         from port.models.card_codec import read_precision
 
         return read_precision(file) or "fp32"
@@ -109,31 +124,14 @@ def _precision(record: Record | None, file: Path) -> str:
 
 def _side(label: str, record: Record | None, file: Path, card: Any, what: str,
           manifest: Manifest, precision: str) -> Any:
-    """A checkpoint runs in torch, an ONNX file on ORT, an engine as a debug build of the
-    ONNX it was made from (GPU)."""
-    from port.evaluate import layerwise_job as job
+    """The side that runs the artifact, made by its format's layerwise entry
+    (``port.formats.Format.layerwise``: a checkpoint in torch, an ONNX on ORT, an engine as a
+    debug build of the ONNX it was made from)."""
+    from port.evaluate.layerwise_job import SideInput
 
-    kind = record.kind if record is not None else "onnx"  # an unrecorded file is an ONNX
-    if kind == "checkpoint":
-        return job.Side(label, kind, precision, job.torch_source(file))
-    if kind == "engine" or file.suffix in (".engine", ".plan"):
-        from port.evaluate.layerwise import TrtDebugSource
-
-        job.require_debug_tensors(file)
-        return job.Side(label, kind, precision,
-                        TrtDebugSource(_engine_onnx(record, file, manifest), card))
-    return job.Side(label, kind, precision, job.onnx_source(file, card, what))
-
-
-def _engine_onnx(record: Record | None, file: Path, manifest: Manifest) -> Path:
-    """The recorded, fresh ONNX graph an engine was built from."""
-    parents = [manifest.get(p["id"]) for p in record.parents] if record is not None else []
-    parent = next((p for p in parents if p is not None and p.kind == "onnx"), None)
-    if parent is None:
-        raise UsageError(f"--layerwise {file.name}: no recorded ONNX this engine was built from: "
-                         "pass the engine's export id (porter export --to trt records it)")
-    manifest.require_fresh(parent.id)
-    return manifest.abspath(parent)
+    fmt = _layerwise_format(record.kind if record is not None else ONNX.kind, what)
+    return resolve(fmt.layerwise)(SideInput(label, record, file, card, what, manifest,
+                                            precision, fmt.kind))
 
 
 def _images(ref: Record, card: Any, req: LayerwiseRequest, against: Any

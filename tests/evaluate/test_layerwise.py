@@ -191,6 +191,17 @@ def test_against_finds_a_planted_error_in_dumped_activations(lw: dict[str, Path]
     assert extra["reason"].startswith("extra: no layer of that name")
 
 
+def test_formats_without_a_layerwise_entry_are_refused(lw: dict[str, Path],
+                                                        tmp_path: Path) -> None:
+    # The registry says which formats --layerwise compares (Format.layerwise): an OpenVINO IR
+    # has no entry yet, and is refused by name, listing the kinds that are.
+    run = tmp_path / "run"
+    shutil.copytree(lw["run"], run)
+    assert cli("export", "--run", run, "--to", "openvino").code == 0
+    refused(cli("evaluate", "--run", run, "--layerwise", "openvino-fp32"), "openvino-fp32",
+            "of kind openvino", "onnx, engine, checkpoint")
+
+
 def test_bad_inputs_exit_2_with_one_line(lw: dict[str, Path], tmp_path: Path) -> None:
     run = lw["run"]
     refused(cli("evaluate", "--run", run, "--layerwise", "onnx-nope"), "onnx-nope", "onnx-fp32")
