@@ -100,8 +100,8 @@ def _layerwise_format(kind: str, what: str) -> Format:
     fmt = format_for_kind(kind)
     if fmt is None or not fmt.layerwise:
         raise UsageError(f"{what} is of kind {kind}, which --layerwise cannot compare layer "
-                         f"by layer: pass an artifact of kind {', '.join(_layerwise_kinds())} (e.g. "
-                         "onnx-fp16) or an .onnx file")
+                         f"by layer: pass an artifact of kind "
+                         f"{', '.join(_layerwise_kinds())} (e.g. onnx-fp16) or an .onnx file")
     return fmt
 
 
