@@ -56,9 +56,9 @@ def test_every_format_and_precision_in_any_case_has_exporter_runner_and_gate(
 
 
 def test_unknown_names_are_refused_with_the_choices() -> None:
-    with pytest.raises(UsageError, match="choose one of onnx, trt, triton"):
+    with pytest.raises(UsageError, match="choose one of onnx, openvino, trt, triton"):
         normalize_format("tflite")
-    with pytest.raises(UsageError, match="choose one of onnx, trt, triton"):
+    with pytest.raises(UsageError, match="choose one of onnx, openvino, trt, triton"):
         normalize_format("checkpoint")  # a format porter reads, not one it exports
     with pytest.raises(UsageError, match="choose one of fp32, fp16, int8"):
         normalize_precision(FORMATS["onnx"], "bf16")

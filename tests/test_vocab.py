@@ -16,7 +16,7 @@ import port.ground.vocab as vocab
 from port.models.onnx_signature import ONNX_INPUT_DTYPES
 
 VOCAB_FILE = Path(vocab.__file__)
-ROOT = VOCAB_FILE.parent.parent  # the folder holding port/
+ROOT = VOCAB_FILE.parents[2]  # the folder holding port/ (vocab is port/ground/vocab.py)
 NAMES = {name: value for name, value in vars(vocab).items() if name.isupper()}
 TUPLES = {name: value for name, value in NAMES.items() if isinstance(value, tuple)}
 

@@ -18,7 +18,6 @@ Pure: takes paths, writes the pair, returns metrics; the manifest is the caller'
 
 from __future__ import annotations
 
-import os
 import re
 import tempfile
 import time
@@ -26,7 +25,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
-from port.ground.atomic import fsync_dir
+from port.ground.atomic import replace_in_order
 from port.ground.errors import ModelError
 
 RT_INFO_SECTION = "porter"  # the rt_info section porter's strings live in (the runner reads it)
@@ -114,12 +113,8 @@ def convert_to_ir(onnx_path: Path, out_xml: Path, *,
         if wanted and wanted != precision:
             raise ModelError(f"the IR of {onnx_path.name} carries {precision} weights, its card "
                              f"says {wanted}: re-export the ONNX (porter export --to onnx)")
-        for f in (tmp_bin, tmp_xml):
-            with open(f, "rb+") as handle:
-                os.fsync(handle.fileno())
-        os.replace(tmp_bin, weights)  # the .bin first: the .xml is the one a reader opens
-        os.replace(tmp_xml, xml)
-    fsync_dir(xml.parent)
+        # The .bin first: the .xml is the one a reader opens (and the manifest records).
+        replace_in_order([(tmp_bin, weights), (tmp_xml, xml)])
     xml_bytes, bin_bytes = xml.stat().st_size, weights.stat().st_size
     return {
         "openvino": ov.__version__,

@@ -89,3 +89,17 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> int:
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> int:
     """Write ``text`` (UTF-8) to ``path`` atomically; returns the number of bytes."""
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def replace_in_order(moves: list[tuple[Path, Path]]) -> None:
+    """Move finished files into place, each fsynced first, in the order given, then fsync the
+    folders: for artifacts made of several files (an OpenVINO IR's ``.bin`` then ``.xml``),
+    where the file a reader opens goes last so it never names a weights file not yet there."""
+    for source, _ in moves:
+        with open(source, "rb+") as handle:
+            os.fsync(handle.fileno())
+    for source, target in moves:
+        os.replace(source, target)
+    for folder in dict.fromkeys(target.parent for _, target in moves):
+        fsync_dir(folder)
+

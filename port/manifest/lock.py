@@ -39,7 +39,7 @@ RUN_LOCK_NAME = ".porter.lock"
 HELD_ENV = "PORTER_RUN_LOCK_HELD"  # set for DDP workers: "<resolved run dir>"
 # Folders exporters create inside the run for their intermediate files (port.export.onnx,
 # port.export.quantize); a killed export leaves them, the next writer removes them.
-TEMP_DIR_PREFIXES = (".porter-onnx-", ".porter-int8-", ".porter-fp16-")
+TEMP_DIR_PREFIXES = (".porter-onnx-", ".porter-int8-", ".porter-fp16-", ".porter-openvino-")
 
 try:  # POSIX; elsewhere porter runs without a run lock (the manifest lock still holds)
     import fcntl

@@ -117,11 +117,13 @@ def test_foreign_model_goes_through_every_stage(form: str, tmp_path: Path,
     openvino = {r["artifact"]: r for r in report["rows"] if r["backend"] == "openvino"}
     assert set(openvino) == {"model", "onnx-fp16", "onnx-int8"}, sorted(openvino)
     for row in openvino.values():
-        if form == "float64":
-            assert row["passed"] is None and "does not support f64" in row["why"], row
+        if row["passed"] is None:  # skipped: only OpenVINO's missing f64 kernels may say so
+            assert form == "float64" and "does not support f64" in row["why"], row
         else:
             assert row["top1"] is not None and row["compute_precision"].startswith(
                 ("fp16", "int8", "fp32")), row
+    if form == "float64":  # the quantized graph keeps f64 parts OpenVINO's CPU cannot compile
+        assert openvino["onnx-int8"]["passed"] is None, openvino["onnx-int8"]
     if got.code == 1:  # a failed gate: only INT8's ratio gate may fail these chance-level models
         failed = [r for r in report["rows"] if r["passed"] is False]
         assert {r["precision"] for r in failed} == {"int8"}, failed
@@ -133,7 +135,8 @@ def test_foreign_model_goes_through_every_stage(form: str, tmp_path: Path,
             assert list(row["latency_ms"]) == ["1"], row["latency_ms"]
             assert "fixed batch 1" in row["note"]
     else:
-        assert all(list(r["latency_ms"]) == ["1", "8"] for r in report["rows"])
+        assert all(list(r["latency_ms"]) == ["1", "8"] for r in report["rows"]
+                   if r["passed"] is not None)  # a skipped row ran nothing to time
 
     # The app path: the FP16 export answers like evaluate's row does, on a real image file.
     images = sorted((data / "test").rglob("*.*"))[:3]
