@@ -217,3 +217,58 @@ def test_status_tracks_edits_and_evaluate_refuses_modified(run: Path, tmp_path: 
     manifest = json.loads((copy / "manifest.json").read_text())
     assert {a["id"] for a in manifest["artifacts"]} == {"model", "onnx-fp32", "onnx-fp16",
                                                         "onnx-int8", "report"}
+
+
+def test_openvino_ir_export_evaluate_load_and_edits(run: Path, tmp_path: Path) -> None:
+    """--to openvino: an IR per precision from the run's ONNX, recorded with its .bin, gated by
+    evaluate next to its ONNX on both runtimes, loadable without the run, and an edited .bin
+    is caught like any edited artifact."""
+    import shutil
+
+    import numpy as np
+
+    import port
+    from port.export.openvino_ir import ir_precision
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    for precision in ("fp32", "int8"):
+        result = porter("export", "--run", copy, "--to", "openvino", "--precision", precision)
+        assert result.code == 0, result.err[-3000:]
+        assert f"model.{precision}.xml + model.{precision}.bin" in result.out
+    records = {a["id"]: a for a in json.loads((copy / "manifest.json").read_text())["artifacts"]}
+    for precision in ("fp32", "int8"):
+        record = records[f"openvino-{precision}"]
+        assert record["kind"] == "openvino" and record["params"]["to"] == "openvino"
+        assert [p["id"] for p in record["parents"]] == [f"onnx-{precision}"]
+        assert ir_precision(copy / record["path"]) == precision
+        parity = record["metrics"]["parity"]
+        assert parity["against"] == "onnxruntime" and parity["agreement"] >= 0.9, parity
+        assert record["metrics"]["compress_to_fp16"] is False
+    assert records["openvino-fp32"]["metrics"]["parity"]["max_abs_diff"] < 1e-3
+
+    result = porter("evaluate", "--run", copy, "--compare", "--batch-sizes", "1", "--limit",
+                    "200", "--backends", "openvino")
+    assert result.code == 0, (result.out[-3000:], result.err[-3000:])
+    report = json.loads((copy / "report" / "report.json").read_text())
+    rows = {r["row"]: r for r in report["rows"]}
+    assert {"openvino-fp32@openvino", "openvino-int8@openvino", "onnx-fp32@openvino"} <= set(rows)
+    assert "onnx-fp32@onnxruntime" not in rows  # --backends is the exact set
+    ir32, onnx32 = rows["openvino-fp32@openvino"], rows["onnx-fp32@openvino"]
+    assert ir32["compute_precision"] == "fp32" and ir32["passed"] is True
+    assert ir32["top1"] == onnx32["top1"] and ir32["max_abs_diff"] < 1e-3
+    # The size counts the weights beside the graph: the IR is about as big as the ONNX.
+    assert ir32["size_bytes"] > 0.9 * onnx32["size_bytes"]
+    assert rows["openvino-int8@openvino"]["compute_precision"].startswith("int8")
+
+    # An app: the IR alone (its card is in the IR), answering like the ONNX on ONNX Runtime.
+    images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    with port.load(copy / "model.fp32.xml") as ir, port.load(copy / "model.fp32.onnx") as ort:
+        assert np.allclose(ir.logits(images), ort.logits(images), atol=1e-3)
+        assert [p.label for p in ir.predict(images)] == [p.label for p in ort.predict(images)]
+
+    weights = copy / "model.fp32.bin"
+    weights.write_bytes(weights.read_bytes()[:-4] + b"\0\0\0\0")
+    assert manifest_states(copy)["openvino-fp32"] == "modified"
+    assert_usage_error(porter("evaluate", "--run", copy, "--compare", "--backends", "openvino"),
+                       "openvino-fp32", "modified", alone=False)
