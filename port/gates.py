@@ -96,6 +96,9 @@ GATE_ALIASES: dict[str, tuple[str, str]] = {
     "--int8-min-ratio": ("int8", "min_top1_ratio"),
 }
 LIMIT_NAMES: tuple[str, ...] = tuple(f.name for f in fields(PrecisionGate))
+# How a report's gate table heads each limit: the field name in words ("min top1 ratio").
+LIMIT_LABELS: dict[str, str] = {name: name.replace("_pp", " (pp)").replace("_", " ")
+                                for name in LIMIT_NAMES}
 
 
 def gate_overrides(aliases: Mapping[str, float | None] | None = None,

@@ -111,3 +111,16 @@ def test_the_plot_helper_draws_what_this_process_draws(tmp_path: Path,
             helper.close()
         assert written[2].read_bytes() == here[2].read_bytes(), code
         assert written[3].read_bytes() == here[3].read_bytes(), code
+
+
+def test_markdown_gate_table_has_a_column_per_gate_limit(torch_and_onnx_report: dict) -> None:
+    from port.gates import LIMIT_NAMES, Gates
+
+    md = render_markdown(torch_and_onnx_report)
+    header = md.split("## Gates", 1)[1].strip().splitlines()[0]
+    cells = [c.strip() for c in header.strip("|").split("|")]
+    assert cells == ["precision", "min agreement", "max top1 drop (pp)", "min top1 ratio"]
+    assert len(cells) == 1 + len(LIMIT_NAMES)
+    # Every registered precision's gate is a row (bf16 too), its values as the report has them.
+    assert set(torch_and_onnx_report["gates"]) == set(Gates().to_dict())
+    assert "| int8 | - | - | 0.99 |" in md
