@@ -1,5 +1,6 @@
 """``porter export --to triton --model-repo DIR``: a Triton model repository of the run's fresh
-ONNX files and engines at one precision (one model each), indexed by ``model.<p>.triton.json``.
+ONNX files, OpenVINO IRs and engines at one precision (one model each), indexed by
+``model.<p>.triton.json``.
 
 The repository's files are the record's companions (keyed by absolute path when the repository
 is outside the run), so an edited ``config.pbtxt`` makes the record ``modified`` and a re-export
@@ -24,10 +25,12 @@ INDEX_FORMAT = "porter.triton-repository/1"
 
 
 def _sources(ctx: ExportContext, precision: str) -> list[Record]:
-    """The fresh ONNX files and engines of the run at ``precision``, in manifest order.
+    """The fresh ONNX files, OpenVINO IRs and engines of the run at ``precision`` (the kinds
+    ``triton.PLATFORMS`` names), in manifest order.
 
     The ONNX graph of that precision is exported first when the run has none yet (an engine is
-    never built here: that needs a GPU, ``porter export --to trt``).
+    never built here: that needs a GPU, ``porter export --to trt``; an IR comes from ``porter
+    export --to openvino``).
     """
     from port.export.triton import PLATFORMS
 
@@ -60,18 +63,12 @@ def _model_specs(ctx: ExportContext, repo: Path, sources: list[Record], owned: s
                  art_id: str, instances: int) -> list[Any]:
     """One ``triton.ModelSpec`` per source; a model folder holding files this record did not
     write (or that were edited since) is refused."""
-    from port.engines.trt_sidecar import read_sidecar, sidecar_path
     from port.export import triton
 
     specs = []
     for record in sources:
-        path = ctx.run_dir / record.path
-        name = triton.model_name(ctx.run_dir, record.id)
-        if record.kind == "engine":
-            spec = triton.engine_model(name, path, read_sidecar(sidecar_path(path)),
-                                       instances=instances)
-        else:
-            spec = triton.onnx_model(name, path, instances=instances)
+        spec = triton.model_spec(record.kind, triton.model_name(ctx.run_dir, record.id),
+                                 ctx.run_dir / record.path, instances=instances)
         folder = repo / spec.name
         theirs = [f for f in folder.rglob("*") if f.is_file() and f.resolve() not in owned]
         if theirs:
@@ -90,7 +87,8 @@ def _index(repo: Path, precision: str, specs: list[Any], sources: list[Record]) 
         "format": INDEX_FORMAT,
         "repository": str(repo),
         "precision": precision,
-        "models": [{"name": s.name, "platform": s.platform, "artifact": r.id,
+        # "platform" or "backend", as config.pbtxt names what runs the model.
+        "models": [{"name": s.name, s.runtime.key: s.runtime.name, "artifact": r.id,
                     "source": r.path, "source_sha256": r.sha256,
                     "files": triton.relative_to_repo(triton.model_files(repo, s), repo)}
                    for s, r in zip(specs, sources, strict=True)],
@@ -99,8 +97,8 @@ def _index(repo: Path, precision: str, specs: list[Any], sources: list[Record]) 
 
 
 def export_triton(ctx: ExportContext, fmt: Format, precision: str) -> Record:
-    """``--to triton --model-repo DIR``: every fresh ONNX file and engine of the run at
-    ``precision`` as a Triton model, recorded with those records as parents and every
+    """``--to triton --model-repo DIR``: every fresh ONNX file, OpenVINO IR and engine of the
+    run at ``precision`` as a Triton model, recorded with those records as parents and every
     repository file as a companion."""
     from port.export import triton
     from port.ground.atomic import atomic_write_text
@@ -117,8 +115,9 @@ def export_triton(ctx: ExportContext, fmt: Format, precision: str) -> Record:
     owned = _owned_files(ctx, art_id)
     sources = _sources(ctx, precision)
     if not sources:
-        raise UsageError(f"the run has no fresh {precision} ONNX file or engine for Triton: "
-                         f"export one with `porter export --to onnx --precision {precision}`")
+        raise UsageError(f"the run has no fresh {precision} ONNX file, OpenVINO IR or engine for "
+                         f"Triton: export one with `porter export --to onnx --precision "
+                         f"{precision}`")
     specs = _model_specs(ctx, repo, sources, owned, art_id, instances)
     # Replace this record's earlier models: unchanged files only (checked above).
     triton.remove_files(sorted(f for f in owned if f.is_file() and repo in f.parents), repo)
@@ -132,4 +131,10 @@ def export_triton(ctx: ExportContext, fmt: Format, precision: str) -> Record:
     ctx.console.print(f"[green]wrote[/green] Triton model repository {repo} "
                       f"({', '.join(s.name for s in specs)}); serve it with `tritonserver "
                       f"--model-repository {repo}`")
+    if any(s.runtime == triton.PLATFORMS["openvino"] for s in specs):
+        # What the row of `porter evaluate` that predicts it is: the backend passes no f32 hint.
+        ctx.console.print("note: Triton's OpenVINO backend cannot pin FP32 arithmetic (its only "
+                          "precision setting is HINT_BF16): on CPUs with bf16 arithmetic "
+                          "(AVX512_BF16, AMX) it computes in bf16, as `porter evaluate "
+                          "--backends openvino-bf16` measures", markup=False, highlight=False)
     return record

@@ -1,10 +1,17 @@
-"""``porter serve``: resolve the run's ONNX artifact and supervise the Triton server process.
+"""``porter serve``: resolve the run's artifact and its backend, and supervise the Triton server
+process.
 
 The server runs in the *serving interpreter* (:func:`serving_python`), not necessarily porter's:
 PyTriton's bundled Python-backend stub reads numpy 1.x array descriptors, so it needs numpy < 2
 while porter's locked environment has numpy 2. ``make serve-env`` builds that interpreter from
-``port/serve/requirements.txt`` into ``.venv-serve``. The server imports porter from this source
-tree (``PYTHONPATH``) and only its light modules (no torch).
+``port/serve/requirements.txt`` into ``.venv-serve``; it holds the runtimes named in
+:data:`SERVE_RUNTIMES`. The server imports porter from this source tree (``PYTHONPATH``) and
+only its light modules (no torch).
+
+What can be served follows from the backend registry (``port.formats``): an artifact whose
+format has a backend built on one of those runtimes (ONNX files: ONNX Runtime by default, or
+OpenVINO; OpenVINO IR: OpenVINO). ``--artifact ID@BACKEND`` (the row name ``porter evaluate``
+uses) or :attr:`ServeRequest.backend` picks another backend of the format.
 
 Ctrl-C reaches the server directly (same process group); SIGTERM and SIGINT sent to porter are
 forwarded to it. porter waits for the server's clean stop and returns its exit code.
@@ -20,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from port.formats import FORMATS
+from port.formats import BACKENDS, FORMATS, Backend, Format, format_for_kind, normalize_backend
 from port.ground.errors import BackendUnavailable, ManifestError, UsageError
 from port.ground.vocab import REFERENCE_ID
 
@@ -29,11 +36,20 @@ SERVE_VENV = PACKAGE_ROOT / ".venv-serve"
 REQUIREMENTS = Path(__file__).with_name("requirements.txt")
 ENV_VAR = "PORTER_SERVE_PYTHON"
 DEFAULT_ARTIFACT = FORMATS["onnx"].artifact_id("fp32")
+# The inference runtimes requirements.in installs into the serving environment, by distribution
+# name (for both, also the module porter's runner imports). A backend is servable when one of
+# its distributions is here; tests/apps/test_serve_openvino.py checks requirements.in has them.
+SERVE_RUNTIMES = ("onnxruntime", "openvino")
+BACKEND_SEP = "@"  # --artifact ID@BACKEND, as `porter evaluate` names a row
 
 
 @dataclass(frozen=True)
 class ServeRequest:
-    """What ``porter serve`` was asked for."""
+    """What ``porter serve`` was asked for.
+
+    ``artifact``: a manifest id, optionally ``ID@BACKEND``; ``backend``: a registry backend
+    name (None: the one in ``artifact``, else the format's default).
+    """
 
     artifact: str | None = None
     host: str = "127.0.0.1"
@@ -44,6 +60,7 @@ class ServeRequest:
     dynamic_batching: bool = True
     queue_delay_us: int = 500
     threads: int | None = None
+    backend: str | None = None
 
     def check(self) -> None:
         """Refuse values Triton would refuse later, with the flag's name."""
@@ -62,9 +79,30 @@ class ServeRequest:
             raise UsageError(f"--threads {self.threads} must be at least 1")
 
 
-def _can_serve(python: str) -> bool:
-    """Whether ``python`` has PyTriton and a numpy its stub reads (< 2)."""
-    probe = ("import numpy, pytriton, onnxruntime, PIL; "
+@dataclass(frozen=True)
+class ServeTarget:
+    """The artifact to serve and the backend that runs it."""
+
+    artifact: str  # manifest id; also the Triton model name
+    path: Path
+    backend: str  # registry name (port.formats.BACKENDS)
+    runtime: str  # the serving environment's runtime it needs (one of SERVE_RUNTIMES)
+
+
+def serve_runtime(entry: Backend) -> str | None:
+    """The serving environment's runtime ``entry`` runs on, or None when it cannot be served."""
+    return next((d for d in entry.distributions if d in SERVE_RUNTIMES), None)
+
+
+def served_formats() -> list[Format]:
+    """The formats ``porter serve`` runs: those with at least one servable backend."""
+    return [f for f in FORMATS.values()
+            if any(serve_runtime(BACKENDS[b]) for b in f.backends)]
+
+
+def _can_serve(python: str, runtime: str) -> bool:
+    """Whether ``python`` has PyTriton, ``runtime`` and a numpy its stub reads (< 2)."""
+    probe = (f"import numpy, pytriton, PIL, {runtime}; "
              "raise SystemExit(int(numpy.__version__.split('.')[0]) >= 2)")
     try:
         return subprocess.run([python, "-c", probe], capture_output=True,
@@ -73,48 +111,95 @@ def _can_serve(python: str) -> bool:
         return False
 
 
-def serving_python() -> str:
-    """The interpreter that runs the Triton server: ``$PORTER_SERVE_PYTHON``, else
-    ``.venv-serve`` next to the port package, else this interpreter if it qualifies."""
+def serving_python(runtime: str = "onnxruntime") -> str:
+    """The interpreter that runs the Triton server with ``runtime``: ``$PORTER_SERVE_PYTHON``,
+    else ``.venv-serve`` next to the port package, else this interpreter if it qualifies."""
     given = os.environ.get(ENV_VAR)
     candidates = [given] if given else [str(SERVE_VENV / "bin" / "python"), sys.executable]
     for python in candidates:
-        if python and Path(python).exists() and _can_serve(python):
+        if python and Path(python).exists() and _can_serve(python, runtime):
             return python
     where = f"{ENV_VAR}={given}" if given else f"{SERVE_VENV} or this environment"
     raise BackendUnavailable(
-        f"porter serve needs PyTriton with numpy < 2, not found in {where}: run `make "
-        f"serve-env`, or install {REQUIREMENTS} into a virtual environment and set {ENV_VAR} "
-        "to its python")
+        f"porter serve needs PyTriton with numpy < 2 and {runtime}, not found in {where}: run "
+        f"`make serve-env`, or install {REQUIREMENTS} into a virtual environment and set "
+        f"{ENV_VAR} to its python")
 
 
-def serve_artifact(run: Path, artifact: str | None) -> tuple[str, Path]:
-    """(artifact id, path) of the ONNX model to serve, checked fresh."""
+def _split_artifact(artifact: str | None, backend: str | None) -> tuple[str | None, str | None]:
+    """``ID@BACKEND`` -> (ID, BACKEND); a backend named twice must be the same one."""
+    if artifact is None or BACKEND_SEP not in artifact:
+        return artifact, backend
+    art_id, _, named = artifact.rpartition(BACKEND_SEP)
+    if not art_id or not named.strip():
+        raise UsageError(f"--artifact {artifact}: write ID or ID{BACKEND_SEP}BACKEND, e.g. "
+                         f"onnx-fp32{BACKEND_SEP}openvino")
+    if backend is not None and normalize_backend(backend).name != normalize_backend(named).name:
+        raise UsageError(f"--artifact {artifact} names backend {named}, --backend says "
+                         f"{backend}: name it once")
+    return art_id, named
+
+
+def _not_found(run: Path, wanted: str, servable: list[str]) -> Exception:
+    """The refusal for an id the manifest does not hold: a precision the format does not have
+    is named as such; otherwise the command that makes it, and the ids that can be served."""
+    choices = f"pass --artifact with one of: {', '.join(servable) or 'none yet'}"
+    for fmt in served_formats():
+        prefix = f"{fmt.name}-"
+        if wanted.lower().startswith(prefix):
+            precision = wanted[len(prefix):]
+            if precision.lower() not in fmt.precisions:
+                return UsageError(f"--artifact {wanted}: --to {fmt.name} has no precision "
+                                  f"'{precision}' (only {', '.join(fmt.precisions)}): {choices}")
+            return ManifestError(f"run {run} has no artifact '{wanted}': export it (`porter "
+                                 f"export --run {run} --to {fmt.name} --precision "
+                                 f"{precision.lower()}`) or {choices}")
+    return ManifestError(f"run {run} has no artifact '{wanted}': export one (`porter export "
+                         f"--run {run} --to onnx`) or {choices}")
+
+
+def _backend_for(fmt: Format, record_id: str, named: str | None) -> Backend:
+    """The servable backend of ``fmt`` that ``named`` names (None: the format's default)."""
+    servable = [b for b in fmt.backends if serve_runtime(BACKENDS[b])]
+    entry = BACKENDS[fmt.backend] if named is None else normalize_backend(named)
+    if entry.name not in servable:
+        raise UsageError(f"porter serve cannot run {record_id} on {entry.name}: choose one of "
+                         f"{', '.join(servable)}")
+    return entry
+
+
+def serve_artifact(run: Path, artifact: str | None, backend: str | None = None) -> ServeTarget:
+    """The artifact to serve (checked fresh) and the backend that runs it."""
     from port.stages.common import open_run
 
     manifest = open_run(run)
-    onnx_kind = FORMATS["onnx"].kind
-    wanted = artifact or DEFAULT_ARTIFACT
-    record = manifest.get(wanted)
-    if record is None and artifact is None:
+    wanted, named = _split_artifact(artifact, backend)
+    kinds = {f.kind: f for f in served_formats()}
+    record = manifest.get(wanted or DEFAULT_ARTIFACT)
+    if record is None and wanted is None:
         ref = manifest.get(REFERENCE_ID)
-        record = ref if ref is not None and ref.kind == onnx_kind else None
+        record = ref if ref is not None and ref.kind == FORMATS["onnx"].kind else None
     if record is None:
-        onnx = [r.id for r in manifest.records(kind=onnx_kind)]
-        raise ManifestError(
-            f"run {run} has no artifact '{wanted}': export it (`porter export --run {run} --to "
-            f"onnx`) or pass --artifact with one of: {', '.join(onnx) or 'none yet'}")
-    if record.kind != onnx_kind:
-        raise UsageError(f"--artifact {record.id} is a {record.kind}: porter serve runs ONNX "
-                         "models on the CPU; serve engines with `porter export --to triton` "
-                         "on a GPU Triton server")
+        servable = [r.id for r in manifest.records() if r.kind in kinds]
+        raise _not_found(run, wanted or DEFAULT_ARTIFACT, servable)
+    fmt = kinds.get(record.kind)
+    if fmt is None:
+        what = format_for_kind(record.kind)
+        hint = ("serve engines with `porter export --to triton` on a GPU Triton server"
+                if what is not None and what.hardware == "cuda-gpu" else
+                "export the run to one of those first")
+        raise UsageError(f"--artifact {record.id} is a {record.kind}: porter serve runs "
+                         f"{' and '.join(kinds)} artifacts on the CPU; {hint}")
+    entry = _backend_for(fmt, record.id, named)
     manifest.require_fresh(record.id)
-    return record.id, manifest.run_dir / record.path
+    return ServeTarget(record.id, manifest.run_dir / record.path, entry.name,
+                       serve_runtime(entry) or entry.name)
 
 
-def server_command(python: str, model: Path, name: str, req: ServeRequest) -> list[str]:
+def server_command(python: str, target: ServeTarget, req: ServeRequest) -> list[str]:
     """The argv of the server process."""
-    cmd = [python, "-m", "port.serve.server", "--model", str(model), "--name", name,
+    cmd = [python, "-m", "port.serve.server", "--model", str(target.path),
+           "--name", target.artifact, "--backend", target.backend,
            "--host", req.host, "--http-port", str(req.http_port),
            "--grpc-port", str(req.grpc_port), "--metrics-port", str(req.metrics_port),
            "--max-batch", str(req.max_batch), "--queue-delay-us", str(req.queue_delay_us),
@@ -136,11 +221,11 @@ def server_env() -> dict[str, str]:
 def serve_run(run: Path, req: ServeRequest, *, console: Any) -> int:
     """Serve the run's model until the server stops; returns the server's exit code."""
     req.check()
-    name, model = serve_artifact(run, req.artifact)
-    python = serving_python()
-    console.print(f"starting Triton (PyTriton) for {name} with {python}", markup=False,
-                  highlight=False)
-    proc = subprocess.Popen(server_command(python, model, name, req), env=server_env())
+    target = serve_artifact(run, req.artifact, req.backend)
+    python = serving_python(target.runtime)
+    console.print(f"starting Triton (PyTriton) for {target.artifact} on {target.backend} with "
+                  f"{python}", markup=False, highlight=False)
+    proc = subprocess.Popen(server_command(python, target, req), env=server_env())
 
     def forward(signum: int, _frame: Any) -> None:
         if proc.poll() is None:

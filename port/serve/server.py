@@ -2,15 +2,18 @@
 
 PyTriton starts the ``tritonserver`` binary its wheel bundles, with a Python-backend model whose
 requests it forwards to :func:`make_infer`'s function in this process; that function runs the
-ONNX model with porter's ONNX Runtime runner (the settings ``porter evaluate`` uses). The model
-has the I/O of the exported model, so a client written for ``porter export --to triton`` works
-unchanged: ``input`` float32 [-1, 3, H, W] preprocessed as the model card says, ``logits``
-float32 [-1, classes].
+artifact with porter's runner for the backend asked for (``port.load``, the settings ``porter
+evaluate`` uses): an ONNX file on ONNX Runtime or OpenVINO, an OpenVINO IR on OpenVINO (f32
+inference hint pinned for the ``openvino`` backend). The model has the I/O of the exported
+model, so a client written for ``porter export --to triton`` works unchanged: ``input`` float32
+[-1, 3, H, W] preprocessed as the model card says, ``logits`` float32 [-1, classes].
 
-Imports only numpy, onnxruntime, Pillow, PyTriton and porter's light modules. Stops cleanly on
-SIGINT and SIGTERM (in-flight requests get ``EXIT_TIMEOUT_S`` to finish).
+Imports only numpy, the backend's runtime (onnxruntime or openvino), Pillow, PyTriton and
+porter's light modules. Stops cleanly on SIGINT and SIGTERM (in-flight requests get
+``EXIT_TIMEOUT_S`` to finish).
 
-    python -m port.serve.server --model runs/r/model.fp32.onnx --name onnx-fp32 --http-port 8000
+    python -m port.serve.server --model runs/r/model.fp32.xml --name openvino-fp32 \
+        --backend openvino --http-port 8000
 """
 
 from __future__ import annotations
@@ -56,11 +59,22 @@ def make_infer(predictor: Any) -> Any:
     return infer
 
 
+def describe(predictor: Any) -> str:
+    """Which backend serves the model, where, and (when the backend says) in what precision:
+    ``openvino (CPU, computing in f32)``; the serve log is the record of what ran."""
+    details = predictor.runner.details()
+    compute = details.get("compute_precision")
+    where = predictor.device + (f", computing in {compute}" if compute else "")
+    return f"{predictor.backend} ({where})"
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The launcher's flags (``port.serve.launch`` builds them)."""
     p = argparse.ArgumentParser(prog="python -m port.serve.server")
     p.add_argument("--model", required=True)
     p.add_argument("--name", required=True)
+    p.add_argument("--backend", default=None, help="registry backend name (default: the "
+                   "format's first, e.g. onnxruntime for .onnx)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--http-port", type=int, default=8000)
     p.add_argument("--grpc-port", type=int, default=8001)
@@ -83,9 +97,13 @@ def main(argv: list[str] | None = None) -> int:
     from port.ground.errors import PorterError
 
     try:
-        predictor = load(args.model, threads=args.threads)
+        predictor = load(args.model, backend=args.backend, threads=args.threads)
     except PorterError as exc:
         sys.stderr.write(f"porter: error: {exc}\n")
+        return 2
+    except ImportError as exc:  # a serving environment older than requirements.txt
+        sys.stderr.write(f"porter: error: the serving environment {sys.executable} cannot "
+                         f"import {exc.name or exc}: run `make serve-env` again\n")
         return 2
     c, h, w = predictor.card.input_shape
     stop = threading.Event()
@@ -108,9 +126,9 @@ def main(argv: list[str] | None = None) -> int:
                     config=model_config, strict=True)
         triton.run()
         base = f"{args.host}"
-        print(f"serving {args.model} as model '{args.name}' ({predictor.device}, "
+        print(f"serving {args.model} as model '{args.name}' on {describe(predictor)}, "
               f"dynamic batching {'on' if args.dynamic_batching else 'off'}, max batch "
-              f"{args.max_batch})", flush=True)
+              f"{args.max_batch}", flush=True)
         print(f"  HTTP    http://{base}:{args.http_port}/v2/models/{args.name}/infer", flush=True)
         print(f"  gRPC    {base}:{args.grpc_port}", flush=True)
         print(f"  metrics http://{base}:{args.metrics_port}/metrics", flush=True)

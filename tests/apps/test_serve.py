@@ -3,11 +3,9 @@ CIFAR-10 images, every answer checked against port.load(...).predict; clean stop
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
-import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,21 +16,10 @@ import pytest
 import port
 from port.ground.errors import BackendUnavailable
 from port.serve.launch import serving_python
-from tests.apps.conftest import AppRun
-from tests.e2e.helpers import REPO
+from tests.apps.conftest import AppRun, start_serve, stop_serve
 
 pytestmark = pytest.mark.slow
 MODEL = "onnx-fp32"
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 @pytest.fixture(scope="module")
@@ -42,24 +29,9 @@ def server(app_run: AppRun) -> Iterator[tuple[subprocess.Popen, list[int], list[
         serving_python()
     except BackendUnavailable as exc:
         pytest.skip(str(exc))
-    http, grpc, metrics = _free_ports(3)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "port", "serve", "--run", str(app_run.run), "--http-port",
-         str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics),
-         "--max-batch", "16", "--threads", "1"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    lines: list[str] = []
-    assert proc.stdout is not None
-    for line in proc.stdout:  # blocks until the server says it is ready (or exits)
-        lines.append(line)
-        if line.startswith("ready"):
-            break
-    assert any(line.startswith("ready") for line in lines), "".join(lines[-40:])
-    yield proc, [http, grpc], lines
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=60)
+    serving = start_serve(app_run.run, "--max-batch", "16", "--threads", "1")
+    yield serving.proc, [serving.http, serving.grpc], serving.lines
+    stop_serve(serving)
 
 
 def test_concurrent_http_and_grpc_clients_get_predicts_answers(
@@ -70,6 +42,9 @@ def test_concurrent_http_and_grpc_clients_get_predicts_answers(
     _, (http, grpc), lines = server
     assert any(f"127.0.0.1:{http}" in line for line in lines)
     assert any(f"127.0.0.1:{grpc}" in line for line in lines)
+    # ONNX defaults to ONNX Runtime, and the log says which backend serves it.
+    assert any(line.startswith("serving ") and f"as model '{MODEL}' on onnxruntime (" in line
+               for line in lines), "".join(lines[-20:])
     with port.load(app_run.onnx) as predictor:
         inputs = predictor.preprocess(app_run.images)
         expected = predictor.logits(inputs)

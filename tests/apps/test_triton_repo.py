@@ -1,6 +1,9 @@
 """`porter export --to triton`: every config.pbtxt parsed by Triton's own model_config protobuf
-(tritonclient) and read by a real tritonserver (PyTriton's bundled one); the repository's files
-are the record's companions; bad --model-repo values are one-line errors."""
+(tritonclient) and read by a real tritonserver (PyTriton's bundled one); the OpenVINO IR's model
+checked against the rules of Triton's OpenVINO backend (src/openvino.cc of
+triton-inference-server/openvino_backend) and run from the repository's own files with real
+OpenVINO under the config's parameters (the bundled server has no OpenVINO backend to run it);
+the repository's files are the record's companions; bad --model-repo values are one-line errors."""
 
 from __future__ import annotations
 
@@ -8,19 +11,22 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import onnxruntime as ort
 import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
+import port
 from port.export import triton
 from port.export.sidecar import build_sidecar
-from port.ground.errors import ManifestError
+from port.ground.errors import ManifestError, ModelError
 from port.manifest import Manifest
 from port.models.card import ModelCard
 from port.serve.launch import serving_python
-from tests.apps.conftest import AppRun, porter_in_process
+from tests.apps.conftest import IrRun, porter_in_process
 from tests.e2e.helpers import assert_usage_error, porter
 
 pytestmark = pytest.mark.slow
@@ -32,12 +38,13 @@ def parse(path: Path) -> mc.ModelConfig:
 
 
 @pytest.fixture(scope="module")
-def exported(app_run: AppRun, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A copy of the app run (its manifest is left as the other app tests expect) and the
-    repository ``porter export --to triton`` wrote for it, outside the run."""
+def exported(ir_run: IrRun, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A copy of the app run with its FP32 ONNX and OpenVINO IR (the shared runs' manifests are
+    left as the other app tests expect) and the repository ``porter export --to triton`` wrote
+    for it, outside the run."""
     base = tmp_path_factory.mktemp("triton")
     run = base / "run"
-    shutil.copytree(app_run.run, run)
+    shutil.copytree(ir_run.run, run)
     porter_in_process("export", "--run", run, "--to", "triton", "--model-repo", base / "repo",
                       "--instances", "2")
     return run, base / "repo"
@@ -67,19 +74,118 @@ def test_onnx_model_config_is_triton_model_config(exported: tuple[Path, Path]) -
     assert (repo / name / "1" / "model.onnx").read_bytes() == (run / "model.fp32.onnx").read_bytes()
 
 
+# The settings Triton's OpenVINO backend reads from `parameters` (README "Parameters"; the
+# ParseParameters functions of src/openvino.cc): a key outside them is ignored, silently.
+OPENVINO_BACKEND_PARAMETERS = frozenset({
+    "PERFORMANCE_HINT", "CPU_EXTENSION_PATH", "INFERENCE_NUM_THREADS", "COMPILATION_NUM_THREADS",
+    "HINT_BF16", "NUM_STREAMS", "SKIP_OV_DYNAMIC_BATCHSIZE", "ENABLE_BATCH_PADDING",
+    "RESHAPE_IO_LAYERS", "TARGET_DEVICE"})
+
+
+def _parameters(config: mc.ModelConfig) -> list[tuple[str, str]]:
+    return sorted((k, v.string_value) for k, v in config.parameters.items())
+
+
+def _dim_matches(dim: Any, value: int) -> bool:
+    """The backend's ``doesMatch``: a static dimension equals the config's; an unbounded
+    dynamic one takes anything (-1 included); a bounded range takes only values strictly
+    inside it."""
+    if dim.is_static:
+        return dim.get_length() == value
+    if dim.get_max_length() < 0:
+        return True
+    return dim.get_min_length() < value < dim.get_max_length()
+
+
+def test_openvino_model_follows_the_backends_rules(exported: tuple[Path, Path],
+                                                   ir_run: IrRun) -> None:
+    import openvino as ov
+
+    run, repo = exported
+    name = triton.model_name(run, "openvino-fp32")
+    config = parse(repo / name / "config.pbtxt")
+    assert config.name == name and config.backend == "openvino" and not config.platform
+    # No batch axis for Triton: the backend would compile a static batch of max_batch_size.
+    assert config.max_batch_size == 0 and not config.HasField("dynamic_batching")
+    assert [(g.count, g.kind) for g in config.instance_group] == [
+        (2, mc.ModelInstanceGroup.KIND_CPU)]  # the backend refuses GPU instances
+    assert dict(_parameters(config)) == {"NUM_STREAMS": "2", "PERFORMANCE_HINT": "THROUGHPUT"}
+    assert set(config.parameters) <= OPENVINO_BACKEND_PARAMETERS
+    assert not config.default_model_filename  # model.xml is the backend's default name
+    version = repo / name / "1"
+    assert sorted(p.name for p in version.iterdir()) == ["model.bin", "model.xml"]
+    assert (version / "model.xml").read_bytes() == ir_run.ir.read_bytes()
+    assert (version / "model.bin").read_bytes() == ir_run.ir.with_suffix(".bin").read_bytes()
+    # The backend's load-time checks (ValidateInputs/ValidateOutputs with max_batch_size 0):
+    # as many inputs as configured, each configured name in the model, exact rank, every
+    # dimension matching; outputs likewise.
+    core = ov.Core()
+    model = core.read_model(str(version / "model.xml"))  # finds model.bin beside it
+    for tensors, ports in ((config.input, model.inputs), (config.output, model.outputs)):
+        by_name = {p.get_any_name(): p for p in ports}
+        assert [t.name for t in tensors] == list(by_name)
+        for t in tensors:
+            shape = by_name[t.name].get_partial_shape()
+            assert t.data_type == mc.TYPE_FP32
+            assert len(shape) == len(t.dims) and t.dims[0] == -1
+            assert all(_dim_matches(d, v) for d, v in zip(shape, t.dims, strict=True))
+    [warm] = config.model_warmup
+    assert warm.batch_size == 1 and list(warm.inputs["input"].dims) == [1, 3, 32, 32]
+    # The repository's own pair compiled with the config's parameters as OpenVINO properties
+    # (what the backend sets on its core) and an f32 hint to compare with porter's runner:
+    # one request of 3 images gives port.load's logits.
+    properties = dict(_parameters(config))
+    compiled = core.compile_model(model, "CPU", {**properties,
+                                                 "INFERENCE_PRECISION_HINT": "f32"})
+    assert str(compiled.get_property("NUM_STREAMS")) == "2"
+    images = np.random.default_rng(0).normal(size=(3, 3, 32, 32)).astype(np.float32)
+    got = compiled.create_infer_request().infer({"input": images})[compiled.outputs[0]]
+    with port.load(ir_run.ir) as predictor:
+        np.testing.assert_allclose(got, predictor.logits(images), rtol=1e-5, atol=1e-5)
+
+
+def test_openvino_ir_with_a_dimension_range_is_refused(ir_run: IrRun, tmp_path: Path) -> None:
+    """The backend matches a bounded dimension against no config value: porter says so at
+    export instead of a model that never loads."""
+    import openvino as ov
+
+    model = ov.Core().read_model(str(ir_run.ir))
+    model.reshape({"input": ov.PartialShape([ov.Dimension(1, 8), 3, 32, 32])})
+    ranged = tmp_path / "model.fp32.xml"
+    ov.save_model(model, str(ranged), compress_to_fp16=False)
+    with pytest.raises(ModelError, match="dimension range"):
+        triton.openvino_model("r-openvino-fp32", ranged)
+    ranged.with_suffix(".bin").unlink()
+    with pytest.raises(ModelError, match=r"weights file model\.fp32\.bin is missing"):
+        triton.openvino_model("r-openvino-fp32", ranged)
+
+
 def test_repository_files_are_the_records_companions(exported: tuple[Path, Path]) -> None:
     run, repo = exported
     manifest = Manifest(run)
     record = manifest.get("triton-fp32")
     assert record is not None and record.path == "model.fp32.triton.json"
-    assert [p["id"] for p in record.parents] == ["onnx-fp32"]
+    assert [p["id"] for p in record.parents] == ["onnx-fp32", "openvino-fp32"]
     config = repo / triton.model_name(run, "onnx-fp32") / "config.pbtxt"
-    assert str(config.resolve()) in record.metrics["files"]
+    ir_folder = repo / triton.model_name(run, "openvino-fp32")
+    for file in (config, ir_folder / "config.pbtxt", ir_folder / "1" / "model.xml",
+                 ir_folder / "1" / "model.bin"):
+        assert str(file.resolve()) in record.metrics["files"], file
     assert manifest.state("triton-fp32").name == "fresh"
     # Re-exporting replaces porter's own unchanged files...
     porter_in_process("export", "--run", run, "--to", "triton", "--model-repo", repo)
     assert Manifest(run).state("triton-fp32").name == "fresh"
     assert parse(config).instance_group[0].count == 1
+    # (one instance: one OpenVINO stream, the latency hint porter's runner uses)
+    assert dict(_parameters(parse(ir_folder / "config.pbtxt"))) == {
+        "NUM_STREAMS": "1", "PERFORMANCE_HINT": "LATENCY"}
+    # An edited weights copy is a changed companion too.
+    weights = ir_folder / "1" / "model.bin"
+    saved = weights.read_bytes()
+    weights.write_bytes(saved[:-4] + bytes(4))
+    assert Manifest(run).state("triton-fp32").name == "modified"
+    weights.write_bytes(saved)
+    assert Manifest(run).state("triton-fp32").name == "fresh"
     # ...but never a file edited since: the record turns modified and the export is refused.
     config.write_text(config.read_text().replace("count: 1", "count: 3"))
     assert Manifest(run).state("triton-fp32").name == "modified"
@@ -120,10 +226,11 @@ def test_engine_model_config_from_the_sidecar(tmp_path: Path, hardware: str | No
 
 
 def test_tritonserver_reads_the_configs(exported: tuple[Path, Path], tmp_path: Path) -> None:
-    """PyTriton's tritonserver has only the Python backend, so it cannot *run* an ONNX or
-    TensorRT model; it still reads, normalises and validates each config.pbtxt before it looks
-    for the backend (a bad one fails as "Poll failed for model directory"). The test asks that
-    every model gets past validation and fails only for the missing backend."""
+    """PyTriton's tritonserver has only the Python backend, so it cannot *run* an ONNX,
+    OpenVINO or TensorRT model; it still reads, normalises and validates each config.pbtxt
+    before it looks for the backend (a bad one fails as "Poll failed for model directory"). The
+    test asks that every model (the ONNX, the IR and an engine) gets past validation and fails
+    only for the missing backend."""
     try:
         python = serving_python()
     except Exception as exc:  # BackendUnavailable: no serving environment here
@@ -157,6 +264,7 @@ def test_tritonserver_reads_the_configs(exported: tuple[Path, Path], tmp_path: P
     log = done.stdout + done.stderr
     assert "Poll failed" not in log, log[-3000:]
     names = sorted(p.name for p in copy.iterdir())
+    assert len(names) == 3, names
     for name in names:
         failed = re.findall(rf"failed to load '{re.escape(name)}' version 1: (.*)", log)
         assert len(failed) == 1 and "unable to find backend library" in failed[0], log[-3000:]
