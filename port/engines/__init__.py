@@ -15,7 +15,7 @@ from typing import Any
 
 from port.engines.base import Runner, TensorMeta
 from port.formats import BACKENDS, format_for_path, normalize_backend, suffix_backends
-from port.ground.errors import BackendUnavailable, ModelError
+from port.ground.errors import BackendUnavailable, ModelError, UsageError
 
 __all__ = ["RUNNERS", "SUFFIXES", "Runner", "TensorMeta", "available", "load", "runner_for"]
 
@@ -81,7 +81,6 @@ def load(path: str | Path, *, backend: str | None = None, **kwargs: Any) -> Runn
     ``ModelError``; a backend that does not run the format is a ``UsageError``; a backend whose
     packages are absent is ``BackendUnavailable``.
     """
-    from port.ground.errors import UsageError
 
     path = Path(path)
     fmt = format_for_path(path)
@@ -92,6 +91,13 @@ def load(path: str | Path, *, backend: str | None = None, **kwargs: Any) -> Runn
     if not path.is_file():
         raise ModelError(f"artifact {path} not found: re-make it (see `porter status`)")
     check_backend(entry.name)
+    clash = {k: v for k, v in kwargs.items() if k in entry.fixed and v != entry.fixed[k]}
+    if clash:  # the entry's fixed settings are its identity (openvino computes in f32)
+        others = [b.name for b in BACKENDS.values() if b.runner == entry.runner
+                  and all(b.fixed.get(k) != entry.fixed[k] for k in clash)]
+        raise UsageError(f"the {entry.name} backend always runs with "
+                         + ", ".join(f"{k}={entry.fixed[k]}" for k in clash)
+                         + (f": use {' or '.join(others)} for another" if others else ""))
     runner = entry.runner_class()(path, **{**kwargs, **entry.fixed})
     # Sibling entries share a runner class: the row says which entry it is (openvino-bf16).
     class_label = f"{type(runner).backend}:"

@@ -182,11 +182,7 @@ class OpenVinoRunner(Runner):
         path = model_path(source)
         core = ov.Core()
         device = self._check_device(core)
-        try:
-            model = core.read_model(str(path))
-        except RuntimeError as exc:
-            raise ModelError(f"OpenVINO cannot read {path} ({ov_error(exc)}): re-export it "
-                             "(porter export --to onnx)") from None
+        model = _read_model(core, path)
         config = {
             "INFERENCE_PRECISION_HINT": self.inference_precision,
             # porter times one synchronous request at a time: LATENCY (with one stream) gives
@@ -212,6 +208,14 @@ class OpenVinoRunner(Runner):
         self._outputs = [m.name for m in self._output_metas]
         self._rt_metadata = _porter_rt_info(model)
         self._hint = _type_name(compiled.get_property("INFERENCE_PRECISION_HINT"))
+        if self._hint and self._hint != self.inference_precision:
+            # The device settled on another precision (f16 on a CPU without AVX512_FP16 becomes
+            # bf16): a row named for f16 would report bf16 arithmetic under the wrong name.
+            raise BackendUnavailable(
+                f"OpenVINO's {device} cannot compute in {self.inference_precision} (it would "
+                f"run {path.name} in {self._hint}; its capabilities: "
+                f"{', '.join(_capabilities(core, device)) or 'unknown'}): use the backend for "
+                f"{self._hint}, or a device with {self.inference_precision} arithmetic")
         self._layers = _compute_layers(compiled)
         self._device = ",".join(compiled.get_property("EXECUTION_DEVICES")) or device
         self._version = ov.__version__
@@ -298,6 +302,33 @@ class OpenVinoRunner(Runner):
         if self._compiled is None:
             raise RuntimeError("OpenVinoRunner needs activate() first")
         return self._compiled
+
+
+def _read_model(core: Any, path: Path) -> Any:
+    """The model at ``path``; a ``.onnx`` through OpenVINO's ONNX frontend alone.
+
+    ``Core.read_model`` tries every frontend on a file it cannot parse, and the TensorFlow one
+    prints its own parse errors to stderr (a corrupt .onnx gave two "text_format.cc" lines
+    before porter's), so the one-line error contract holds only with the ONNX frontend named.
+    """
+    from openvino.frontend import FrontEndManager, GeneralFailure
+
+    try:
+        if path.suffix.lower() == ".onnx":
+            frontend = FrontEndManager().load_by_framework("onnx")
+            return frontend.convert(frontend.load(str(path)))
+        return core.read_model(str(path))
+    except (RuntimeError, GeneralFailure) as exc:  # GeneralFailure is not a RuntimeError
+        raise ModelError(f"OpenVINO cannot read {path} ({ov_error(exc)}): re-export it "
+                         "(porter export --to onnx)") from None
+
+
+def _capabilities(core: Any, device: str) -> list[str]:
+    """The device's OPTIMIZATION_CAPABILITIES (FP32, BF16, FP16, INT8, ...), [] if unknown."""
+    try:
+        return [str(c) for c in core.get_property(device, "OPTIMIZATION_CAPABILITIES")]
+    except RuntimeError:  # a virtual device (AUTO) has none of its own
+        return []
 
 
 def _type_name(value: Any) -> str:
