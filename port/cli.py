@@ -477,7 +477,7 @@ def predict(
 @app.command()
 def serve(
     run: RunOpt,
-    artifact: Annotated[str | None, typer.Option("--artifact", help="Artifact id to serve (default: onnx-fp32, else the run's ONNX reference).")] = None,
+    artifact: Annotated[str | None, typer.Option("--artifact", help="Artifact id to serve: an ONNX or OpenVINO IR artifact, ID@BACKEND for another backend of its format (default: onnx-fp32, else the run's ONNX reference).")] = None,
     host: Annotated[str, typer.Option("--host", help="Address to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
     http_port: Annotated[int, typer.Option("--http-port", help="HTTP/REST port.")] = 8000,
     grpc_port: Annotated[int, typer.Option("--grpc-port", help="gRPC port.")] = 8001,
@@ -485,15 +485,17 @@ def serve(
     max_batch: Annotated[int, typer.Option("--max-batch", help="Largest batch Triton forms.")] = 32,
     dynamic_batching: Annotated[bool, typer.Option("--dynamic-batching/--no-dynamic-batching", help="Let Triton merge concurrent requests into batches.")] = True,
     queue_delay_us: Annotated[int, typer.Option("--queue-delay-us", help="How long a request may wait for others to batch with.")] = 500,
-    threads: Annotated[int | None, typer.Option("--threads", help="ONNX Runtime intra-op threads (default: all cores).")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", help="ONNX Runtime intra-op / OpenVINO inference threads (default: all cores).")] = None,
+    backend: Annotated[str | None, typer.Option("--backend", help="Run it on another backend of its format, e.g. openvino for an ONNX artifact (default: the format's first; same as --artifact ID@BACKEND).")] = None,
 ) -> None:
-    """Serve the run's ONNX model on a real Triton Inference Server (PyTriton, CPU); Ctrl-C stops it."""
+    """Serve the run's ONNX or OpenVINO IR model on a real Triton Inference Server (PyTriton, CPU); Ctrl-C stops it."""
     from port.serve.launch import ServeRequest, serve_run
 
     code = serve_run(run, ServeRequest(artifact=artifact, host=host, http_port=http_port,
                                        grpc_port=grpc_port, metrics_port=metrics_port,
                                        max_batch=max_batch, dynamic_batching=dynamic_batching,
-                                       queue_delay_us=queue_delay_us, threads=threads),
+                                       queue_delay_us=queue_delay_us, threads=threads,
+                                       backend=backend),
                      console=console)
     if code:
         raise Exit(code)

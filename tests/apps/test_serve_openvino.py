@@ -141,6 +141,12 @@ def test_bad_openvino_artifacts_are_one_line(ir_run: IrRun, tmp_path: Path) -> N
                        "no artifact 'openvino-fp16'", "--to openvino --precision fp16")
     assert_usage_error(porter("serve", "--run", ir_run.run, "--artifact",
                               "openvino-fp32@onnxruntime"), "openvino-fp32", "onnxruntime")
+    # --backend is the flag spelling of ID@BACKEND: the same checks, by name.
+    assert_usage_error(porter("serve", "--run", ir_run.run, "--artifact", "onnx-fp32",
+                              "--backend", "tensorrt"), "onnx-fp32", "tensorrt",
+                       "onnxruntime, openvino")
+    assert_usage_error(porter("serve", "--run", ir_run.run, "--backend", "tvm"),
+                       "unknown backend 'tvm'")
     missing = tmp_path / "missing"
     shutil.copytree(ir_run.run, missing)
     (missing / "model.fp32.bin").unlink()

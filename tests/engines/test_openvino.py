@@ -134,7 +134,7 @@ def test_bad_files_and_feeds_are_one_line_errors(files: dict[str, Path], tiny: T
         engines.load(tmp_path / "absent.onnx", backend="openvino")
     ir = tmp_path / "lonely.xml"
     ir.write_bytes(files["ir-fp32"].read_bytes())  # the .xml without its .bin
-    with pytest.raises(ModelError, match="lonely.bin"):
+    with pytest.raises(ModelError, match=r"lonely\.bin"):
         engines.load(ir).activate()
     with engines.load(files["fp32"], backend="openvino") as runner:
         name = runner.input_metadata()[0].name
