@@ -61,10 +61,10 @@ def device_name() -> str:
 
 @lru_cache(maxsize=1)
 def _env_info() -> tuple[tuple[str, Any], ...]:
-    from port import __version__
+    from port.ground.version import VERSION
 
     return (
-        ("porter", __version__),
+        ("porter", VERSION),
         ("python", platform.python_version()),
         ("platform", platform.platform()),
         ("torchvision", dist_version("torchvision")),

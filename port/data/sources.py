@@ -20,7 +20,7 @@ import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from port.data import synthetic
 from port.data.preprocess import (
@@ -36,7 +36,21 @@ from port.ground.errors import DataError
 if TYPE_CHECKING:
     import numpy as np
 
-    from port.data.spec import DataSpec
+
+class SpecFields(Protocol):
+    """What a source's readers use of a parsed ``--data`` (:class:`port.data.spec.DataSpec`).
+
+    Written as a protocol so this module, which ``spec`` builds on, never imports ``spec`` back
+    (not even for type checking): the two stay one floor apart.
+    """
+
+    @property
+    def root(self) -> Path | None: ...
+    @property
+    def download(self) -> bool: ...
+    @property
+    def data_root(self) -> Path | None: ...
+
 
 Triple = tuple[float, float, float]
 # Where a source's files are, which is also how its --data text looks:
@@ -79,19 +93,19 @@ class DataSource:
     kind: str
     form: str  # the --data text in help and errors, e.g. "cifar10[:DIR]"
     location: Location
-    read_split: Callable[[DataSpec, str], ArraySplit | FolderSplit]  # split is "train" or "val"
-    classes: Callable[[DataSpec], list[str]]  # class names in label order
-    native_size: Callable[[DataSpec], int]  # the input size the data suggests
+    read_split: Callable[[SpecFields, str], ArraySplit | FolderSplit]  # split is "train" or "val"
+    classes: Callable[[SpecFields], list[str]]  # class names in label order
+    native_size: Callable[[SpecFields], int]  # the input size the data suggests
     # (mean, std) given the native size: a folder of small images is normalised like CIFAR.
     mean_std: Callable[[int], tuple[Triple, Triple]]
     # Checks a "directory" source's layout when --data is parsed, so a typo fails before any work.
     check_directory: Callable[[Path], None] | None = None
     # Checks, without torch/torchvision, that the files a split read needs are there (a "cache"
     # source without --download): `porter train` calls it before importing anything heavy.
-    check_files: Callable[[DataSpec], None] | None = None
+    check_files: Callable[[SpecFields], None] | None = None
 
 
-def _fixed_size(size: int) -> Callable[[DataSpec], int]:
+def _fixed_size(size: int) -> Callable[[SpecFields], int]:
     return lambda spec: size
 
 
@@ -102,7 +116,7 @@ def _fixed_stats(mean: Triple, std: Triple) -> Callable[[int], tuple[Triple, Tri
 # --------------------------------------------------------------------------------------------
 # synthetic: the built-in offline set
 # --------------------------------------------------------------------------------------------
-def _synthetic_split(spec: DataSpec, split: str) -> ArraySplit:
+def _synthetic_split(spec: SpecFields, split: str) -> ArraySplit:
     images, labels = synthetic.synthetic_arrays(split)
     return ArraySplit(images, labels, synthetic.CLASSES)
 
@@ -171,19 +185,19 @@ def _cifar_source(
     ``base_folder`` is the folder torchvision's class keeps them in (its ``base_folder``).
     """
 
-    def check_files(spec: DataSpec) -> None:
+    def check_files(spec: SpecFields) -> None:
         root = spec.data_root
         assert root is not None  # a "cache" source always has one
         _require_cifar_files(kind, root, title=title, base_folder=base_folder,
                              download=spec.download)
 
-    def read_split(spec: DataSpec, split: str) -> ArraySplit:
+    def read_split(spec: SpecFields, split: str) -> ArraySplit:
         root = spec.data_root
         assert root is not None  # a "cache" source always has one
         return _cifar_arrays(kind, root, title=title, dataset_class=dataset_class,
                              train=split == "train", download=spec.download)
 
-    def classes(spec: DataSpec) -> list[str]:
+    def classes(spec: SpecFields) -> list[str]:
         if known_classes is not None:
             return list(known_classes)
         return list(read_split(spec, "val").classes)
@@ -244,7 +258,7 @@ def _check_folder_classes(root: Path, val_dir: Path) -> None:
         )
 
 
-def _folder_split(spec: DataSpec, split: str) -> FolderSplit:
+def _folder_split(spec: SpecFields, split: str) -> FolderSplit:
     root = spec.root
     assert root is not None  # a "directory" source always has one
     if split == "train":
@@ -256,7 +270,7 @@ def _folder_split(spec: DataSpec, split: str) -> FolderSplit:
     return FolderSplit(val_dir)
 
 
-def _folder_classes(spec: DataSpec) -> list[str]:
+def _folder_classes(spec: SpecFields) -> list[str]:
     assert spec.root is not None
     return class_dirs(spec.root / "train")
 
@@ -274,7 +288,7 @@ def _first_image(split_dir: Path) -> Path:
     )
 
 
-def _folder_native_size(spec: DataSpec) -> int:
+def _folder_native_size(spec: SpecFields) -> int:
     """From one training image: shorter side <= 64 px -> rounded to a multiple of 32, else 224."""
     from PIL import Image
 

@@ -18,8 +18,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from port import __version__
 from port.ground.errors import ModelError
+from port.ground.version import VERSION
 from port.models.card import ModelCard
 
 PREFIX = "porter."
@@ -77,7 +77,7 @@ def card_metadata(
                              "cannot hold (one class per line): rename the class")
     meta: dict[str, str] = {
         SCHEMA_KEY: str(SCHEMA_VERSION),
-        "porter.version": __version__,
+        "porter.version": VERSION,
         "porter.arch": card.arch,
         "porter.num_classes": str(card.num_classes),
         "porter.classes": "\n".join(card.classes),
