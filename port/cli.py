@@ -30,7 +30,7 @@ except ImportError:  # older typer: click's own exceptions
 
 app = typer.Typer(
     name="porter",
-    help="Train an image classifier, export it to ONNX/TensorRT, and prove nothing was lost.",
+    help="Train an image classifier, export it to ONNX, OpenVINO or TensorRT, and prove nothing was lost.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -237,7 +237,7 @@ def export(
     precision: Annotated[str | None, typer.Option(help=_PRECISION_HELP)] = None,
     **options: Any,
 ) -> None:
-    """Export the run's reference model to ONNX or a TensorRT engine."""
+    """Export the run's reference model: ONNX, an OpenVINO IR, a TensorRT engine or a Triton repository."""
     from port.formats import all_options
     from port.stages.export import ExportRequest, run_export
 
