@@ -17,12 +17,26 @@ REPORT_ROW_FIELDS = {
 }
 
 
+# The module's model: TINY_TRAIN with a one-cycle schedule at a higher rate and a third epoch,
+# ~63% val top-1 in ~15 s (TINY_TRAIN's 2 cosine epochs reached 34%: so little margin that INT8
+# rows flipped in and out of their gate from one CPU to the next).
+MODULE_TRAIN = [*TINY_TRAIN[:TINY_TRAIN.index("--lr")], "--lr", "0.2", "--schedule", "onecycle",
+                "--warmup-epochs", "0"]
+# Even so ~5% of the 1,000 images change class under INT8, so INT8's top-1 moves by about
+# +-0.7 pp (the standard deviation of the net change of ~50 flips) between CPUs and runtimes
+# (ONNX Runtime's and OpenVINO's INT8 kernels round differently): the default gate's 1% of
+# ~63% is inside that noise. These workflow tests gate INT8 at 90% of the reference's top-1,
+# which a broken INT8 graph (near chance: 10%) still fails; the default INT8 gate is tested on
+# its own (tests/evaluate/test_gates.py, tests/evaluate/test_gate.py).
+INT8_GATE = ["--gate", "int8.min_top1_ratio=0.9"]
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """train -> export onnx fp32, fp16, int8, once for the module."""
     run = tmp_path_factory.mktemp("synthetic") / "run"
-    result = porter("train", "--run", run, "--data", "synthetic", "--epochs", "2",
-                    "--limit", "1000", "--val-limit", "300", "--seed", "0", *TINY_TRAIN)
+    result = porter("train", "--run", run, "--data", "synthetic", "--epochs", "3",
+                    "--limit", "1000", "--val-limit", "300", "--seed", "0", *MODULE_TRAIN)
     assert result.code == 0, result.err[-3000:]
     result = porter("export", "--run", run, "--to", "onnx")
     assert result.code == 0, result.err[-3000:]
@@ -41,11 +55,11 @@ def test_train_writes_run_outputs(run: Path) -> None:
     assert (run / "checkpoints" / "last.pt").is_file()
     assert (run / "curves.png").stat().st_size > 1000
     lines = (run / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
     manifest = json.loads((run / "manifest.json").read_text())
     model = next(a for a in manifest["artifacts"] if a["id"] == "model")
     assert model["stage"] == "train" and model["kind"] == "checkpoint"
-    assert model["params"]["epochs"] == 2 and model["params"]["arch"] == "resnet18_cifar"
+    assert model["params"]["epochs"] == 3 and model["params"]["arch"] == "resnet18_cifar"
     assert model["env"]["torch"]
 
 
@@ -134,7 +148,7 @@ def test_7bit_int8_export_and_forced_fast_kernels(run: Path, tmp_path: Path) -> 
     assert records["onnx-int8"]["metrics"]["weight_bits"] == int8_weight_bits(
         copy / "model.int8.onnx") == 7
     result = porter("evaluate", "--run", copy, "--compare", "--batch-sizes", "1", "--limit",
-                    "200", "--int8-cpu-kernels", "fast")
+                    "200", "--int8-cpu-kernels", "fast", *INT8_GATE)
     assert result.code == 0, (result.out[-3000:], result.err[-3000:])
     rows = {r["row"]: r for r in
             json.loads((copy / "report" / "report.json").read_text())["rows"]}
@@ -146,7 +160,7 @@ def test_7bit_int8_export_and_forced_fast_kernels(run: Path, tmp_path: Path) -> 
 
 
 def test_evaluate_compare_passes_and_writes_report(run: Path) -> None:
-    result = porter("evaluate", "--run", run, "--compare", "--batch-sizes", "1,8")
+    result = porter("evaluate", "--run", run, "--compare", "--batch-sizes", "1,8", *INT8_GATE)
     assert result.code == 0, (result.out[-3000:], result.err[-3000:])
     report = json.loads((run / "report" / "report.json").read_text())
     assert report["passed"] is True
@@ -248,7 +262,7 @@ def test_openvino_ir_export_evaluate_load_and_edits(run: Path, tmp_path: Path) -
     assert records["openvino-fp32"]["metrics"]["parity"]["max_abs_diff"] < 1e-3
 
     result = porter("evaluate", "--run", copy, "--compare", "--batch-sizes", "1", "--limit",
-                    "200", "--backends", "openvino")
+                    "200", "--backends", "openvino", *INT8_GATE)
     assert result.code == 0, (result.out[-3000:], result.err[-3000:])
     report = json.loads((copy / "report" / "report.json").read_text())
     rows = {r["row"]: r for r in report["rows"]}

@@ -130,6 +130,18 @@ def _top1(path: Path, images: np.ndarray, labels: np.ndarray, kernels: str = "au
     return float(np.mean(_logits(path, images, kernels).argmax(1) == labels))
 
 
+def _paired_noise(a: np.ndarray, b: np.ndarray, labels: np.ndarray) -> float:
+    """Three standard deviations of the top-1 difference of two models on the same images.
+
+    Only images one model gets right and the other wrong move the difference (McNemar): with d
+    of them among n, the net change has a standard deviation of about sqrt(d) / n. A weak test
+    model flips many images, so a fixed 1-2% margin can sit inside that noise on one CPU and
+    outside it on the next.
+    """
+    discordant = int(np.sum((a.argmax(1) == labels) != (b.argmax(1) == labels)))
+    return 3 * float(np.sqrt(discordant)) / len(labels)
+
+
 def _calibration_images(cifar: dict, count: int = CALIB_IMAGES, seed: int = 0) -> np.ndarray:
     cs = select_calibration(len(cifar["x_train"]), count, seed)
     return cifar["x_train"][cs.indices]
@@ -241,8 +253,11 @@ def test_full_and_7bit_weights_on_this_cpu(fp32_onnx: Path, int8_onnx: tuple[Pat
         assert np.max(np.abs(full_fast - full_exact)) > 1e-3, "expected saturation on this CPU"
     else:
         np.testing.assert_allclose(full_fast, full_exact, atol=1e-5)
-    assert top1["full exact"] >= 0.99 * ref
-    assert top1["7bit fast"] >= 0.98 * ref  # one bit less weight precision
+    fp32 = _logits(fp32_onnx, x)
+    # The gated graph keeps 99% of FP32's top-1, one bit less of weights 98%, or each is within
+    # the sampling noise of its flips (the model is small and weak: ~42% top-1).
+    assert top1["full exact"] >= min(0.99 * ref, ref - _paired_noise(fp32, full_exact, y))
+    assert top1["7bit fast"] >= min(0.98 * ref, ref - _paired_noise(fp32, seven_fast, y))
 
 
 @pytest.mark.slow
