@@ -43,13 +43,15 @@ $(SERVE_VENV)/.synced: port/serve/requirements.txt
 
 serve-env: setup $(SERVE_VENV)/.synced
 
-# Train on the built-in synthetic set, export to ONNX (FP32, FP16, INT8), compare everything.
+# Train on the built-in synthetic set, export to ONNX (FP32, FP16, INT8) and an OpenVINO IR,
+# compare everything (PyTorch, ONNX Runtime and OpenVINO rows).
 demo: setup
 	rm -rf $(DEMO_RUN)
 	$(PORTER) train --run $(DEMO_RUN) --recipe quick
 	$(PORTER) export --run $(DEMO_RUN) --to onnx
 	$(PORTER) export --run $(DEMO_RUN) --to onnx --precision fp16
 	$(PORTER) export --run $(DEMO_RUN) --to onnx --precision int8
+	$(PORTER) export --run $(DEMO_RUN) --to openvino
 	$(PORTER) evaluate --run $(DEMO_RUN) --compare
 	$(PORTER) status --run $(DEMO_RUN)
 
