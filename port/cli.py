@@ -198,10 +198,6 @@ def _with_export_flags(command: Callable[..., None]) -> Callable[..., None]:
     """
     from port.formats import all_options, export_formats
 
-    sig = inspect.signature(command, eval_str=True)
-    keyword_only = inspect.Parameter.KEYWORD_ONLY
-    own = [p.replace(kind=keyword_only) for p in sig.parameters.values()
-           if p.kind is not inspect.Parameter.VAR_KEYWORD]
     flags = []
     for option in all_options().values():
         users = [f.name for f in export_formats() if option in f.options]
@@ -210,9 +206,21 @@ def _with_export_flags(command: Callable[..., None]) -> Callable[..., None]:
         choices = f" One of {' | '.join(option.choices)}." if option.choices else ""
         # Comma-separated lists arrive as text; a bool is a plain switch (absent = not given).
         kind = str if option.type == list[str] else option.type
-        flags.append(inspect.Parameter(option.name, keyword_only, default=None, annotation=Annotated[
-            kind | None, typer.Option(option.flag, help=f"{option.help}{choices} ({where})")]))
-    command.__signature__ = sig.replace(parameters=[*own, *flags])  # type: ignore[attr-defined]
+        flags.append((option.name, kind, option.flag, f"{option.help}{choices} ({where})"))
+    return _with_flags(command, flags)
+
+
+def _with_flags(command: Callable[..., None],
+                flags: list[tuple[str, Any, str, str]]) -> Callable[..., None]:
+    """``command`` with keyword-only options added to its signature, one per ``(name, type,
+    flag, help)``, each ``None`` when not given; they reach it through its ``**options``."""
+    sig = inspect.signature(command, eval_str=True)
+    keyword_only = inspect.Parameter.KEYWORD_ONLY
+    own = [p.replace(kind=keyword_only) for p in sig.parameters.values()
+           if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    added = [inspect.Parameter(name, keyword_only, default=None, annotation=Annotated[
+        kind | None, typer.Option(flag, help=text)]) for name, kind, flag, text in flags]
+    command.__signature__ = sig.replace(parameters=[*own, *added])  # type: ignore[attr-defined]
     return command
 
 
@@ -262,20 +270,14 @@ def _with_backend_flags(command: Callable[..., None]) -> Callable[..., None]:
     BACKENDS``: ``--int8-cpu-kernels``, ``--openvino-device``, ...), received as ``**options``."""
     from port.formats import BACKENDS, backend_options
 
-    sig = inspect.signature(command, eval_str=True)
-    keyword_only = inspect.Parameter.KEYWORD_ONLY
-    own = [p.replace(kind=keyword_only) for p in sig.parameters.values()
-           if p.kind is not inspect.Parameter.VAR_KEYWORD]
     flags = []
     for option in backend_options().values():
         users = ", ".join(b.name for b in BACKENDS.values() if option in b.options)
         choices = f" One of {' | '.join(option.choices)}." if option.choices else ""
         default = f" Default {option.default}." if option.default is not None else ""
-        flags.append(inspect.Parameter(option.name, keyword_only, default=None, annotation=Annotated[
-            option.type | None,
-            typer.Option(option.flag, help=f"{option.help}{choices}{default} ({users})")]))
-    command.__signature__ = sig.replace(parameters=[*own, *flags])  # type: ignore[attr-defined]
-    return command
+        flags.append((option.name, option.type, option.flag,
+                      f"{option.help}{choices}{default} ({users})"))
+    return _with_flags(command, flags)
 
 
 def _backends_help() -> str:

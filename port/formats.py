@@ -233,6 +233,15 @@ _OV_FIX = ("install porter's openvino extra (pip install 'porter[openvino]') or 
            "--backends")
 _OV_DEVICE = Option("openvino_device", str, "OpenVINO rows: the device to compile for (CPU, GPU, "
                     "NPU, AUTO).", default="CPU", kwarg="device")
+def _openvino_backend(name: str, description: str, hint: str, **rest: Any) -> Backend:
+    """One OpenVINO entry: the same runner, packages and device flag; ``hint`` is the inference
+    precision it always compiles with (what sets the entries apart)."""
+    return Backend(name=name, description=description,
+                   runner="port.engines.openvino:OpenVinoRunner", distributions=("openvino",),
+                   needs=(("openvino", _OV_FIX),), options=(_OV_DEVICE,),
+                   fixed={"inference_precision": hint}, **rest)
+
+
 BACKENDS: dict[str, Backend] = {
     b.name: b
     for b in (
@@ -256,27 +265,13 @@ BACKENDS: dict[str, Backend] = {
             ),
             probe="port.hostinfo:probe_onnxruntime",
         ),
-        Backend(
-            name="openvino", description="OpenVINO, computing in FP32 (inference precision "
-                                         "hint f32, set explicitly)",
-            runner="port.engines.openvino:OpenVinoRunner", distributions=("openvino",),
-            needs=(("openvino", _OV_FIX),), options=(_OV_DEVICE,),
-            fixed={"inference_precision": "f32"}, probe="port.hostinfo:probe_openvino",
-        ),
-        Backend(
-            name="openvino-bf16", description="OpenVINO computing in bfloat16 (its default on "
-                                              "CPUs with AVX512_BF16/AMX; opt-in row)",
-            runner="port.engines.openvino:OpenVinoRunner", distributions=("openvino",),
-            needs=(("openvino", _OV_FIX),), options=(_OV_DEVICE,),
-            fixed={"inference_precision": "bf16"}, compute="bf16", default=False,
-        ),
-        Backend(
-            name="openvino-f16", description="OpenVINO computing in FP16 (GPUs, NPUs, ARM and "
-                                             "AVX512_FP16 CPUs; opt-in row)",
-            runner="port.engines.openvino:OpenVinoRunner", distributions=("openvino",),
-            needs=(("openvino", _OV_FIX),), options=(_OV_DEVICE,),
-            fixed={"inference_precision": "f16"}, compute="fp16", default=False,
-        ),
+        _openvino_backend("openvino", "OpenVINO, computing in FP32 (inference precision hint "
+                          "f32, set explicitly)", "f32", probe="port.hostinfo:probe_openvino"),
+        _openvino_backend("openvino-bf16", "OpenVINO computing in bfloat16 (its default on CPUs "
+                          "with AVX512_BF16/AMX; opt-in row)", "bf16", compute="bf16",
+                          default=False),
+        _openvino_backend("openvino-f16", "OpenVINO computing in FP16 (GPUs, NPUs, ARM and "
+                          "AVX512_FP16 CPUs; opt-in row)", "f16", compute="fp16", default=False),
         Backend(
             name="tensorrt", description="NVIDIA TensorRT engine runtime (GPU only)",
             runner="port.engines.tensorrt:TensorRTRunner",
