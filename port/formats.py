@@ -107,6 +107,17 @@ class Option:
         """The command-line spelling, e.g. ``--calib-images``."""
         return "--" + self.name.replace("_", "-")
 
+    def checked(self, value: Any) -> Any:
+        """``value`` lower-cased and checked where the option has choices (``UsageError``
+        listing them); otherwise as given."""
+        if self.choices is None:
+            return value
+        text = str(value).strip().lower()
+        if text not in self.choices:
+            raise UsageError(f"{self.flag} {value} is not known: choose one of "
+                             f"{', '.join(self.choices)}")
+        return text
+
 
 _INT8 = frozenset({"int8"})
 _FP16 = frozenset({"fp16"})
@@ -322,13 +333,7 @@ def normalize_backend_options(given: Mapping[str, Any]) -> dict[str, Any]:
     for name, value in given.items():
         if value is None:
             continue
-        option = known[name]
-        if option.choices is not None:
-            value = str(value).strip().lower()
-            if value not in option.choices:
-                raise UsageError(f"{option.flag} {given[name]} is not known: choose one of "
-                                 f"{', '.join(option.choices)}")
-        out[name] = value
+        out[name] = known[name].checked(value)
     return out
 
 
@@ -536,12 +541,7 @@ def normalize_options(fmt: Format, precision: str, given: Mapping[str, Any]) -> 
             raise UsageError(f"{option.flag} applies to --precision "
                              f"{'/'.join(sorted(option.precisions))}, not {precision}: remove it "
                              "or change --precision")
-        if option.choices is not None:
-            value = str(value).strip().lower()
-            if value not in option.choices:
-                raise UsageError(f"{option.flag} {given[name]} is not known: choose one of "
-                                 f"{', '.join(option.choices)}")
-        out[name] = value
+        out[name] = option.checked(value)
     return out
 
 
