@@ -118,7 +118,8 @@ def _check_keep(model: onnx.ModelProto, keep_fp32: Iterable[str]) -> list[str]:
     unnamed = sum(1 for n in model.graph.node if not n.name)
     if keep and unnamed:
         raise ModelError(f"{unnamed} nodes of this ONNX have no name, so --keep-fp32 cannot pick "
-                         "them: re-export with porter (it names every node)")
+                         "them: import the file again into a new --run (porter import names "
+                         "every unnamed node) or re-export it with porter")
     return keep
 
 

@@ -62,6 +62,10 @@ def run_import(run: Path, req: ImportRequest, *, console: Console) -> None:
         console.print(described, highlight=False, markup=False)
     if signature:  # what was read from the graph, so a wrong guess is seen at once
         console.print(f"read {signature}", highlight=False, markup=False)
+    if how.get("normalised"):  # the run's model.onnx is not byte for byte the source
+        console.print(f"normalised: {how['normalised']['what']} (the same function; "
+                      f"{record.path} differs from the source file, whose sha256 is recorded)",
+                      highlight=False, markup=False)
     card = imported.card
     console.print(f"[green]imported[/green] {req.source} as {record.path} ({imported.kind}, "
                   f"{card['num_classes']} classes, {card['preprocess']['image_size']} px)")
