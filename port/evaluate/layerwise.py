@@ -339,8 +339,24 @@ class OnnxSource:
                                  f"{list(chunk.shape[1:])} images ({first_line(exc)}): compare "
                                  "an export of this run's model") from None
             for name, value in outs.items():
+                if value.ndim == 0 or value.shape[0] != len(chunk):
+                    # A float constant (GELU's 0.5, a scale) or a shape-like tensor: one value
+                    # for the whole batch, not an activation per image, so nothing to compare.
+                    self._not_per_image(name, value.shape)
+                    continue
                 parts.setdefault(name, []).append(value[:real])
         return {name: np.concatenate(v) for name, v in parts.items()}
+
+    def _not_per_image(self, tensor: str, shape: tuple[int, ...]) -> None:
+        """Stop offering ``tensor`` for comparison and list it with the reason (once)."""
+        keys = [k for k, t in self.tensors.items() if t == tensor]
+        if not keys:
+            return
+        for key in keys:
+            del self.tensors[key]
+            self.order.remove(key)
+        self.map.unmatched.append({"tensor": tensor,
+                                   "reason": f"not per image (shape {list(shape)}): not compared"})
 
     def keyed(self, by_tensor: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The same activations keyed by module key (for an ONNX graph used as reference)."""

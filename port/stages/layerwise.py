@@ -21,7 +21,7 @@ from rich.console import Console
 
 from port.evaluate.report import json_safe
 from port.formats import FORMATS, Format, format_for_kind, resolve
-from port.ground.errors import UsageError
+from port.ground.errors import ModelError, UsageError
 from port.ground.limits import MAX_IMAGES, check_float, check_int
 from port.ground.vocab import REFERENCE_ID
 from port.manifest import Manifest, Record, run_lock
@@ -191,6 +191,8 @@ def _layerwise_locked(run: Path, manifest: Manifest, req: LayerwiseRequest, *,
                       f"({len(images)} images) to {req.dump}/", highlight=False)
         return {"first_divergence": None, "dumped": str(req.dump), "layers": dumped}
     result, unmatched, dumped = compare_sides(base, cand, against, images, req.dump, tolerance)
+    if result["compared"] == 0:  # no verdict: "no layer over the tolerance" would be a lie
+        raise ModelError(_nothing_compared(label, result["layers"]))
     name = label if against is None else f"{label}-against-{_label(against.dir.name)}"
     payload = {
         "artifact": label, "artifact_path": str(art_file), "precision": precision,
@@ -211,6 +213,17 @@ def _layerwise_locked(run: Path, manifest: Manifest, req: LayerwiseRequest, *,
     else:
         print_layerwise(console, payload, run / LAYERWISE_DIR / name, dumped, req.dump)
     return payload
+
+
+def _nothing_compared(label: str, layers: list[dict[str, Any]]) -> str:
+    """The one line for a comparison in which no layer had a counterpart."""
+    from collections import Counter
+
+    why = Counter(str(e.get("note") or "no counterpart") for e in layers).most_common(2)
+    said = "; ".join(f"{n} x {note[:80]}" for note, n in why)
+    return (f"--layerwise {label}: compared 0 of {len(layers)} reference layers ({said}), so "
+            "there is no verdict: compare an export porter made of this run, or dump the "
+            "port's layers under the reference's names (--dump DIR) and use --against DIR")
 
 
 # -- output -----------------------------------------------------------------------------------

@@ -259,3 +259,46 @@ def test_int8_against_an_imported_onnx_reference(lw: dict[str, Path]) -> None:
     assert rows["(model)"]["onnx_tensor"] == "logits"
     reasons = {u["reason"] for u in result["unmatched"]}
     assert "dequantized constant (weights, biases)" in reasons
+
+
+def test_a_dump_that_matches_no_layer_is_no_verdict(lw: dict[str, Path]) -> None:
+    """--against a folder with the input but no layer file: 0 compared is exit 2, not a pass
+    ("no layer over the tolerance" would claim what was never checked), and nothing recorded."""
+    run, dump = lw["run"], lw["base"] / "dump-empty"
+    assert cli("evaluate", "--run", run, "--layerwise", "model", "--dump", dump,
+               "--images", IMAGES).code == 0
+    for npy in dump.glob("*.npy"):
+        if npy.name != "input.npy":
+            npy.rename(dump / f"renamed_{npy.name}")  # a port that names its layers otherwise
+    refused(cli("evaluate", "--run", run, "--layerwise", "model", "--against", dump),
+            "compared 0 of", "no verdict", "missing: no")
+    assert not (run / "layerwise" / "model-against-dump-empty.json").exists()
+
+
+def test_scalar_constants_are_listed_not_sliced(lw: dict[str, Path]) -> None:
+    """A graph whose float scalars are node outputs (a Constant 0.5 as in GELU, as the legacy
+    exporter writes them) compares without a traceback; the scalar is listed as not per image."""
+    from onnx import TensorProto, helper
+
+    model = onnx.load(str(lw["run"] / "model.fp32.onnx"))
+    last = model.graph.output[0].name
+    producer = next(n for n in model.graph.node if last in n.output)
+    producer.output[list(producer.output).index(last)] = "pre_scale"
+    const = helper.make_node("Constant", [], ["one"], name="one_const",
+                             value=helper.make_tensor("one", TensorProto.FLOAT, [], [1.0]))
+    # Inside module fc, as the dynamo exporter tags a GELU's 0.5: read outside it, so the module
+    # map offers it as one of fc's outputs.
+    gemm = next(n for n in model.graph.node if n.op_type == "Gemm")
+    const.metadata_props.extend(gemm.metadata_props)
+    model.graph.node.extend([
+        const, helper.make_node("Mul", ["pre_scale", "one"], [last], name="scale_by_one")])
+    source = lw["base"] / "scaled.onnx"
+    onnx.save(model, str(source))
+    imported = lw["base"] / "scaled-run"
+    assert cli("import", source, "--run", imported, "--data", lw["data"]).code == 0
+    out = cli("evaluate", "--run", imported, "--layerwise", source, "--images", IMAGES)
+    assert out.code == 0, out.err + out.out
+    result = _json(imported, "scaled")
+    assert result["compared"] > 0 and result["first_divergence"] is None
+    reasons = {u["tensor"]: u["reason"] for u in result["unmatched"]}
+    assert reasons.get("one", "").startswith("not per image (shape [])"), result["unmatched"]
