@@ -35,7 +35,20 @@ def test_cifar_models_export(name: str, tmp_path: Path) -> None:
     _export_and_compare(name, tmp_path)
 
 
+# One ImageNet ResNet per block type: resnet34 is resnet18's BasicBlock with more blocks, and
+# resnet101/152 are resnet50's Bottleneck with more (the export of resnet152 alone took 21 s of
+# the suite). Their structure is torchvision's, checked key for key and shape for shape below.
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"])
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
 def test_imagenet_models_export(name: str, tmp_path: Path) -> None:
     _export_and_compare(name, tmp_path)
+
+
+@pytest.mark.parametrize("name", ["resnet34", "resnet101", "resnet152"])
+def test_deeper_imagenet_models_are_torchvisions(name: str) -> None:
+    import torchvision
+
+    ours = create_model(name, 10).state_dict()
+    theirs = getattr(torchvision.models, name)(weights=None, num_classes=10).state_dict()
+    assert {k: tuple(v.shape) for k, v in ours.items()} == {
+        k: tuple(v.shape) for k, v in theirs.items()}
