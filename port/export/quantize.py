@@ -200,6 +200,12 @@ def quantize_int8(
         # ORT still fuses DQ->Conv(float bias)->Q into QLinearConv (checked in the tests).
         "QuantizeBias": not symmetric,
     }
+    # 1-D weights of normalisation layers (LayerNorm's gamma) have no channel axis: ORT would
+    # try axis 1, warn "Axis 1 is out-of-range for weight" once per layer and fall back to one
+    # scale. Asking for that one scale up front gives the same graph without the warnings.
+    flat = _one_dimensional_weights(source) if per_channel else []
+    if flat:
+        extra_options["TensorQuantOverrides"] = {name: [{}] for name in flat}
     n_batches = math.ceil(len(images) / (feed.batch or batch_size))
     t0 = time.perf_counter()
     # Intermediate graphs beside the output (the run directory), not in the system's /tmp: the
@@ -260,6 +266,7 @@ def quantize_int8(
         "weight_range": weight_range,
         "calibration_images": len(images),
         "excluded_nodes": list(exclude_nodes),
+        "per_tensor_weights": len(flat),  # 1-D weights (LayerNorm scales): one scale each
         "float_outputs": float_outputs,
         "relu_input_scales_tied": tied,
     }
@@ -289,6 +296,23 @@ def quantize_int8(
 # softmax): the activation Q/DQ pairs on that tail are removed too, so the logits stay float.
 _OUTPUT_TAIL_OPS = frozenset({"Mul", "Div", "Add", "Sub", "Reshape", "Flatten", "Squeeze",
                               "Unsqueeze", "Transpose", "Identity", "Softmax", "LogSoftmax"})
+
+
+# Ops whose weight ORT's QDQ quantizer quantizes per channel along axis 1 (their default),
+# and the inputs it treats as that weight.
+_AXIS1_WEIGHT_INPUTS = {"LayerNormalization": (1,), "InstanceNormalization": (1,),
+                        "BatchNormalization": (1,), "MatMul": (0, 1)}
+
+
+def _one_dimensional_weights(model: onnx.ModelProto) -> list[str]:
+    """Initializers of rank 1 that ORT would try to quantize per channel on a missing axis 1."""
+    rank = {t.name: len(t.dims) for t in model.graph.initializer}
+    out: list[str] = []
+    for node in model.graph.node:
+        for i in _AXIS1_WEIGHT_INPUTS.get(node.op_type, ()):
+            if i < len(node.input) and rank.get(node.input[i]) == 1 and node.input[i] not in out:
+                out.append(node.input[i])
+    return out
 
 
 def _float_graph_outputs(model: onnx.ModelProto) -> list[str]:

@@ -417,3 +417,48 @@ def test_logits_stay_float_through_a_logit_scale(untrained: dict, tmp_path: Path
     # Mul(Gemm output, scale): the Gemm's output reaches the Mul in float, no Q/DQ between.
     assert tail.op_type == "Mul"
     assert "Gemm" in {producer[i].op_type for i in tail.input if i in producer}
+
+
+class _LayerNormNet(nn.Module):
+    """ConvNeXt's pattern in miniature: conv, channels-last LayerNorm, GELU, pooled head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.norm = nn.LayerNorm(8)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.norm(self.conv(x).permute(0, 2, 3, 1))
+        return self.fc(nn.functional.gelu(x).mean((1, 2)))
+
+
+def test_layernorm_weights_get_one_scale_without_warnings(
+        untrained: dict, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A LayerNorm's 1-D gamma has no channel axis: quantized with one symmetric scale, asked
+    for up front, instead of ORT warning 'Axis 1 is out-of-range' per layer and falling back."""
+    import logging
+
+    from onnx import numpy_helper
+
+    torch.manual_seed(0)
+    card = ModelCard(arch="ln", num_classes=10, classes=[f"c{i}" for i in range(10)],
+                     preprocess=Preprocess.for_size(32, CIFAR10_MEAN, CIFAR10_STD))
+    fp32, int8 = tmp_path / "ln.onnx", tmp_path / "ln.int8.onnx"
+    export_onnx(_LayerNormNet().eval(), card, fp32, sample=untrained["images"][:4],
+                exporter="torchscript")
+    assert "LayerNormalization" in {n.op_type for n in onnx.load(str(fp32)).graph.node}
+    with caplog.at_level(logging.WARNING):
+        metrics = quantize_int8(fp32, int8, untrained["images"], progress=False)
+    assert not [r for r in caplog.records if "out-of-range" in r.getMessage()]
+    assert metrics["per_tensor_weights"] == 1
+    model = onnx.load(str(int8))
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    producer = {out: n for n in model.graph.node for out in n.output}
+    norm = next(n for n in model.graph.node if n.op_type == "LayerNormalization")
+    dq = producer[norm.input[1]]
+    assert dq.op_type == "DequantizeLinear"
+    assert inits[dq.input[1]].ndim == 0 and int(inits[dq.input[2]]) == 0  # one scale, symmetric
+    x = untrained["images"][:8]
+    got, want = (_logits(p, x) for p in (int8, fp32))
+    assert np.abs(got - want).max() < 0.5 * np.abs(want).max()
