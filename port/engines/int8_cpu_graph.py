@@ -1,4 +1,4 @@
-"""The CPU form of porter's symmetric INT8 graph: Q/DQ pairs of non-negative tensors as uint8.
+"""The CPU form of porter's symmetric INT8 graph: every activation Q/DQ pair as uint8.
 
 Why: porter's INT8 file is the graph TensorRT builds (symmetric int8 activations, zero point 0,
 one Q/DQ pair per consumer). ONNX Runtime's CPU provider folds a ReLU into the quantization only
@@ -11,7 +11,10 @@ need, with the same calibration and the same scales:
 - every QuantizeLinear of a tensor known to be >= 0 (the output of a ReLU, or of a max/average
   pool, flatten or reshape of such a tensor) becomes uint8 with zero point 0, its
   DequantizeLinear nodes likewise;
-- the dedicated pairs of such a tensor (one per consumer, identical scale) merge into one pair.
+- every other symmetric QuantizeLinear (a tensor that may be negative) becomes uint8 with zero
+  point 128: the same grid, value for value, so ORT's uint8 kernels run nets without ReLUs
+  (EfficientNet, MobileNetV3) instead of their slower int8 path;
+- the dedicated pairs of a tensor (one per consumer, identical scale) merge into one pair.
 
 What stays the same, and what does not (``tests/engines/test_int8_cpu_graph.py`` checks both on
 every representable value): for x >= 0 the int8 grid with zero point 0 and the uint8 grid with
@@ -45,12 +48,20 @@ class CpuGraph:
     merged_pairs: int  # dedicated Q/DQ pairs removed by merging pairs of the same tensor
     removed_relus: int  # Q(s) -> DQ -> Relu -> Q(s) chains that became one uint8 Q (identity)
     seconds: float  # time the rewrite took (it happens when the session is created)
+    # QuantizeLinear nodes of tensors of either sign turned into uint8 with zero point 128 (the
+    # same grid, value for value)
+    signed_pairs: int = 0
+
+    @property
+    def changed(self) -> bool:
+        """Whether the graph differs from the file."""
+        return bool(self.rewritten_pairs or self.signed_pairs)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for report.json."""
-        return {"graph": "cpu rewrite" if self.rewritten_pairs else "as exported",
-                "uint8_pairs": self.rewritten_pairs, "merged_pairs": self.merged_pairs,
-                "removed_relus": self.removed_relus,
+        return {"graph": "cpu rewrite" if self.changed else "as exported",
+                "uint8_pairs": self.rewritten_pairs, "signed_uint8_pairs": self.signed_pairs,
+                "merged_pairs": self.merged_pairs, "removed_relus": self.removed_relus,
                 "rewrite_seconds": round(self.seconds, 3)}
 
 
@@ -97,14 +108,30 @@ def rewrite_for_cpu(model: Any) -> CpuGraph:
               and all(c.op_type == "DequantizeLinear" for c in consumers[node.output[0]])):
             groups.setdefault(node.input[0], []).append(node)
             nonneg.add(node.output[0])
+    # Every other symmetric pair (a tensor that may be negative: SiLU, HardSwish, a residual
+    # sum) becomes uint8 with zero point 128: the int8 grid with zero point 0 is that grid value
+    # for value (u8 = q8 + 128, the same rounding and the same clamp), so this one is exact.
+    # ORT's CPU kernels take uint8 activations (u8s8); signed int8 activations ran slower than
+    # FP32 on nets without ReLUs (issue 23).
+    in_groups = {id(q) for qs in groups.values() for q in qs}
+    signed: dict[str, list[Any]] = {}
+    for node in graph.node:
+        if (node.op_type == "QuantizeLinear" and id(node) not in in_groups
+                and len(node.input) > 2 and _scalar_zero_int8(inits.get(node.input[2]))
+                and node.output[0] not in graph_outputs and consumers[node.output[0]]
+                and all(c.op_type == "DequantizeLinear" for c in consumers[node.output[0]])):
+            signed.setdefault(node.input[0], []).append(node)
 
-    rewritten = merged = 0
+    rewritten = merged = signed_pairs = 0
     dropped: set[int] = set()
-    for tensor, qs in groups.items():
+    for tensor, qs, zero in ([(t, qs, 0) for t, qs in groups.items()]
+                             + [(t, qs, 128) for t, qs in signed.items()]):
+        count = 0  # pairs of this tensor rewritten
         keep = qs[0]
-        zp_name = f"{tensor}_zero_point_uint8"
+        zp_name = f"{tensor}_zero_point_uint8" + ("_128" if zero else "")
         shape = numpy_helper.to_array(inits[keep.input[2]]).shape
-        graph.initializer.append(numpy_helper.from_array(np.zeros(shape, np.uint8), zp_name))
+        graph.initializer.append(numpy_helper.from_array(np.full(shape, zero, np.uint8),
+                                                         zp_name))
         keep.input[2] = zp_name
         scale = numpy_helper.to_array(inits[keep.input[1]])
         first_dq = consumers[keep.output[0]][0]
@@ -116,7 +143,7 @@ def rewrite_for_cpu(model: Any) -> CpuGraph:
                 q.input[2] = zp_name
                 for dq in consumers[q.output[0]]:
                     _set_zero_point(dq, zp_name)
-                rewritten += 1
+                count += 1
                 continue
             # Same tensor, same grid: its consumers read the first pair's dequantized output.
             for dq in consumers[q.output[0]]:
@@ -129,7 +156,18 @@ def rewrite_for_cpu(model: Any) -> CpuGraph:
             merged += 1
         for dq in consumers[keep.output[0]]:
             _set_zero_point(dq, zp_name)
-        rewritten += 1
+        count += 1
+        # Counted apart: only the zero-point-0 pairs of tensors >= 0 change what saturates.
+        if zero:
+            signed_pairs += count
+        else:
+            rewritten += count
+    # Shape inference may have typed the quantized tensors int8 (value_info): they are uint8
+    # now, so those entries go (ORT refuses a graph whose value_info contradicts a node).
+    retyped = {q.output[0] for qs in (*groups.values(), *signed.values()) for q in qs}
+    stale = [v for v in graph.value_info if v.name in retyped]
+    for v in stale:
+        graph.value_info.remove(v)
     uint8_qs = {id(q) for qs in groups.values() for q in qs if id(q) not in dropped}
     collapsed = _collapse_relus(graph, inits, uint8_qs, dropped, graph_outputs)
     if dropped:
@@ -141,7 +179,7 @@ def rewrite_for_cpu(model: Any) -> CpuGraph:
         del graph.initializer[:]
         graph.initializer.extend(live)
     return CpuGraph(rewritten_pairs=rewritten, merged_pairs=merged, removed_relus=collapsed,
-                    seconds=time.perf_counter() - t0)
+                    seconds=time.perf_counter() - t0, signed_pairs=signed_pairs)
 
 
 def _collapse_relus(graph: Any, inits: dict[str, Any], uint8_qs: set[int], dropped: set[int],
@@ -251,11 +289,16 @@ def cpu_form(model: str | bytes, what: str) -> tuple[str | bytes, dict[str, Any]
                        "why": "not rewritten: weights in external data files"}
     done = rewrite_for_cpu(proto)
     record = done.to_dict()
-    if not done.rewritten_pairs:
-        record["why"] = "no symmetric Q/DQ pair of a non-negative tensor to rewrite"
+    if not done.changed:
+        record["why"] = "no symmetric int8 Q/DQ pair to rewrite"
         return model, record
-    record["why"] = (f"ran the CPU form of the file: {done.rewritten_pairs} Q/DQ pairs of "
-                     f"ReLU outputs as uint8 (zero point 0, same scales), "
-                     f"{done.removed_relus} ReLUs folded into them; the file on disk, which "
-                     "TensorRT builds, is unchanged")
+    parts = []
+    if done.rewritten_pairs:
+        parts.append(f"{done.rewritten_pairs} Q/DQ pairs of ReLU outputs as uint8 (zero point "
+                     f"0, same scales), {done.removed_relus} ReLUs folded into them")
+    if done.signed_pairs:
+        parts.append(f"{done.signed_pairs} pairs of tensors of either sign as uint8 with zero "
+                     "point 128 (the same values)")
+    record["why"] = (f"ran the CPU form of the file: {'; '.join(parts)}; the file on disk, "
+                     "which TensorRT builds, is unchanged")
     return proto.SerializeToString(), record

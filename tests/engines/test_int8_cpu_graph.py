@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from port.engines.int8_cpu_graph import cpu_form, rewrite_for_cpu
@@ -119,6 +120,7 @@ def test_rewrite_computes_the_same_in_range_and_keeps_more_when_saturating() -> 
     done = rewrite_for_cpu(cpu)
     onnx.checker.check_model(cpu)
     assert done.rewritten_pairs == 2 and done.merged_pairs == 1 and done.removed_relus == 1
+    assert done.signed_pairs == 1  # the input's pair: uint8 with zero point 128
     ops = collections.Counter(n.op_type for n in cpu.graph.node)
     assert ops["Relu"] == 0 and ops["QuantizeLinear"] == 2  # the input's Q and one uint8 pair
     rng = np.random.default_rng(1)
@@ -184,3 +186,69 @@ def test_evaluate_refuses_an_unknown_int8_cpu_graph(tmp_path: Path) -> None:
 
     refused(cli("evaluate", "--run", tmp_path, "--compare", "--int8-cpu-graph", "fast"),
             "--int8-cpu-graph fast", "cpu, file")
+
+
+def test_signed_pairs_become_uint8_with_zero_point_128_value_for_value() -> None:
+    """DQ(Q(x)) on the symmetric int8 grid and on the uint8 grid with zero point 128, same
+    scale: identical for every x, inside the range and beyond it (both clamp at -128 and 127
+    steps), rounding ties included."""
+    model = _relu_qdq(np.array(0, np.int8))
+    model.graph.node.remove(model.graph.node[0])  # no ReLU: x itself, of either sign
+    model.graph.node[0].input[0] = "x"
+    cpu = onnx.ModelProto()
+    cpu.CopyFrom(model)
+    done = rewrite_for_cpu(cpu)
+    assert (done.signed_pairs, done.rewritten_pairs, done.removed_relus) == (1, 0, 0)
+    zero = {t.name: numpy_helper.to_array(t) for t in cpu.graph.initializer}
+    q = next(n for n in cpu.graph.node if n.op_type == "QuantizeLinear")
+    assert zero[q.input[2]].dtype == np.uint8 and int(zero[q.input[2]]) == 128
+    steps = np.arange(-140 * 4, 140 * 4 + 1, dtype=np.float32) / 4  # ties at every half step
+    x = steps * SCALE
+    for optimize in (False, True):
+        np.testing.assert_array_equal(_session(cpu, optimize).run(None, {"x": x})[0],
+                                      _session(model, optimize).run(None, {"x": x})[0])
+
+
+class _SiluNet(torch.nn.Module):
+    """No ReLU anywhere (EfficientNet's activation): every activation may be negative."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.b = torch.nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = torch.nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.nn.functional.silu(self.a(x))
+        x = torch.nn.functional.silu(self.b(x)) + x
+        return self.fc(x.mean((2, 3)))
+
+
+def test_a_net_without_relus_runs_on_uint8_kernels_with_the_files_numbers(
+        tmp_path: Path) -> None:
+    """The slowdown of issue 23 (INT8 slower than FP32 on SiLU nets): the CPU form now gives
+    every activation pair to ORT as uint8, which fuses the convolutions, and computes what the
+    file computes."""
+    from port.data.preprocess import CIFAR10_MEAN, CIFAR10_STD, Preprocess
+    from port.export.onnx import export_onnx
+    from port.models.card import ModelCard
+
+    torch.manual_seed(0)
+    images = np.random.default_rng(0).standard_normal((16, 3, 32, 32), dtype=np.float32)
+    card = ModelCard(arch="silu", num_classes=10, classes=[f"c{i}" for i in range(10)],
+                     preprocess=Preprocess.for_size(32, CIFAR10_MEAN, CIFAR10_STD))
+    fp32, int8 = tmp_path / "silu.onnx", tmp_path / "silu.int8.onnx"
+    export_onnx(_SiluNet().eval(), card, fp32, sample=images[:4], exporter="torchscript")
+    quantize_int8(fp32, int8, images, progress=False)
+    form, record = cpu_form(str(int8), "silu")
+    assert record["graph"] == "cpu rewrite" and record["signed_uint8_pairs"] > 0
+    assert record["uint8_pairs"] == 0 and "zero point 128" in record["why"]
+    # QDQ semantics: the same numbers exactly. ORT's fused kernels then requantize in integer
+    # arithmetic where the file's int8 graph ran float ops: within rounding of each other.
+    file_out = _session(int8.read_bytes()).run(None, {"input": images})[0]
+    np.testing.assert_array_equal(_session(form).run(None, {"input": images})[0], file_out)
+    fused = _session(form, optimize=True).run(None, {"input": images})[0]
+    np.testing.assert_allclose(fused, file_out, atol=0.02 * np.abs(file_out).max())
+    _session(form, optimize=True, save=tmp_path / "opt.onnx")
+    ops = collections.Counter(n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node)
+    assert ops["QLinearConv"] == 2
