@@ -63,6 +63,27 @@ MODELS: tuple[ModelEntry, ...] = (
                "ResNet-9 of the fast CIFAR-10 recipes (Myrtle.ai/airbench); width scales "
                "channels.",
                "port.models.resnet:resnet9"),
+    ModelEntry("mobilenet_v3_small", 224, (),
+               "MobileNetV3-Small (torchvision): depthwise convs, HardSwish, "
+               "squeeze-and-excitation.", "port.models.torchvision_zoo:mobilenet_v3_small"),
+    ModelEntry("mobilenet_v3_large", 224, (),
+               "MobileNetV3-Large (torchvision): depthwise convs, HardSwish, "
+               "squeeze-and-excitation.", "port.models.torchvision_zoo:mobilenet_v3_large"),
+    ModelEntry("efficientnet_b0", 224, ("stochastic_depth_prob",),
+               "EfficientNet-B0 (torchvision): MBConv, SiLU, squeeze-and-excitation, "
+               "stochastic depth.", "port.models.torchvision_zoo:efficientnet_b0"),
+    ModelEntry("convnext_tiny", 224, ("stochastic_depth_prob",),
+               "ConvNeXt-Tiny (torchvision): 7x7 depthwise convs, LayerNorm, GELU, layer scale.",
+               "port.models.torchvision_zoo:convnext_tiny"),
+    ModelEntry("regnet_x_400mf", 224, (),
+               "RegNetX-400MF (torchvision): grouped convolutions in a designed-space ResNet.",
+               "port.models.torchvision_zoo:regnet_x_400mf"),
+    ModelEntry("shufflenet_v2_x0_5", 224, (),
+               "ShuffleNetV2 0.5x (torchvision): channel split and shuffle, depthwise convs.",
+               "port.models.torchvision_zoo:shufflenet_v2_x0_5"),
+    ModelEntry("squeezenet1_1", 224, (),
+               "SqueezeNet 1.1 (torchvision): fire modules, a convolutional head (no Linear).",
+               "port.models.torchvision_zoo:squeezenet1_1"),
 )
 
 # Modules whose import registers architectures, in declaration order.

@@ -221,9 +221,11 @@ def _nothing_compared(label: str, layers: list[dict[str, Any]]) -> str:
 
     why = Counter(str(e.get("note") or "no counterpart") for e in layers).most_common(2)
     said = "; ".join(f"{n} x {note[:80]}" for note, n in why)
-    return (f"--layerwise {label}: compared 0 of {len(layers)} reference layers ({said}), so "
-            "there is no verdict: compare an export porter made of this run, or dump the "
-            "port's layers under the reference's names (--dump DIR) and use --against DIR")
+    return (f"--layerwise {label}: compared 0 of {len(layers)} reference layers ({said}): none "
+            "of its tensors could be matched to a layer of the reference, so there is no "
+            "verdict; compare a graph that keeps the exporter's node names or metadata (the FP32 "
+            "ONNX), or write the port's layers under the reference's names (see --dump DIR) and "
+            "use --against DIR")
 
 
 # -- output -----------------------------------------------------------------------------------
