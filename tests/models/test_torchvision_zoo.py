@@ -97,3 +97,9 @@ def test_mobilenet_v3_trains_exports_and_evaluates(tmp_path: Path) -> None:
     assert rows["onnx-fp32@onnxruntime"]["max_abs_diff"] < 1e-4
     # No ReLU after most layers: the INT8 CPU form's zero-point-128 pairs carry them.
     assert rows["onnx-int8@onnxruntime"]["int8_cpu"]["graph"]["signed_uint8_pairs"] > 0
+    # Layerwise maps the INT8 graph's tensors to MobileNetV3's modules: the exporter's node
+    # metadata is given back after quantization (ORT's pre-processing dropped all of it here).
+    result = cli("evaluate", "--run", run, "--layerwise", "onnx-int8", "--images", "4")
+    assert result.code in (0, 1), result.err
+    layerwise = json.loads((run / "layerwise" / "onnx-int8.json").read_text())
+    assert layerwise["compared"] > 50, layerwise["compared"]
