@@ -402,13 +402,18 @@ class _ScaledHead(nn.Module):
         return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)) * 0.125
 
 
+def _export_small(net: nn.Module, arch: str, images: np.ndarray, folder: Path) -> tuple[Path, Path]:
+    """``net`` (seeded before it was built) exported by the legacy exporter: (fp32, int8 path)."""
+    card = ModelCard(arch=arch, num_classes=10, classes=[f"c{i}" for i in range(10)],
+                     preprocess=Preprocess.for_size(32, CIFAR10_MEAN, CIFAR10_STD))
+    fp32, int8 = folder / f"{arch}.onnx", folder / f"{arch}.int8.onnx"
+    export_onnx(net.eval(), card, fp32, sample=images[:4], exporter="torchscript")
+    return fp32, int8
+
+
 def test_logits_stay_float_through_a_logit_scale(untrained: dict, tmp_path: Path) -> None:
     torch.manual_seed(0)
-    card = ModelCard(arch="scaled", num_classes=10, classes=[f"c{i}" for i in range(10)],
-                     preprocess=Preprocess.for_size(32, CIFAR10_MEAN, CIFAR10_STD))
-    fp32, int8 = tmp_path / "m.onnx", tmp_path / "m.int8.onnx"
-    export_onnx(_ScaledHead().eval(), card, fp32, sample=untrained["images"][:4],
-                exporter="torchscript")
+    fp32, int8 = _export_small(_ScaledHead(), "scaled", untrained["images"], tmp_path)
     metrics = quantize_int8(fp32, int8, untrained["images"], progress=False)
     model = onnx.load(str(int8))
     producer = {out: n for n in model.graph.node for out in n.output}
@@ -442,11 +447,7 @@ def test_layernorm_weights_get_one_scale_without_warnings(
     from onnx import numpy_helper
 
     torch.manual_seed(0)
-    card = ModelCard(arch="ln", num_classes=10, classes=[f"c{i}" for i in range(10)],
-                     preprocess=Preprocess.for_size(32, CIFAR10_MEAN, CIFAR10_STD))
-    fp32, int8 = tmp_path / "ln.onnx", tmp_path / "ln.int8.onnx"
-    export_onnx(_LayerNormNet().eval(), card, fp32, sample=untrained["images"][:4],
-                exporter="torchscript")
+    fp32, int8 = _export_small(_LayerNormNet(), "ln", untrained["images"], tmp_path)
     assert "LayerNormalization" in {n.op_type for n in onnx.load(str(fp32)).graph.node}
     with caplog.at_level(logging.WARNING):
         metrics = quantize_int8(fp32, int8, untrained["images"], progress=False)
