@@ -19,8 +19,9 @@ from port.train.tricks import freeze_bn_scale, init_whitening
 def model_kwargs(cfg: TrainConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """(kwargs to build with, kwargs that define the architecture for the card).
 
-    Options that only change training (zero-init, ghost BatchNorm: plain BN in eval) are
-    build-only; activation and whitening change the deployed graph, so the card keeps them.
+    Options that only change training (zero-init, ghost BatchNorm: plain BN in eval, drop
+    path: identity in eval) are build-only; activation and whitening change the deployed
+    graph, so the card keeps them.
     """
     accepted = get_entry(cfg.arch).kwargs
     arch: dict[str, Any] = {"width": cfg.width} if "width" in accepted else {}
@@ -33,6 +34,8 @@ def model_kwargs(cfg: TrainConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         build["zero_init_residual"] = True
     if cfg.ghost_batch:
         build["ghost_batch"] = cfg.ghost_batch
+    if cfg.drop_path is not None:  # training only: identity in eval, the same deployed graph
+        build["stochastic_depth_prob"] = cfg.drop_path
     return build, arch
 
 

@@ -136,6 +136,11 @@ class TrainConfig:
     # regularise like small batches while steps stay large-batch fast. 0 = off. Eval: plain BN.
     ghost_batch: int = _flag(0, "Ghost BatchNorm: images per statistics group (0 = off; "
                                 "resnet9).")
+    # Stochastic depth (drop path): each residual branch is skipped with this probability per
+    # sample in training (identity in eval, so the exported graph is the same); the regulariser
+    # EfficientNet and ConvNeXt are trained with. None: the model's own default rate.
+    drop_path: float | None = _flag(None, "Stochastic depth rate in [0, 1) (efficientnet_b0, "
+                                          "convnext_tiny; default: the model's own).")
     # BatchNorm scales fixed at 1 (not trained): with BN after every conv the scale is redundant
     # with the next layer's weights, and freezing it removes a direction that weight decay and
     # a high lr otherwise make oscillate (Page's bag of tricks). Biases still train.
@@ -395,6 +400,11 @@ def _validate_tricks(cfg: TrainConfig, accepted: tuple[str, ...]) -> None:
     for key, off in (("activation", "relu"), ("whiten", 0), ("ghost_batch", 0)):
         _check(getattr(cfg, key) == off or key in accepted,
                f"{cfg.arch} has no {key} option: use arch resnet9 or drop {key}")
+    if cfg.drop_path is not None:
+        _check(0 <= cfg.drop_path < 1, f"drop_path must be in [0, 1), got {cfg.drop_path}")
+        _check("stochastic_depth_prob" in accepted,
+               f"{cfg.arch} has no stochastic depth: drop drop_path (efficientnet_b0 and "
+               "convnext_tiny have it)")
     _check(not cfg.ghost_batch or cfg.batch_size % cfg.ghost_batch == 0,
            f"ghost_batch {cfg.ghost_batch} must divide batch_size {cfg.batch_size}")
     _check(0 <= cfg.ema_decay < 1, f"ema_decay must be in [0, 1), got {cfg.ema_decay}")

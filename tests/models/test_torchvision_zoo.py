@@ -103,3 +103,22 @@ def test_mobilenet_v3_trains_exports_and_evaluates(tmp_path: Path) -> None:
     assert result.code in (0, 1), result.err
     layerwise = json.loads((run / "layerwise" / "onnx-int8.json").read_text())
     assert layerwise["compared"] > 50, layerwise["compared"]
+
+
+def test_drop_path_reaches_the_models_that_have_stochastic_depth() -> None:
+    from torchvision.ops import StochasticDepth
+
+    from port.ground.errors import UsageError
+    from port.train.model import model_kwargs
+    from port.train.recipe import resolve
+
+    cfg = resolve(None, {"arch": "efficientnet_b0", "drop_path": 0.3})
+    build, card_kwargs = model_kwargs(cfg)
+    assert build["stochastic_depth_prob"] == 0.3 and "stochastic_depth_prob" not in card_kwargs
+    rates = [m.p for m in create_model("efficientnet_b0", 10, **build).modules()
+             if isinstance(m, StochasticDepth)]
+    assert rates and 0.25 < max(rates) <= 0.3  # torchvision ramps it up to the rate over depth
+    with pytest.raises(UsageError, match="mobilenet_v3_small has no stochastic depth"):
+        resolve(None, {"arch": "mobilenet_v3_small", "drop_path": 0.1})
+    with pytest.raises(UsageError, match=r"drop_path must be in \[0, 1\)"):
+        resolve(None, {"arch": "convnext_tiny", "drop_path": 1.0})
