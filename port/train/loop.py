@@ -229,13 +229,33 @@ def train(
             f"the settings say world_size {cfg.world_size} but {ctx.world_size} process(es) "
             f"are running: start {cfg.world_size} with --nproc-per-node/--nnodes"
         )
-    with _torch_threads(cfg.threads):
+    with _torch_threads(cfg.threads), _sigchld_kept():
         runtime = Runtime.from_config(cfg, local_rank=ctx.local_rank if ctx.distributed
                                       else None)
         with process_group(ctx, runtime.device):
             state = shared_prepare(paths, cfg, resume, ctx)
             return _run(cfg, paths, state, runtime, ctx, progress=progress and ctx.is_main,
                         download=download, on_epoch_end=on_epoch_end)
+
+
+@contextlib.contextmanager
+def _sigchld_kept() -> Iterator[None]:
+    """Give SIGCHLD back the handler it had before training.
+
+    A DataLoader with worker processes installs a Python SIGCHLD handler for the whole process
+    and never removes it (torch.utils.data._utils.signal_handling). An app that trains and then
+    evaluates in the same process kept it: with OpenVINO's CPU plugin loaded, a later wait for
+    a child process then ended in a kernel-sent SIGSEGV (seen in porter's own tests)."""
+    import signal
+    import threading
+
+    main = threading.current_thread() is threading.main_thread()
+    before = signal.getsignal(signal.SIGCHLD) if main else None
+    try:
+        yield
+    finally:
+        if main and signal.getsignal(signal.SIGCHLD) is not before:
+            signal.signal(signal.SIGCHLD, before if before is not None else signal.SIG_DFL)
 
 
 @contextlib.contextmanager

@@ -184,8 +184,14 @@ def test_sigkill_mid_run_then_resume(tiny: TrainConfig, tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_resume_with_worker_processes(tiny: TrainConfig, tmp_path: Path) -> None:
     """Worker processes augment with their own RNGs: seeded per epoch, they resume exactly too."""
+    import signal
+
     cfg = dataclasses.replace(tiny, workers=2, cutout=4, epochs=2, loader="dataloader")
+    before = signal.getsignal(signal.SIGCHLD)
     train(cfg, tmp_path / "full", progress=False)
+    # torch's worker loader installs a SIGCHLD handler for the process; training gives the
+    # caller's back (an in-process evaluate with OpenVINO loaded crashed on it).
+    assert signal.getsignal(signal.SIGCHLD) is before
     with pytest.raises(Interrupt):
         train(cfg, tmp_path / "part", progress=False, on_epoch_end=_stop_after(1))
     train(cfg, tmp_path / "part", resume=True, progress=False)
