@@ -20,6 +20,7 @@ the ONNX checker then says what is wrong.
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass
 from typing import Any
 
@@ -131,10 +132,12 @@ def _sort_graph(graph: Any, outer: frozenset[str]) -> bool:
     available |= {t.name for t in graph.sparse_initializer}
     changed = False
     nodes = list(graph.node)
-    for node in nodes:  # bodies first: their own order, with this scope's names visible
+    holders = [n for n in nodes if _subgraphs(n)]
+    if holders:  # bodies first: their own order, with every name of this scope visible
         scope = frozenset(available | {o for n in nodes for o in n.output})
-        for sub in _subgraphs(node):
-            changed |= _sort_graph(sub, scope)
+        for node in holders:
+            for sub in _subgraphs(node):
+                changed |= _sort_graph(sub, scope)
     needs = [_needed(n) for n in nodes]
     if _in_order(nodes, needs, available):
         return changed
@@ -142,16 +145,27 @@ def _sort_graph(graph: Any, outer: frozenset[str]) -> bool:
     # Inputs no node and no scope provides: not ours to judge; the checker names them.
     if any(need - available - produced_here for need in needs):
         return changed
+    # Kahn's algorithm over node indices, always taking the earliest ready node (a heap), so
+    # the file's order survives wherever it is valid.
+    producer = {o: i for i, n in enumerate(nodes) for o in n.output if o}
+    users: list[list[int]] = [[] for _ in nodes]
+    waiting = [0] * len(nodes)
+    for i, need in enumerate(needs):
+        for j in {producer[t] for t in need - available if t in producer}:
+            users[j].append(i)
+            waiting[i] += 1
+    ready = [i for i, w in enumerate(waiting) if w == 0]
+    heapq.heapify(ready)
     order: list[int] = []
-    done = [False] * len(nodes)
-    ready = set(available)
-    while len(order) < len(nodes):
-        pick = next((i for i in range(len(nodes)) if not done[i] and needs[i] <= ready), None)
-        if pick is None:
-            return changed  # a cycle: leave it for the checker
-        done[pick] = True
-        order.append(pick)
-        ready |= {o for o in nodes[pick].output if o}
+    while ready:
+        i = heapq.heappop(ready)
+        order.append(i)
+        for k in users[i]:
+            waiting[k] -= 1
+            if waiting[k] == 0:
+                heapq.heappush(ready, k)
+    if len(order) < len(nodes):
+        return changed  # a cycle: leave it for the checker
     if order == list(range(len(nodes))):
         return changed
     del graph.node[:]
