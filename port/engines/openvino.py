@@ -182,7 +182,7 @@ class OpenVinoRunner(Runner):
         path = model_path(source)
         core = ov.Core()
         device = self._check_device(core)
-        model = _read_model(core, path)
+        model = read_model(core, path)
         config = {
             "INFERENCE_PRECISION_HINT": self.inference_precision,
             # porter times one synchronous request at a time: LATENCY (with one stream) gives
@@ -304,8 +304,9 @@ class OpenVinoRunner(Runner):
         return self._compiled
 
 
-def _read_model(core: Any, path: Path) -> Any:
-    """The model at ``path``; a ``.onnx`` through OpenVINO's ONNX frontend alone.
+def read_model(core: Any, path: Path, fix: str = "re-export it (porter export --to onnx)") -> Any:
+    """The model at ``path``; a ``.onnx`` through OpenVINO's ONNX frontend alone. An unreadable
+    file is a one-line ``ModelError`` ending in ``fix``.
 
     ``Core.read_model`` tries every frontend on a file it cannot parse, and the TensorFlow one
     prints its own parse errors to stderr (a corrupt .onnx gave two "text_format.cc" lines
@@ -319,8 +320,7 @@ def _read_model(core: Any, path: Path) -> Any:
             return frontend.convert(frontend.load(str(path)))
         return core.read_model(str(path))
     except (RuntimeError, GeneralFailure) as exc:  # GeneralFailure is not a RuntimeError
-        raise ModelError(f"OpenVINO cannot read {path} ({ov_error(exc)}): re-export it "
-                         "(porter export --to onnx)") from None
+        raise ModelError(f"OpenVINO cannot read {path} ({ov_error(exc)}): {fix}") from None
 
 
 def _capabilities(core: Any, device: str) -> list[str]:

@@ -188,17 +188,13 @@ def openvino_model(name: str, path: Path, *, instances: int = 1) -> ModelSpec:
     """The model of an OpenVINO IR (``path``: its ``.xml``; the ``.bin`` beside it): I/O read
     from the IR with OpenVINO (the names the backend matches, ``get_any_name``), no batch axis
     for Triton (see the module docstring), CPU instances with one OpenVINO stream each."""
-    from port.engines.openvino import model_path, openvino_module, ov_error
+    from port.engines.openvino import model_path, openvino_module, read_model
     from port.export.openvino_ir import ir_files
 
     xml, weights = ir_files(path)
     model_path(xml, "OpenVINO IR")  # both files there, else a one-line ModelError
-    ov = openvino_module()
-    try:
-        model = ov.Core().read_model(str(xml))
-    except RuntimeError as exc:
-        raise ModelError(f"OpenVINO cannot read {xml} ({ov_error(exc)}): export it again "
-                         "(porter export --to openvino)") from None
+    model = read_model(openvino_module().Core(), xml,
+                       fix="export it again (porter export --to openvino)")
     inputs = tuple(_ov_tensor(p, xml, "input") for p in model.inputs)
     outputs = tuple(_ov_tensor(p, xml, "output") for p in model.outputs)
     # A warm-up request needs a concrete shape: a dynamic batch axis (porter's IRs) warms up
