@@ -22,9 +22,12 @@ if TYPE_CHECKING:
     from torch import nn
 
 
-def _rate(value: float) -> float:
+def stochastic_depth_rate(value: float) -> float:
+    """``value`` as a stochastic-depth (drop-path) rate, checked: ``UsageError`` outside [0, 1).
+    ``porter train --drop-path`` is checked with this too, before torch is imported."""
     if not 0.0 <= value < 1.0:
-        raise UsageError(f"stochastic_depth_prob must be in [0, 1), got {value!r}: use e.g. 0.1")
+        raise UsageError(f"the stochastic depth (drop path) rate must be in [0, 1), got "
+                         f"{value!r}: use e.g. 0.1")
     return float(value)
 
 
@@ -50,7 +53,7 @@ def efficientnet_b0(num_classes: int, stochastic_depth_prob: float = 0.2) -> nn.
     from torchvision.models import efficientnet_b0 as build
 
     return build(weights=None, num_classes=num_classes,
-                 stochastic_depth_prob=_rate(stochastic_depth_prob))
+                 stochastic_depth_prob=stochastic_depth_rate(stochastic_depth_prob))
 
 
 @register_model(native_size=224)
@@ -59,7 +62,7 @@ def convnext_tiny(num_classes: int, stochastic_depth_prob: float = 0.1) -> nn.Mo
     from torchvision.models import convnext_tiny as build
 
     return build(weights=None, num_classes=num_classes,
-                 stochastic_depth_prob=_rate(stochastic_depth_prob))
+                 stochastic_depth_prob=stochastic_depth_rate(stochastic_depth_prob))
 
 
 @register_model(native_size=224)

@@ -401,7 +401,9 @@ def _validate_tricks(cfg: TrainConfig, accepted: tuple[str, ...]) -> None:
         _check(getattr(cfg, key) == off or key in accepted,
                f"{cfg.arch} has no {key} option: use arch resnet9 or drop {key}")
     if cfg.drop_path is not None:
-        _check(0 <= cfg.drop_path < 1, f"drop_path must be in [0, 1), got {cfg.drop_path}")
+        from port.models.torchvision_zoo import stochastic_depth_rate
+
+        stochastic_depth_rate(cfg.drop_path)
         _check("stochastic_depth_prob" in accepted,
                f"{cfg.arch} has no stochastic depth: drop drop_path (efficientnet_b0 and "
                "convnext_tiny have it)")

@@ -56,7 +56,7 @@ def test_export_reproduces_the_logits(name: str, tmp_path: Path) -> None:
 def test_bad_stochastic_depth_is_refused() -> None:
     from port.ground.errors import UsageError
 
-    with pytest.raises(UsageError, match="stochastic_depth_prob must be in"):
+    with pytest.raises(UsageError, match=r"drop path\) rate must be in \[0, 1\)"):
         create_model("efficientnet_b0", 10, stochastic_depth_prob=1.5)
     with pytest.raises(UsageError, match="does not accept width"):
         create_model("mobilenet_v3_small", 10, width=0.5)
@@ -120,5 +120,5 @@ def test_drop_path_reaches_the_models_that_have_stochastic_depth() -> None:
     assert rates and 0.25 < max(rates) <= 0.3  # torchvision ramps it up to the rate over depth
     with pytest.raises(UsageError, match="mobilenet_v3_small has no stochastic depth"):
         resolve(None, {"arch": "mobilenet_v3_small", "drop_path": 0.1})
-    with pytest.raises(UsageError, match=r"drop_path must be in \[0, 1\)"):
+    with pytest.raises(UsageError, match=r"drop path\) rate must be in \[0, 1\)"):
         resolve(None, {"arch": "convnext_tiny", "drop_path": 1.0})
